@@ -1,0 +1,1 @@
+"""S2I edge runtime: numpy + ONNX Runtime/TensorRT + ZeroMQ + PyAudio. Never imports torch."""

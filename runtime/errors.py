@@ -1,0 +1,25 @@
+"""The one user-facing error type and the CLI wrapper that prints it as one line."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class S2IError(Exception):
+    """An error a user can act on; ``str()`` is one line naming the thing and what was expected."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+def run_cli(main: Callable[[], int | None]) -> int:
+    """Run a CLI body: ``S2IError`` -> ``error: ...`` on stderr (exit 2), Ctrl-C -> exit 130."""
+    try:
+        return int(main() or 0)
+    except S2IError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,217 @@
+"""The one log-mel front end (numpy only), shared by dataset building, training and the runtime.
+
+A 1-s window of mono audio at ``sample_rate`` becomes a ``[n_mels, n_frames]`` = ``[128, 100]``
+float32 array in [-1, 1]:
+
+1. Frames: 25-ms periodic Hamming frames, 10-ms hop. Frame ``i`` (0..99) is centred on sample
+   ``i*hop + hop/2`` of the window, so the 100 frames tile the second exactly; the window is
+   reflect-padded by ``(win - hop)/2`` samples at each edge. The features therefore depend on
+   the window's own samples only: a live window and the same second cut from a file give the
+   same numbers, and the runtime needs no look-ahead.
+2. ``|rfft(frame, n_fft)|^2`` integrated by Slaney-style triangular mel weights (area
+   normalised, ``fmin``..``fmax``, default 0..sr/2), then ``10*log10(max(power, amin))``.
+3. Fixed dB range with clipping: ``[db_min, db_max]`` -> ``[-1, 1]``. Anything at or below
+   ``db_min`` (silence) is the floor -1; anything above ``db_max`` clips to 1.
+4. Rows are flipped so row 0 is the HIGHEST band: the image convention of the official
+   s2i_data spectrograms (low frequencies at the bottom). Their 8-bit form is
+   ``round((x + 1) * 127.5)`` (``to_uint8``), read back with ``from_uint8``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import S2IError
+
+FRONT_END_VERSION = 1
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    """Every setting that decides the features; stored in each store, checkpoint and export."""
+
+    version: int = FRONT_END_VERSION
+    sample_rate: int = 16000
+    window_seconds: float = 1.0
+    frame_ms: float = 25.0
+    hop_ms: float = 10.0
+    n_fft: int = 512
+    n_mels: int = 128
+    fmin: float = 0.0
+    fmax: float | None = None  # None = sample_rate / 2
+    amin: float = 1e-10
+    db_min: float = -80.0
+    db_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        if self.win_length > self.n_fft:
+            raise S2IError(f"front end: frame of {self.win_length} samples is longer than "
+                           f"n_fft={self.n_fft}")
+        if self.db_max <= self.db_min:
+            raise S2IError(f"front end: db_max ({self.db_max}) must exceed db_min ({self.db_min})")
+        if self.n_samples % self.hop_length:
+            raise S2IError(f"front end: window of {self.n_samples} samples is not a whole "
+                           f"number of {self.hop_length}-sample hops")
+
+    @property
+    def win_length(self) -> int:
+        return int(round(self.sample_rate * self.frame_ms / 1000))
+
+    @property
+    def hop_length(self) -> int:
+        return int(round(self.sample_rate * self.hop_ms / 1000))
+
+    @property
+    def n_samples(self) -> int:
+        return int(round(self.sample_rate * self.window_seconds))
+
+    @property
+    def n_frames(self) -> int:
+        return self.n_samples // self.hop_length
+
+    @property
+    def pad(self) -> int:
+        return (self.win_length - self.hop_length) // 2
+
+    @property
+    def f_max(self) -> float:
+        return self.sample_rate / 2 if self.fmax is None else float(self.fmax)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise S2IError(f"front-end config has unknown settings {sorted(unknown)}; "
+                           "it was written by a newer S2I")
+        return cls(**data)
+
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def check_same_front_end(expected: FrontEndConfig | dict[str, Any],
+                         actual: FrontEndConfig | dict[str, Any], what: str) -> None:
+    """Refuse to mix features computed by different front ends."""
+    a = expected if isinstance(expected, FrontEndConfig) else FrontEndConfig.from_dict(expected)
+    b = actual if isinstance(actual, FrontEndConfig) else FrontEndConfig.from_dict(actual)
+    if a != b:
+        diff = [f"{k}: {v} vs {b.to_dict()[k]}" for k, v in a.to_dict().items()
+                if b.to_dict()[k] != v]
+        raise S2IError(f"{what} was made with another front end ({'; '.join(diff)})")
+
+
+def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
+    """Slaney's mel scale: linear below 1 kHz, logarithmic above."""
+    freq = np.asarray(freq, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, logstep = 1000.0, np.log(6.4) / 27.0
+    mel = freq / f_sp
+    return np.where(freq >= min_log_hz,
+                    min_log_hz / f_sp + np.log(np.maximum(freq, 1e-12) / min_log_hz) / logstep,
+                    mel)
+
+
+def mel_to_hz(mel: np.ndarray | float) -> np.ndarray:
+    mel = np.asarray(mel, dtype=np.float64)
+    f_sp = 200.0 / 3
+    min_log_hz, logstep = 1000.0, np.log(6.4) / 27.0
+    min_log_mel = min_log_hz / f_sp
+    return np.where(mel >= min_log_mel, min_log_hz * np.exp(logstep * (mel - min_log_mel)),
+                    f_sp * mel)
+
+
+def mel_filterbank(cfg: FrontEndConfig) -> np.ndarray:
+    """``[n_mels, n_fft//2 + 1]`` triangular weights, each band normalised to unit area."""
+    fft_freqs = np.linspace(0, cfg.sample_rate / 2, cfg.n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(cfg.fmin), hz_to_mel(cfg.f_max), cfg.n_mels + 2))
+    lower, centre, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (fft_freqs[None] - lower) / (centre - lower)
+    falling = (upper - fft_freqs[None]) / (upper - centre)
+    weights = np.maximum(0.0, np.minimum(rising, falling))
+    weights *= (2.0 / (upper - lower))
+    return weights.astype(np.float32)
+
+
+def hamming(n: int) -> np.ndarray:
+    """Periodic Hamming window (the STFT convention)."""
+    return (0.54 - 0.46 * np.cos(2 * np.pi * np.arange(n) / n)).astype(np.float32)
+
+
+_CACHE: dict[FrontEndConfig, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tables(cfg: FrontEndConfig) -> tuple[np.ndarray, np.ndarray]:
+    if cfg not in _CACHE:
+        _CACHE[cfg] = (hamming(cfg.win_length), mel_filterbank(cfg))
+    return _CACHE[cfg]
+
+
+def _check_audio(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    audio = np.asarray(audio)
+    if audio.dtype.kind not in "fiu":
+        raise S2IError(f"audio must be numeric samples, got dtype {audio.dtype}")
+    if audio.ndim not in (1, 2):
+        raise S2IError(f"audio must be mono samples [n] or a batch [B, n], got shape {audio.shape}")
+    if audio.shape[-1] != cfg.n_samples:
+        raise S2IError(f"audio window has {audio.shape[-1]} samples; the front end expects exactly "
+                       f"{cfg.n_samples} ({cfg.window_seconds:g} s at {cfg.sample_rate} Hz)")
+    audio = audio.astype(np.float32, copy=False)
+    if not np.isfinite(audio).all():
+        raise S2IError("audio contains NaN or infinite samples; expected finite floats in [-1, 1]")
+    return audio
+
+
+def log_mel_batch(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """``[B, n_samples]`` mono float audio -> ``[B, n_mels, n_frames]`` float32 in [-1, 1]."""
+    audio = _check_audio(audio, cfg)
+    if audio.ndim == 1:
+        audio = audio[None]
+    window, fbank = _tables(cfg)
+    padded = np.pad(audio, ((0, 0), (cfg.pad, cfg.pad)), mode="reflect")
+    frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.win_length, axis=1)
+    frames = frames[:, :: cfg.hop_length][:, : cfg.n_frames]          # [B, T, win]
+    spectrum = np.fft.rfft(frames * window, n=cfg.n_fft, axis=-1)     # [B, T, bins]
+    power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
+    mel = np.einsum("mf,btf->bmt", fbank, power)                      # [B, mels, T]
+    db = 10.0 * np.log10(np.maximum(mel, cfg.amin))
+    scaled = (np.clip(db, cfg.db_min, cfg.db_max) - cfg.db_min) / (cfg.db_max - cfg.db_min)
+    return (scaled * 2.0 - 1.0)[:, ::-1, :].astype(np.float32)
+
+
+def log_mel(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """One 1-s window ``[n_samples]`` -> ``[n_mels, n_frames]`` float32 in [-1, 1]."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise S2IError(f"log_mel takes one mono window [n], got shape {audio.shape}; "
+                       "mix channels down first or use log_mel_batch")
+    return log_mel_batch(audio, cfg)[0]
+
+
+def pad_or_trim(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """Fit a clip to exactly one window: zero-pad a short clip at the end, cut a long one."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.shape[-1] >= cfg.n_samples:
+        return audio[..., : cfg.n_samples]
+    pad = [(0, 0)] * (audio.ndim - 1) + [(0, cfg.n_samples - audio.shape[-1])]
+    return np.pad(audio, pad)
+
+
+def to_uint8(features: np.ndarray) -> np.ndarray:
+    """[-1, 1] features -> the official 8-bit spectrogram convention."""
+    return np.round((np.clip(features, -1.0, 1.0) + 1.0) * 127.5).astype(np.uint8)
+
+
+def from_uint8(data: np.ndarray) -> np.ndarray:
+    """8-bit spectrograms (JPG / binary batches / stores) -> float32 in [-1, 1]."""
+    return np.asarray(data, dtype=np.float32) / 127.5 - 1.0

@@ -1,0 +1,249 @@
+"""The paper's networks: audio autoencoder, dense generator, conditioned discriminator and the
+informativity classifier (Fanzeres & Nadeu, Figs. 2-4; numbers in shared/REFERENCE.md).
+
+Every network takes ``width``: 1.0 is the paper's channel counts, smaller values shrink every
+layer alike (tests and the CPU demo use e.g. 0.125). The embedding size ``D`` is not scaled.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Audio encoder: (out channels, kernel, stride) of its 13 convolutions; the last one outputs D.
+ENCODER_LAYERS: tuple[tuple[int, tuple[int, int], int], ...] = (
+    (80, (7, 5), 2), (176, (5, 3), 2), (192, (5, 3), 1), (224, (5, 3), 1), (272, (5, 3), 1),
+    (304, (3, 3), 1), (352, (3, 3), 1), (416, (3, 3), 1), (512, (3, 3), 1), (512, (3, 3), 1),
+    (512, (3, 3), 1), (512, (3, 3), 1), (0, (3, 3), 1),
+)
+# Dense generator: the three layers of each dense block; a transition before each block.
+GENERATOR_BLOCKS: tuple[tuple[int, int, int], ...] = (
+    (512, 512, 512), (512, 416, 352), (304, 256, 224),
+    (192, 176, 160), (144, 128, 112), (96, 80, 64),
+)
+# (kernel, stride, padding) of the 7 transposed-conv transitions: 1->2->4->6->12->24->48->96.
+GENERATOR_TRANSITIONS: tuple[tuple[int, int, int], ...] = (
+    (2, 1, 0), (3, 1, 0), (3, 1, 0), (4, 2, 1), (4, 2, 1), (4, 2, 1), (4, 2, 1),
+)
+DROPOUT_P: tuple[float, ...] = (0.15, 0.13, 0.11, 0.09, 0.07, 0.05)
+DISCRIMINATOR_CHANNELS: tuple[int, ...] = (96, 192, 192, 208, 224, 240) + (256,) * 6
+EMBEDDING_SIZES: tuple[int, ...] = (128, 256, 512, 1024, 2048)
+
+
+def scaled(channels: int, width: float) -> int:
+    return max(4, int(round(channels * width)))
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every conv and linear layer."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+
+def check_embedding_dim(embedding_dim: int) -> None:
+    if embedding_dim < 4 or embedding_dim % 4:
+        raise ValueError(f"embedding size D={embedding_dim} must be a positive multiple of 4 "
+                         f"(the paper uses {EMBEDDING_SIZES})")
+
+
+class AudioEncoder(nn.Module):
+    """``[B, 1, 128, 100]`` log-mel -> ``[B, D]`` embedding in [-1, 1] (13 convs, no padding)."""
+
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+        super().__init__()
+        check_embedding_dim(embedding_dim)
+        layers: list[nn.Module] = []
+        in_ch = 1
+        for i, (out, kernel, stride) in enumerate(ENCODER_LAYERS):
+            last = i == len(ENCODER_LAYERS) - 1
+            out_ch = embedding_dim if last else scaled(out, width)
+            layers += [nn.Conv2d(in_ch, out_ch, kernel, stride), nn.BatchNorm2d(out_ch),
+                       nn.Tanh() if last else nn.ReLU(inplace=True)]
+            in_ch = out_ch
+        self.net = nn.Sequential(*layers)
+        xavier_init(self)
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        return self.net(spectrogram).flatten(1)
+
+
+class AudioDecoder(nn.Module):
+    """``[B, D]`` -> ``[B, 1, 128, 100]``: the encoder mirrored, Dropout2d on at test time too."""
+
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+        super().__init__()
+        check_embedding_dim(embedding_dim)
+        mirrored = list(reversed(ENCODER_LAYERS))
+        channels = [embedding_dim] + [scaled(out, width) for out, _, _ in mirrored[1:]] + [1]
+        n = len(mirrored)
+        self.dropout_p = [0.15 - 0.10 * i / (n - 2) for i in range(n - 1)]
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for i, (_, kernel, stride) in enumerate(mirrored):
+            out_pad = (0, 1) if i == n - 2 else 0  # 29x23 -> 61x48 needs one extra column
+            if i == n - 1:
+                kernel, stride = (8, 6), 2       # 61x48 -> 128x100
+            self.convs.append(nn.ConvTranspose2d(channels[i], channels[i + 1], kernel, stride,
+                                                 output_padding=out_pad))
+            self.norms.append(nn.BatchNorm2d(channels[i + 1]))
+        self.mc_dropout = True
+        xavier_init(self)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = z[:, :, None, None]
+        active = self.training or self.mc_dropout
+        for i, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            x = norm(conv(x))
+            if i == len(self.convs) - 1:
+                return torch.tanh(x)
+            x = F.dropout2d(F.relu(x), self.dropout_p[i], training=active)
+        raise AssertionError("unreachable")
+
+
+class AudioAutoencoder(nn.Module):
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+        super().__init__()
+        self.encoder = AudioEncoder(embedding_dim, width)
+        self.decoder = AudioDecoder(embedding_dim, width)
+
+    def forward(self, spectrogram: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = self.encoder(spectrogram)
+        return self.decoder(z), z
+
+
+def _deconv(in_ch: int, out_ch: int, kernel: int, stride: int = 1, padding: int = 0,
+            final: bool = False) -> nn.Sequential:
+    return nn.Sequential(nn.ConvTranspose2d(in_ch, out_ch, kernel, stride, padding),
+                         nn.BatchNorm2d(out_ch), nn.Tanh() if final else nn.ReLU(inplace=True))
+
+
+class DenseBlock(nn.Module):
+    """Three 3x3 layers: x1 = L1(x), x2 = L2(x1), x3 = L3(cat(x1, x2)); out = cat(x1, x2, x3)."""
+
+    def __init__(self, in_ch: int, channels: tuple[int, int, int]) -> None:
+        super().__init__()
+        c1, c2, c3 = channels
+        self.layer1 = _deconv(in_ch, c1, 3, padding=1)
+        self.layer2 = _deconv(c1, c2, 3, padding=1)
+        self.layer3 = _deconv(c1 + c2, c3, 3, padding=1)
+        self.out_channels = c1 + c2 + c3
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x1 = self.layer1(x)
+        x2 = self.layer2(x1)
+        x3 = self.layer3(torch.cat([x1, x2], 1))
+        return torch.cat([x1, x2, x3], 1)
+
+
+class DenseGenerator(nn.Module):
+    """``[B, D]`` embedding (+ optional channel masks) -> ``[B, 3, 96, 96]`` image in [-1, 1].
+
+    25 transposed convolutions: 7 transitions and 6 dense blocks of 3. Channel dropout
+    (``DROPOUT_P``) follows transitions 0..5 and stays on at test time (``mc_dropout``).
+    A mask is a float ``[B, C]`` tensor of 0 or ``1/(1-p)``; pass ``masks`` to supply them
+    from outside (the exported graph takes them as inputs), or leave it None to draw them.
+    """
+
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+        super().__init__()
+        check_embedding_dim(embedding_dim)
+        self.embedding_dim = embedding_dim
+        blocks = [tuple(scaled(c, width) for c in b) for b in GENERATOR_BLOCKS]
+        self.transitions = nn.ModuleList()
+        self.blocks = nn.ModuleList()
+        in_ch = embedding_dim
+        for i, (kernel, stride, padding) in enumerate(GENERATOR_TRANSITIONS):
+            final = i == len(GENERATOR_TRANSITIONS) - 1
+            out_ch = 3 if final else blocks[i][0]
+            self.transitions.append(_deconv(in_ch, out_ch, kernel, stride, padding, final))
+            if not final:
+                block = DenseBlock(out_ch, blocks[i])  # type: ignore[arg-type]
+                self.blocks.append(block)
+                in_ch = block.out_channels
+        self.mask_channels: list[int] = [b[0] for b in blocks]
+        self.dropout_p: list[float] = list(DROPOUT_P)
+        self.mc_dropout = True
+        xavier_init(self)
+
+    def draw_masks(self, batch: int, generator: torch.Generator | None = None,
+                   device: torch.device | str | None = None) -> list[torch.Tensor]:
+        """Fresh Bernoulli channel masks, scaled as dropout scales."""
+        device = device or next(self.parameters()).device
+        masks = []
+        for p, c in zip(self.dropout_p, self.mask_channels, strict=True):
+            keep = torch.rand(batch, c, generator=generator, device=device) >= p
+            masks.append(keep.float() / (1.0 - p))
+        return masks
+
+    def ones_masks(self, batch: int) -> list[torch.Tensor]:
+        device = next(self.parameters()).device
+        return [torch.ones(batch, c, device=device) for c in self.mask_channels]
+
+    def forward(self, z: torch.Tensor, masks: list[torch.Tensor] | None = None) -> torch.Tensor:
+        if masks is None:
+            drop = self.training or self.mc_dropout
+            masks = self.draw_masks(z.shape[0]) if drop else None
+        elif len(masks) != len(self.mask_channels):
+            raise ValueError(f"generator takes {len(self.mask_channels)} masks, got {len(masks)}")
+        x = z[:, :, None, None]
+        for i, transition in enumerate(self.transitions):
+            x = transition(x)
+            if i < len(self.blocks):
+                if masks is not None:
+                    x = x * masks[i][:, :, None, None]
+                x = self.blocks[i](x)
+        return x
+
+
+class Discriminator(nn.Module):
+    """Image + embedding -> RC-score in [-1, 1] (realness and coherence with the sound)."""
+
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+        super().__init__()
+        check_embedding_dim(embedding_dim)
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for i, out in enumerate(DISCRIMINATOR_CHANNELS):
+            out_ch = scaled(out, width)
+            kernel, stride = (5, 2) if i == 0 else (3, 2) if i == 1 else (3, 1)
+            layers += [nn.Conv2d(in_ch, out_ch, kernel, stride, bias=False),
+                       nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True), nn.Dropout2d(0.5)]
+            in_ch = out_ch
+        self.features = nn.Sequential(*layers)           # 96x96 -> 2x2
+        self.score = nn.Sequential(nn.Conv2d(in_ch + embedding_dim // 4, 1, 2, bias=False),
+                                   nn.BatchNorm2d(1), nn.Tanh())
+        xavier_init(self)
+
+    def forward(self, image: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        h = self.features(image)
+        cond = z.reshape(z.shape[0], -1, 2, 2)
+        return self.score(torch.cat([h, cond], 1)).flatten()
+
+
+class InformativityClassifier(nn.Module):
+    """Binary informative / non-informative classifier for one sound class."""
+
+    def __init__(self, width: float = 1.0) -> None:
+        super().__init__()
+        channels = [3] + [scaled(c, width) for c in (12, 32, 32, 32, 32)]
+        drops = (0.1, 0.2, 0.3, 0.4, 0.5)
+        layers: list[nn.Module] = []
+        for i, p in enumerate(drops):
+            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, 2, 1),
+                       nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True), nn.Dropout2d(p)]
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        hidden = scaled(32, width)
+        self.head = nn.Sequential(nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True),
+                                  nn.Dropout(0.5), nn.Linear(hidden, 2))
+        xavier_init(self)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(self.head(self.features(image)), dim=1)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
