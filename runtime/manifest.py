@@ -26,6 +26,12 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
@@ -36,6 +42,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; look like an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -62,6 +69,7 @@ def atomic_dir(final_path: str | Path, replace: bool = True) -> Iterator[Path]:
     if not os.access(parent, os.W_OK):
         raise S2IError(f"output folder {parent} is not writable")
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".partial", dir=parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like a mkdir
     try:
         yield tmp
         if final_path.exists():

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-command set-up for development and CI: system packages, a venv in .venv, S2I with
+# its test, training and microphone extras. CPU-only: torch is pinned to the CPU build.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(portaudio19-dev pulseaudio pulseaudio-utils libasound2-plugins chromium chromium-driver)
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+    echo "installing system packages: ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+        "${missing[@]}" >/dev/null
+fi
+
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/python -m pip install -q torch==2.13.0 -e '.[dev,mic]'

@@ -1,0 +1,1 @@
+"""S2I benchmarks: ``python -m benchmarks store|latency [options]``."""
