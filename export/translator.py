@@ -1,0 +1,164 @@
+"""Export a GAN checkpoint: ONNX graphs (+FP16), parity checks, TensorRT engines, manifest.
+
+Everything is written into a temporary folder beside the output and renamed into place at
+the end (``runtime.manifest.atomic_dir``): an interrupted export or a failed parity check
+leaves no half-written files, and a previous export at the same place stays intact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from export.folding import fold_batchnorm
+from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
+from export.manifest import build_manifest, dropout_spec, onnx_entry
+from export.onnx_export import DEFAULT_OPSET, write_onnx
+from export.parity import check_engine_parity, check_parity, log_parity
+from export.tensorrt_build import build_engines
+from runtime.errors import S2IError
+from runtime.frontend import FrontEndConfig
+from runtime.manifest import atomic_dir, atomic_write_json
+from trainer.checkpoint import find_checkpoint, load_checkpoint
+from trainer.models import AudioEncoder, DenseGenerator
+
+DEFAULT_BATCH_SIZES = (1, 8, 64)   # TensorRT profile: min, opt (K MC samples), max
+
+
+def default_out_dir(source: Path) -> Path:
+    """``RUN`` -> ``RUN/export``; ``RUN/checkpoints/x.pt`` -> ``RUN/export``;
+    any other checkpoint file ``DIR/x.pt`` -> ``DIR/x_export``."""
+    if source.is_dir():
+        return source / "export"
+    if source.parent.name == "checkpoints":
+        return source.parent.parent / "export"
+    return source.parent / f"{source.stem}_export"
+
+
+def load_translator(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGenerator]:
+    """Read a GAN checkpoint and rebuild its encoder and generator (eval mode)."""
+    state = load_checkpoint(path, stage="gan")
+    try:
+        embedding_dim, width = int(state["embedding_dim"]), float(state["width"])
+        weights = state["models"]
+        FrontEndConfig.from_dict(state["front_end"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise S2IError(f"checkpoint {path} lacks {exc} (expected embedding_dim, width, "
+                       "front_end and models)") from exc
+    for name in ("encoder", "generator"):
+        if name not in weights:
+            raise S2IError(f"checkpoint {path} has no '{name}' weights; a GAN checkpoint "
+                           "carries both encoder and generator")
+    try:
+        encoder = AudioEncoder(embedding_dim, width)
+        generator = DenseGenerator(embedding_dim, width)
+        encoder.load_state_dict(weights["encoder"])
+        generator.load_state_dict(weights["generator"])
+    except (RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()
+        raise S2IError(f"checkpoint {path} does not match the networks for D={embedding_dim}, "
+                       f"width={width}: {first[0] if first else exc}") from exc
+    generator.mc_dropout = False
+    return state, encoder.eval(), generator.eval()
+
+
+def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
+                      fp16: bool = False, opset: int = DEFAULT_OPSET,
+                      batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
+                      fused: bool = True, tensorrt: bool = True,
+                      timing_cache: Path | None = None,
+                      log: Callable[[str], None] = lambda _: None) -> Path:
+    """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path."""
+    source = Path(source)
+    checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
+    out = Path(out_dir) if out_dir is not None else default_out_dir(source)
+    sizes = sorted(set(batch_sizes))
+    if not sizes or sizes[0] < 1:
+        raise S2IError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
+    _check_out_dir(out)
+    state, encoder, generator = load_translator(checkpoint)
+    log(f"checkpoint {checkpoint}: D={state['embedding_dim']}, width={state['width']}, "
+        f"epoch {state.get('epoch')}")
+    enc_folded, gen_folded = fold_batchnorm(encoder), fold_batchnorm(generator)
+    batch = {name: "batch" for name in ["spectrogram", "embedding", *mask_names()]}
+    spec2 = torch.zeros(2, 1, 128, 100)
+    z2 = torch.zeros(2, generator.embedding_dim)
+    masks2 = tuple(generator.ones_masks(2))
+    masks3 = tuple(generator.ones_masks(3))
+    graphs: list[tuple[str, Any, tuple[torch.Tensor, ...], dict[str, str]]] = [
+        ("encoder", EncoderGraph(enc_folded), (spec2,), batch),
+        ("generator", GeneratorGraph(gen_folded), (z2, *masks2), batch)]
+    if fused:
+        graphs.append(("translator", TranslatorGraph(enc_folded, gen_folded),
+                       (spec2[:1], *masks3), {name: "samples" for name in mask_names()}))
+    try:
+        _write_export(out, checkpoint, state, encoder, generator, graphs, fp16=fp16,
+                      opset=opset, sizes=sizes, tensorrt=tensorrt, timing_cache=timing_cache,
+                      log=log)
+    except OSError as exc:
+        raise S2IError(f"cannot write the export to {out}: {exc.strerror or exc}") from exc
+    log(f"export written to {out}")
+    return out
+
+
+def _check_out_dir(out: Path) -> None:
+    """Refuse to replace anything but an earlier export (nothing already written is lost)."""
+    if out.exists() and not out.is_dir():
+        raise S2IError(f"output {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        raise S2IError(f"output folder {out} is not empty and holds no S2I export; "
+                       "choose another --out")
+
+
+def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: AudioEncoder,
+                  generator: DenseGenerator, graphs: list[Any], *, fp16: bool, opset: int,
+                  sizes: list[int], tensorrt: bool, timing_cache: Path | None,
+                  log: Callable[[str], None]) -> None:
+    dropout = dropout_spec(generator)
+    with atomic_dir(out) as tmp:
+        files: dict[str, Path] = {}
+        models: dict[str, dict[str, Any]] = {}
+        for precision in (["fp32", "fp16"] if fp16 else ["fp32"]):
+            for name, graph, example, dynamic in graphs:
+                key = name if precision == "fp32" else f"{name}_fp16"
+                path = tmp / (f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx")
+                if precision == "fp16":
+                    graph = _half_copy(graph)
+                exporter = write_onnx(graph, example, path, dynamic, opset)
+                files[key] = path
+                models[key] = {**onnx_entry(path, precision), "exporter": exporter}
+                log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
+        parity = check_parity(encoder, generator, files, dropout)
+        log_parity(parity, log)
+        if not parity["passed"]:
+            raise S2IError(f"ONNX Runtime does not reproduce PyTorch within tolerance "
+                           f"({parity['max_abs_error']}); nothing written to {out}")
+        trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}
+        if tensorrt:
+            try:
+                engines, trt_info = build_engines(tmp, models, sizes, timing_cache)
+                if engines:
+                    parity["tensorrt"] = check_engine_parity(encoder, generator, tmp, engines,
+                                                             dropout)
+                    log_parity(parity["tensorrt"], log)
+            except S2IError as exc:  # keep the ONNX export; say why there is no engine
+                for plan in tmp.glob("*.plan"):
+                    plan.unlink()
+                engines, trt_info = {}, {"built": False, "reason": str(exc)}
+            models.update(engines)
+            if not trt_info["built"]:
+                log(f"no TensorRT engine built: {trt_info['reason']}")
+            for entry in engines.values():
+                log(f"wrote {entry['file']}")
+        manifest = build_manifest(state=state, checkpoint=checkpoint, dropout=dropout,
+                                  opset=opset, models=models, parity=parity,
+                                  tensorrt=trt_info, batch_sizes=sizes)
+        atomic_write_json(tmp / "manifest.json", manifest)
+
+
+def _half_copy(graph: Any) -> Any:
+    import copy
+    return copy.deepcopy(graph).to_half()

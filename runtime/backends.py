@@ -1,0 +1,347 @@
+"""Model backends for the runtime: ONNX Runtime (CPU, CUDA) and TensorRT. No torch.
+
+``open_translator(export_dir, backend, precision)`` validates the export (manifest format,
+version, file hashes) and returns a ``Translator`` with ``encode`` and ``generate``.
+TensorRT execution needs the ``tensorrt`` and ``cuda-python`` packages and a CUDA GPU; both
+are imported only when that backend is asked for or probed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from runtime.errors import S2IError
+from runtime.manifest import load_export_manifest
+
+BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+PRECISIONS = ("fp32", "fp16")
+SPECTROGRAM_TAIL = (1, 128, 100)
+
+
+# --- what is available here ----------------------------------------------------------------
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+    return cudart
+
+
+def cuda_device_info() -> dict[str, Any]:
+    """GPU name and CUDA runtime/driver versions via cuda-python; ``{"error": ...}`` when
+    there is no usable CUDA GPU (or cuda-python is missing)."""
+    try:
+        cudart = _cudart()
+    except ImportError:
+        return {"error": "cuda-python is not installed (pip install cuda-python; TensorRT "
+                         "needs it here to find the GPU and hold device buffers)"}
+    try:
+        err, count = cudart.cudaGetDeviceCount()
+        if int(err) != 0 or count < 1:
+            return {"error": f"no CUDA device ({err})"}
+        err, props = cudart.cudaGetDeviceProperties(0)
+        _, runtime_version = cudart.cudaRuntimeGetVersion()
+        _, driver_version = cudart.cudaDriverGetVersion()
+    except Exception as exc:  # e.g. libcudart or the driver cannot be loaded
+        return {"error": f"CUDA unusable ({type(exc).__name__}: {str(exc).splitlines()[0]})"}
+    ok = int(err) == 0
+    name = props.name if ok else "?"
+    if isinstance(name, bytes):
+        name = name.decode(errors="replace")
+    return {"gpu": str(name).rstrip("\x00"), "cuda_runtime": _cuda_version(runtime_version),
+            "cuda_driver": _cuda_version(driver_version),
+            "compute_capability": f"{props.major}.{props.minor}" if ok else "?"}
+
+
+def _cuda_version(code: int) -> str:
+    return f"{code // 1000}.{(code % 1000) // 10}"
+
+
+def tensorrt_unavailable_reason() -> str | None:
+    """None when TensorRT can run here, else one line saying why not."""
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return "the tensorrt Python package is not installed (pip install tensorrt cuda-python)"
+    info = cuda_device_info()
+    if info.get("error"):
+        return f"TensorRT cannot run here: {info['error']}"
+    return None
+
+
+def _unavailable_reason(backend: str) -> str | None:
+    if backend == "tensorrt":
+        return tensorrt_unavailable_reason()
+    if backend == "onnxruntime-cuda" and \
+            "CUDAExecutionProvider" not in ort.get_available_providers():
+        return ("ONNX Runtime has no CUDAExecutionProvider here "
+                "(install onnxruntime-gpu and run on a CUDA machine)")
+    return None
+
+
+def list_backends() -> list[dict[str, Any]]:
+    """``[{"name", "available", "reason"}]`` for every backend, best first."""
+    rows = []
+    for name in BACKENDS:
+        reason = _unavailable_reason(name)
+        rows.append({"name": name, "available": reason is None, "reason": reason})
+    return rows
+
+
+# --- one model file ---------------------------------------------------------------------
+
+class _OrtModel:
+    def __init__(self, path: Path, provider: str, threads: int | None) -> None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = int(threads)
+        # Idle pool threads sleep instead of spinning: the encoder's and generator's sessions
+        # each own a pool, and a spinning one steals a core from the next stage
+        # (2-core CPU, D=512, K=1: p99 78 ms -> 30 ms; docs/BENCHMARKS.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        providers = [provider, "CPUExecutionProvider"] if provider != "CPUExecutionProvider" \
+            else [provider]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise S2IError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") \
+                from exc
+        if self.session.get_providers()[0] != provider:
+            raise S2IError(f"ONNX Runtime could not use {provider} for {path.name} "
+                           f"(got {self.session.get_providers()})")
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        return self.session.run(self.output_names, feeds)
+
+
+class _TrtModel:
+    """A TensorRT engine run through its Python API with cuda-python device buffers."""
+
+    def __init__(self, path: Path, entry: dict[str, Any]) -> None:
+        import tensorrt as trt
+
+        self.trt = trt
+        self.cudart = _cudart()
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+        if self.engine is None:
+            raise S2IError(f"TensorRT cannot load {path} (built by another TensorRT version or "
+                           "for another GPU?); re-export on this machine")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.inputs = [n for n in names
+                       if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if n not in self.inputs]
+        for name in names:
+            if self.engine.get_tensor_dtype(name) != trt.float32:
+                raise S2IError(f"{path.name}: tensor {name} is not float32; re-export")
+        self.max_batch = int(entry.get("profile", {}).get("max", 1))
+        self.stream = self._check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.buffers: dict[str, tuple[int, int]] = {}
+
+    def _check(self, result: Any, what: str) -> Any:
+        err, *rest = result if isinstance(result, tuple) else (result,)
+        if int(err) != 0:
+            raise S2IError(f"CUDA call {what} failed: {err}")
+        return rest[0] if len(rest) == 1 else (rest or None)
+
+    def _device(self, name: str, nbytes: int) -> int:
+        ptr, size = self.buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self._check(self.cudart.cudaFree(ptr), "cudaFree")
+            ptr = int(self._check(self.cudart.cudaMalloc(nbytes), "cudaMalloc"))
+            self.buffers[name] = (ptr, nbytes)
+        return ptr
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = feeds[self.inputs[0]].shape[0]
+        parts = [self._run_chunk({k: v[i:i + self.max_batch] for k, v in feeds.items()})
+                 for i in range(0, batch, self.max_batch)]
+        return [np.concatenate([p[j] for p in parts]) if len(parts) > 1 else parts[0][j]
+                for j in range(len(self.output_names))]
+
+    def _run_chunk(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        cudart = self.cudart
+        h2d = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
+        d2h = cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        for name in self.inputs:
+            array = np.ascontiguousarray(feeds[name], dtype=np.float32)
+            self.context.set_input_shape(name, array.shape)
+            ptr = self._device(name, array.nbytes)
+            self._check(cudart.cudaMemcpyAsync(ptr, array.ctypes.data, array.nbytes, h2d,
+                                               self.stream), "cudaMemcpyAsync")
+            self.context.set_tensor_address(name, ptr)
+        outputs = []
+        for name in self.output_names:
+            host = np.empty(tuple(self.context.get_tensor_shape(name)), np.float32)
+            self.context.set_tensor_address(name, self._device(name, host.nbytes))
+            outputs.append(host)
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise S2IError("TensorRT execution failed (see the TensorRT log above)")
+        for name, host in zip(self.output_names, outputs, strict=True):
+            self._check(cudart.cudaMemcpyAsync(host.ctypes.data, self.buffers[name][0],
+                                               host.nbytes, d2h, self.stream),
+                        "cudaMemcpyAsync")
+        self._check(cudart.cudaStreamSynchronize(self.stream), "cudaStreamSynchronize")
+        return outputs
+
+    def __del__(self) -> None:
+        for ptr, _ in getattr(self, "buffers", {}).values():
+            self.cudart.cudaFree(ptr)
+
+
+# --- the translator -----------------------------------------------------------------------
+
+class Translator:
+    """Encoder + generator of one export on one backend and precision."""
+
+    def __init__(self, export_dir: Path, manifest: dict[str, Any], backend: str,
+                 precision: str, encoder: Any, generator: Any, fused: Any = None) -> None:
+        self.export_dir = export_dir
+        self.manifest = manifest
+        self.backend = backend
+        self.precision = precision
+        self.dropout: list[dict[str, Any]] = list(manifest["dropout"])
+        self.embedding_dim = int(manifest["embedding_dim"])
+        self._encoder = encoder
+        self._generator = generator
+        self._fused = fused
+
+    def __repr__(self) -> str:
+        return (f"Translator({self.export_dir}, backend={self.backend!r}, "
+                f"precision={self.precision!r}, D={self.embedding_dim})")
+
+    def encode(self, spectrogram: np.ndarray) -> np.ndarray:
+        """``[B,1,128,100]`` float32 log-mel in [-1, 1] -> ``[B, D]`` embeddings."""
+        spectrogram = _float_array(spectrogram, "spectrogram")
+        if spectrogram.ndim != 4 or spectrogram.shape[1:] != SPECTROGRAM_TAIL \
+                or spectrogram.shape[0] < 1:
+            raise S2IError(f"spectrogram has shape {list(spectrogram.shape)}, expected "
+                           f"[batch, {', '.join(map(str, SPECTROGRAM_TAIL))}]")
+        return self._encoder.run({"spectrogram": spectrogram})[0]
+
+    def generate(self, embedding: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """``[B, D]`` embeddings + one ``[B, C_i]`` mask per dropout layer -> ``[B,3,96,96]``
+        images in [-1, 1]. Masks come from ``runtime.masks.draw_masks(self.dropout, ...)``
+        (MC samples) or ``ones_masks`` (deterministic)."""
+        embedding = _float_array(embedding, "embedding")
+        if embedding.ndim != 2 or embedding.shape[1] != self.embedding_dim \
+                or embedding.shape[0] < 1:
+            raise S2IError(f"embedding has shape {list(embedding.shape)}, expected "
+                           f"[batch, {self.embedding_dim}]")
+        feeds = {"embedding": embedding, **self._mask_feeds(masks, embedding.shape[0])}
+        return self._generator.run(feeds)[0]
+
+    def translate(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """``encode`` then ``generate``: one image per spectrogram and mask row."""
+        return self.generate(self.encode(spectrogram), masks)
+
+    def translate_window(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One window ``[1,1,128,100]`` and K MC masks (``[K, C_i]`` each) -> ``images
+        [K,3,96,96]``, their ``mean [1,3,96,96]`` and per-pixel ``uncertainty`` (standard
+        deviation across the K samples). Uses the fused graph where the export has one for
+        this backend and precision, else ``encode`` + ``generate``."""
+        spectrogram = _float_array(spectrogram, "spectrogram")
+        if spectrogram.shape != (1, *SPECTROGRAM_TAIL):
+            raise S2IError(f"spectrogram has shape {list(spectrogram.shape)}, expected one "
+                           f"window [1, {', '.join(map(str, SPECTROGRAM_TAIL))}]")
+        if not masks or not isinstance(masks[0], np.ndarray) or masks[0].ndim != 2:
+            raise S2IError("translate_window() takes one [K, C_i] mask array per dropout layer")
+        samples = masks[0].shape[0]
+        if self._fused is None:
+            z = np.repeat(self.encode(spectrogram), samples, axis=0)
+            images = self.generate(z, masks)
+            return images, images.mean(0, keepdims=True), images.std(0, keepdims=True)
+        feeds = {"spectrogram": spectrogram, **self._mask_feeds(masks, samples)}
+        images, mean, uncertainty = self._fused.run(feeds)
+        return images, mean, uncertainty
+
+    def _mask_feeds(self, masks: Sequence[np.ndarray], batch: int) -> dict[str, np.ndarray]:
+        if len(masks) != len(self.dropout):
+            raise S2IError(f"{len(self.dropout)} masks expected (one per dropout layer), "
+                           f"got {len(masks)}")
+        feeds = {}
+        for spec, mask in zip(self.dropout, masks, strict=True):
+            mask = _float_array(mask, spec["input"])
+            if mask.shape != (batch, int(spec["channels"])):
+                raise S2IError(f"{spec['input']} has shape {list(mask.shape)}, expected "
+                               f"[{batch}, {spec['channels']}]")
+            feeds[spec["input"]] = mask
+        return feeds
+
+
+def _float_array(value: Any, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray):
+        raise S2IError(f"{what} must be a numpy array, got {type(value).__name__}")
+    if value.dtype != np.float32:
+        if not np.issubdtype(value.dtype, np.floating):
+            raise S2IError(f"{what} has dtype {value.dtype}, expected float32")
+        value = value.astype(np.float32)
+    return np.ascontiguousarray(value)
+
+
+def _model_entry(manifest: dict[str, Any], export_dir: Path, graph: str, precision: str,
+                 tensorrt: bool) -> dict[str, Any]:
+    key = graph + ("_fp16" if precision == "fp16" else "") + ("_trt" if tensorrt else "")
+    entry = manifest["models"].get(key)
+    if entry is None:
+        hint = ("re-export with --fp16" if precision == "fp16" and not tensorrt else
+                "export on a machine with TensorRT and a GPU")
+        raise S2IError(f"{export_dir} has no {'TensorRT engine' if tensorrt else 'ONNX graph'} "
+                       f"'{key}' ({precision}); {hint}")
+    return entry
+
+
+def _pick_backend(manifest: dict[str, Any], precision: str) -> str:
+    suffix = ("_fp16" if precision == "fp16" else "") + "_trt"
+    if f"encoder{suffix}" in manifest["models"] and tensorrt_unavailable_reason() is None:
+        return "tensorrt"
+    if _unavailable_reason("onnxruntime-cuda") is None:
+        return "onnxruntime-cuda"
+    return "onnxruntime-cpu"
+
+
+def open_translator(export_dir: str | Path, backend: str = "auto", precision: str = "fp32",
+                    threads: int | None = None) -> Translator:
+    """Load an export on ``backend`` (``auto``: TensorRT if engines, TensorRT and a GPU exist,
+    else ONNX Runtime CUDA if available, else ONNX Runtime CPU)."""
+    export_dir = Path(export_dir)
+    if backend != "auto" and backend not in BACKENDS:
+        raise S2IError(f"unknown backend '{backend}'; expected auto or one of "
+                       f"{', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise S2IError(f"unknown precision '{precision}'; expected fp32 or fp16")
+    manifest = load_export_manifest(export_dir)
+    if backend == "auto":
+        backend = _pick_backend(manifest, precision)
+    reason = _unavailable_reason(backend)
+    if reason:
+        raise S2IError(f"backend {backend} is not available: {reason}")
+    tensorrt = backend == "tensorrt"
+    models = []
+    for graph in ("encoder", "generator"):
+        entry = _model_entry(manifest, export_dir, graph, precision, tensorrt)
+        path = export_dir / entry["file"]
+        if tensorrt:
+            models.append(_TrtModel(path, entry))
+        else:
+            provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
+                else "CPUExecutionProvider"
+            models.append(_OrtModel(path, provider, threads))
+    fused = None
+    key = "translator" + ("_fp16" if precision == "fp16" else "")
+    if not tensorrt and key in manifest["models"]:
+        fused = _OrtModel(export_dir / manifest["models"][key]["file"],
+                          models[0].session.get_providers()[0], threads)
+    return Translator(export_dir, manifest, backend, precision, *models, fused=fused)

@@ -1,0 +1,116 @@
+"""``s2i-capture``: a capture node pushing audio to a generation server (``s2i-serve``).
+
+    s2i-capture --mic --connect tcp://gpu-host:5555
+    s2i-capture --file clip.wav --connect tcp://127.0.0.1:5555     (paced like a live source)
+
+The source hands blocks to a bounded queue (oldest dropped when full); the main thread sends
+them as ``[b"audio", header, float32 samples]`` on PUSH without ever blocking: when the server
+is unreachable or slow, audio is dropped, not queued (live audio goes stale).
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import socket as socketlib
+import sys
+import threading
+
+import numpy as np
+import zmq
+
+from runtime.errors import run_cli
+from runtime.protocol import connect, encode_audio
+from runtime.server import exit_code, log, stop_on_signals
+from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
+
+QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
+PUSH_SNDHWM = 50
+
+
+class BlockQueue:
+    """A bounded queue that drops its oldest block rather than making the producer wait."""
+
+    def __init__(self, maxsize: int = QUEUE_BLOCKS) -> None:
+        self.queue: queue.Queue[tuple[np.ndarray, float]] = queue.Queue(maxsize)
+        self.dropped = 0
+        self._lock = threading.Lock()
+
+    def put(self, block: np.ndarray, capture_time: float) -> None:
+        with self._lock:
+            while True:
+                try:
+                    self.queue.put_nowait((np.asarray(block, np.float32).copy(), capture_time))
+                    return
+                except queue.Full:
+                    try:
+                        self.queue.get_nowait()
+                        self.dropped += 1
+                    except queue.Empty:
+                        pass
+
+    def get(self, timeout: float) -> tuple[np.ndarray, float] | None:
+        try:
+            return self.queue.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+
+def capture_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="s2i-capture", description="Capture audio and PUSH it to an s2i-serve server.")
+    add_source_args(parser)
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5555",
+                        help="the server's audio address (default: tcp://127.0.0.1:5555)")
+    parser.add_argument("--send-rate", type=int, default=16000,
+                        help="sample rate sent to the server (default: 16000)")
+    parser.add_argument("--stream-id", default=f"capture-{socketlib.gethostname()}",
+                        help="stream id; keep it across restarts (default: capture-HOSTNAME)")
+    args = parser.parse_args(argv)
+    if args.list_devices:
+        print("\n".join(list_devices()) or "no input devices")
+        return 0
+    chosen_source(args)
+    blocks = BlockQueue()
+    source = open_live_source(args, blocks.put, args.send_rate)  # a file is always paced
+    ctx = zmq.Context()
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
+    push.setsockopt(zmq.IMMEDIATE, 1)         # no server connected -> drop, don't queue
+    linger = 0
+    try:
+        connect(push, args.connect, "audio output (PUSH)")
+        with stop_on_signals() as stop:
+            source.start()
+            log(f"capturing {source.name} -> {args.connect} as stream {args.stream_id!r}")
+            seq, unsent = 0, 0
+            while not stop.is_set():
+                item = blocks.get(timeout=0.1)
+                if item is None:
+                    if source.finished.is_set():
+                        break
+                    continue
+                try:
+                    push.send_multipart(encode_audio(args.stream_id, seq, item[0],
+                                                     args.send_rate, item[1]), zmq.NOBLOCK)
+                except zmq.Again:
+                    unsent += 1
+                seq += 1
+            source.stop()
+            source.raise_error()
+            log(f"sent {seq - unsent} blocks ({unsent} unsent: no server or server busy; "
+                f"{blocks.dropped} dropped in the queue)")
+            linger = 0 if stop.is_set() else 1000   # a finished file flushes its last blocks
+            return exit_code(stop)
+    finally:
+        source.stop()
+        push.close(linger=linger)
+        ctx.destroy(linger=0)   # closes any socket left open; closed ones keep their linger
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: capture_main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""The S2I ZeroMQ wire format (see docs/PROTOCOL.md): image frames on PUB, audio on PUSH.
+
+Image message (PUB/XPUB -> SUB), multipart:
+    [topic, header JSON, image_0, ..., image_{K-1}, (uncertainty map)]
+Hello message (sent on PUB when a subscription arrives; the slow-joiner handshake):
+    [topic, header JSON with "kind": "hello"]
+Audio message (capture node PUSH -> server PULL), multipart:
+    [b"audio", header JSON, raw little-endian float32 samples, interleaved]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from runtime.errors import S2IError
+
+PROTOCOL_VERSION = 1
+DEFAULT_TOPIC = "s2i"
+AUDIO_TOPIC = b"audio"
+ENCODINGS = ("png", "raw")
+UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
+PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
+
+
+# --- images ---------------------------------------------------------------------------------
+
+def images_to_uint8(images: np.ndarray) -> np.ndarray:
+    """Generator output ``[K, 3, H, W]`` in [-1, 1] -> ``[K, H, W, 3]`` uint8."""
+    images = np.asarray(images, dtype=np.float32)
+    return np.round((np.clip(images, -1, 1) + 1) * 127.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def uncertainty_map(images: np.ndarray) -> np.ndarray:
+    """Per-pixel std across the K samples (RGB mean, images in [0, 1]) as ``[H, W]`` uint8."""
+    unit = (np.clip(np.asarray(images, np.float32), -1, 1) + 1) / 2     # [K, 3, H, W]
+    std = unit.std(axis=0).mean(axis=0)                                 # [H, W]
+    return np.round(np.clip(std / UNCERTAINTY_SCALE, 0, 1) * 255).astype(np.uint8)
+
+
+def encode_image(image: np.ndarray, encoding: str) -> bytes:
+    if encoding == "raw":
+        return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+    if encoding == "png":
+        from PIL import Image
+
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+        return buffer.getvalue()
+    raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+def decode_image(payload: bytes, encoding: str, shape: list[int]) -> np.ndarray:
+    if encoding == "raw":
+        expected = int(np.prod(shape))
+        if len(payload) != expected:
+            raise S2IError(f"raw image payload has {len(payload)} bytes, header shape {shape} "
+                           f"needs {expected}")
+        return np.frombuffer(payload, np.uint8).reshape(shape)
+    if encoding == "png":
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(payload)))
+    raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
+
+
+def encode_frame(topic: str, header: dict[str, Any], images_u8: np.ndarray,
+                 uncertainty: np.ndarray | None, encoding: str) -> list[bytes]:
+    """Build the multipart image message.
+
+    Fills kind/protocol/shape/encoding/samples into a copy of ``header`` and adds the time
+    the payload encoding took to ``header["timings_ms"]["encoding"]`` and ``publish_time``.
+    """
+    start = time.perf_counter()
+    payloads = [encode_image(img, encoding) for img in images_u8]
+    if uncertainty is not None:
+        payloads.append(encode_image(uncertainty, encoding))
+    header = dict(header, kind="frame", protocol=PROTOCOL_VERSION, encoding=encoding,
+                  samples=int(len(images_u8)), shape=list(images_u8.shape[1:]),
+                  uncertainty=uncertainty is not None)
+    if uncertainty is not None:
+        header["uncertainty_shape"] = list(uncertainty.shape)
+        header["uncertainty_scale"] = UNCERTAINTY_SCALE
+    header["timings_ms"] = dict(header.get("timings_ms", {}),
+                                encoding=round((time.perf_counter() - start) * 1000, 3))
+    header["publish_time"] = time.time()
+    return [topic.encode(), json.dumps(header).encode()] + payloads
+
+
+@dataclass
+class Frame:
+    topic: str
+    header: dict[str, Any]
+    images: list[np.ndarray]              # K arrays [H, W, 3] uint8
+    uncertainty: np.ndarray | None        # [H, W] uint8 or None
+
+    @property
+    def seq(self) -> int:
+        return int(self.header["seq"])
+
+
+def decode_header(parts: list[bytes]) -> dict[str, Any]:
+    if len(parts) < 2:
+        raise S2IError(f"S2I message needs at least a topic and a header, got {len(parts)} parts")
+    try:
+        header = json.loads(parts[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise S2IError(f"S2I message header is not JSON: {exc}") from exc
+    if not isinstance(header, dict) or header.get("protocol") != PROTOCOL_VERSION:
+        raise S2IError(f"S2I message has protocol {header.get('protocol')!r}; this client "
+                       f"reads version {PROTOCOL_VERSION}")
+    return header
+
+
+def decode_frame(parts: list[bytes]) -> Frame:
+    header = decode_header(parts)
+    k = int(header["samples"])
+    expected = 2 + k + (1 if header.get("uncertainty") else 0)
+    if len(parts) != expected:
+        raise S2IError(f"S2I frame has {len(parts)} parts, its header promises {expected}")
+    images = [decode_image(p, header["encoding"], header["shape"]) for p in parts[2:2 + k]]
+    uncertainty = (decode_image(parts[2 + k], header["encoding"], header["uncertainty_shape"])
+                   if header.get("uncertainty") else None)
+    return Frame(parts[0].decode(errors="replace"), header, images, uncertainty)
+
+
+def hello_message(topic: str, info: dict[str, Any]) -> list[bytes]:
+    header = dict(info, kind="hello", protocol=PROTOCOL_VERSION, time=time.time())
+    return [topic.encode(), json.dumps(header).encode()]
+
+
+# --- audio between capture node and server --------------------------------------------------
+
+def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int,
+                 capture_time: float, channels: int = 1) -> list[bytes]:
+    header = {"kind": "audio", "protocol": PROTOCOL_VERSION, "stream": stream_id, "seq": seq,
+              "sample_rate": int(sample_rate), "channels": int(channels), "dtype": "float32",
+              "capture_time": float(capture_time)}
+    data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
+    return [AUDIO_TOPIC, json.dumps(header).encode(), data]
+
+
+def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
+    header = decode_header(parts)
+    if parts[0] != AUDIO_TOPIC or len(parts) != 3 or header.get("dtype") != "float32":
+        raise S2IError("not an S2I audio message ([b'audio', header, float32 samples])")
+    channels = int(header.get("channels", 1))
+    samples = np.frombuffer(parts[2], "<f4")
+    if channels < 1 or len(samples) % channels:
+        raise S2IError(f"audio message of {len(samples)} samples does not split into "
+                       f"{channels} channels")
+    return header, samples.reshape(-1, channels)
+
+
+# --- sockets --------------------------------------------------------------------------------
+
+def bind(socket: zmq.Socket, address: str, what: str) -> None:
+    """Bind, or close the socket and raise a one-line error (a context can then terminate)."""
+    try:
+        socket.bind(address)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        raise S2IError(f"cannot bind the {what} socket to {address}: {exc}") from exc
+
+
+def connect(socket: zmq.Socket, address: str, what: str) -> None:
+    """Connect, or close the socket and raise a one-line error."""
+    try:
+        socket.connect(address)
+    except zmq.ZMQError as exc:
+        socket.close(linger=0)
+        raise S2IError(f"cannot connect the {what} socket to {address}: {exc} "
+                       "(expected e.g. tcp://127.0.0.1:5556)") from exc
+
+
+class Publisher:
+    """An XPUB socket: SUB clients see a plain PUB; the server also sees their subscriptions.
+
+    ``SNDHWM`` bounds what is queued for a slow subscriber: past it PUB drops frames for that
+    subscriber, never blocking the loop. Each new subscription is answered with a ``hello``
+    message on the publisher's topic, which tells the client that its subscription is live
+    (the slow-joiner handshake; nobody sleeps).
+    """
+
+    def __init__(self, ctx: zmq.Context, address: str, topic: str, info: dict[str, Any],
+                 sndhwm: int = PUB_SNDHWM) -> None:
+        self.topic, self.info = topic, info
+        self.socket = ctx.socket(zmq.XPUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)     # report every subscription
+        bind(self.socket, address, "publisher")
+        self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.subscribers = 0
+        self.sent = 0
+
+    def poll_subscriptions(self, timeout_ms: int = 0) -> int:
+        """Handle pending (un)subscriptions; answer each subscription with a hello."""
+        while self.socket.poll(timeout_ms, zmq.POLLIN):
+            timeout_ms = 0
+            event = self.socket.recv()
+            if event[:1] == b"\x01":
+                self.subscribers += 1
+                if self.topic.encode().startswith(event[1:]) or \
+                        event[1:].startswith(self.topic.encode()):
+                    self._send(hello_message(self.topic, self.info))
+            elif event[:1] == b"\x00":
+                self.subscribers = max(0, self.subscribers - 1)
+        return self.subscribers
+
+    def _send(self, parts: list[bytes]) -> None:
+        try:
+            self.socket.send_multipart(parts, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            pass    # XPUB drops past the HWM anyway; never block the loop
+
+    def publish(self, parts: list[bytes]) -> None:
+        self.poll_subscriptions()
+        self._send(parts)
+        self.sent += 1
+
+    def close(self, linger_ms: int = 0) -> None:
+        """Close; ``linger_ms`` > 0 lets frames already queued go out (end of a file)."""
+        self.socket.close(linger=linger_ms)

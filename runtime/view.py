@@ -1,0 +1,180 @@
+"""``s2i-view``: subscribe to an S2I stream; write frames to a folder and/or show them live.
+
+    s2i-view --connect tcp://127.0.0.1:5556 --web 8080        # open http://127.0.0.1:8080/
+    s2i-view --connect tcp://127.0.0.1:5556 --out frames/ --count 20
+
+The web page (runtime/static/) polls ``/latest.json`` and swaps in ``/frame/<n>/<k>.png``;
+only the newest frame is kept in memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.client import Subscriber
+from runtime.errors import S2IError, run_cli
+from runtime.manifest import atomic_write_bytes
+from runtime.protocol import DEFAULT_TOPIC, Frame
+from runtime.server import exit_code, log, stop_on_signals
+
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
+                ".css": "text/css"}
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class LatestFrame:
+    """The newest frame as PNG bytes, shared between the receive loop and the web server."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.number = 0
+        self.header: dict[str, Any] | None = None
+        self.pngs: list[bytes] = []
+        self.uncertainty: bytes | None = None
+
+    def update(self, frame: Frame) -> None:
+        pngs = [png_bytes(img) for img in frame.images]
+        unc = png_bytes(frame.uncertainty) if frame.uncertainty is not None else None
+        with self._lock:
+            self.number += 1
+            self.header, self.pngs, self.uncertainty = frame.header, pngs, unc
+
+    def state(self) -> dict[str, Any]:
+        with self._lock:
+            n = self.number
+            return {"number": n, "header": self.header,
+                    "images": [f"/frame/{n}/{k}.png" for k in range(len(self.pngs))],
+                    "uncertainty": f"/frame/{n}/uncertainty.png" if self.uncertainty else None}
+
+    def image(self, name: str) -> bytes | None:
+        with self._lock:
+            if name == "uncertainty":
+                return self.uncertainty
+            if name.isdigit() and int(name) < len(self.pngs):
+                return self.pngs[int(name)]
+            return None
+
+
+def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:   # keep the terminal quiet
+            pass
+
+        def _send(self, status: int, body: bytes, ctype: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            path = self.path.split("?")[0]
+            if path == "/":
+                path = "/index.html"
+            if path == "/latest.json":
+                self._send(200, json.dumps(latest.state()).encode(), "application/json")
+                return
+            if path.startswith("/frame/") and path.endswith(".png"):
+                body = latest.image(path.rsplit("/", 1)[1][:-4])
+                if body is not None:
+                    self._send(200, body, "image/png")
+                    return
+            static = STATIC / path.lstrip("/")
+            if "/" not in path.lstrip("/") and static.suffix in STATIC_TYPES and static.is_file():
+                self._send(200, static.read_bytes(), STATIC_TYPES[static.suffix])
+                return
+            self._send(404, b"not found", "text/plain")
+
+    return Handler
+
+
+def write_frame(out_dir: Path, frame: Frame) -> None:
+    stem = f"{frame.header.get('stream', 'main')}_{frame.seq:06d}"
+    for k, image in enumerate(frame.images):
+        atomic_write_bytes(out_dir / f"{stem}_{k}.png", png_bytes(image))
+    if frame.uncertainty is not None:
+        atomic_write_bytes(out_dir / f"{stem}_uncertainty.png", png_bytes(frame.uncertainty))
+    atomic_write_bytes(out_dir / f"{stem}.json",
+                       (json.dumps(frame.header, indent=1) + "\n").encode())
+
+
+def view_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="s2i-view", description="Subscribe to an S2I stream; save frames and/or show them "
+                                      "in a local web page.")
+    parser.add_argument("--connect", default="tcp://127.0.0.1:5556",
+                        help="the server's PUB address (default: tcp://127.0.0.1:5556)")
+    parser.add_argument("--topic", default=DEFAULT_TOPIC)
+    parser.add_argument("--out", type=Path, help="folder to write frames to (PNG + JSON header)")
+    parser.add_argument("--web", type=int, metavar="PORT",
+                        help="serve a live page on http://HOST:PORT/ (0 = any free port)")
+    parser.add_argument("--host", default="127.0.0.1", help="web page host (default: 127.0.0.1)")
+    parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = never)")
+    parser.add_argument("--newest-only", action="store_true",
+                        help="skip queued frames and show the newest (slow clients)")
+    args = parser.parse_args(argv)
+    if args.out is None and args.web is None:
+        raise S2IError("nothing to do: give --out DIR and/or --web PORT")
+    latest = LatestFrame()
+    httpd = None
+    subscriber = Subscriber(args.connect, args.topic, newest_only=args.newest_only)
+    try:
+        if args.out is not None:
+            try:
+                args.out.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise S2IError(f"cannot create output folder {args.out}: "
+                               f"{exc.strerror}") from exc
+        if args.web is not None:
+            try:
+                httpd = ThreadingHTTPServer((args.host, args.web), make_handler(latest))
+            except (OSError, OverflowError) as exc:
+                raise S2IError(f"cannot serve the web page on {args.host}:{args.web}: "
+                               f"{getattr(exc, 'strerror', None) or exc}") from exc
+            httpd.daemon_threads = True
+            threading.Thread(target=httpd.serve_forever, name="s2i-view-web",
+                             daemon=True).start()
+            log(f"view at http://{args.host}:{httpd.server_address[1]}/")
+        with stop_on_signals() as stop:
+            received = 0
+            while not stop.is_set() and (args.count <= 0 or received < args.count):
+                frame = subscriber.receive(timeout_s=0.1)
+                if frame is None:
+                    continue
+                received += 1
+                if args.out is not None:
+                    write_frame(args.out, frame)
+                latest.update(frame)
+            log(f"received {received} frames")
+            return exit_code(stop)
+    finally:
+        if httpd is not None:
+            httpd.shutdown()
+            httpd.server_close()
+        subscriber.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(lambda: view_main(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

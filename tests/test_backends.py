@@ -1,0 +1,161 @@
+"""runtime.backends: open an export on ONNX Runtime, check inputs, refuse bad exports."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers_export import make_tiny_checkpoint, make_tiny_export
+
+from export.translator import export_translator
+from runtime.backends import list_backends, open_translator, tensorrt_unavailable_reason
+from runtime.errors import S2IError
+from runtime.masks import draw_masks, ones_masks
+from trainer.checkpoint import load_checkpoint
+from trainer.models import AudioEncoder, DenseGenerator
+
+D = 64
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export", embedding_dim=D,
+                            fp16=True, seed=1, fused=True)
+
+
+def reference(export_dir: Path, spec: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+    state = load_checkpoint(export_dir.parent / f"{export_dir.name}.ckpt.pt", stage="gan")
+    encoder, generator = AudioEncoder(D, state["width"]), DenseGenerator(D, state["width"])
+    encoder.load_state_dict(state["models"]["encoder"])
+    generator.load_state_dict(state["models"]["generator"])
+    with torch.no_grad():
+        z = encoder.eval()(torch.from_numpy(spec))
+        return generator.eval()(z, [torch.from_numpy(m) for m in masks]).numpy()
+
+
+@pytest.mark.parametrize("precision,limit", [("fp32", 1e-4), ("fp16", 2e-2)])
+def test_onnxruntime_cpu_translates_like_pytorch(export_dir: Path, precision: str,
+                                                 limit: float) -> None:
+    translator = open_translator(export_dir, "onnxruntime-cpu", precision, threads=2)
+    assert translator.backend == "onnxruntime-cpu" and translator.precision == precision
+    assert [s["input"] for s in translator.dropout] == [f"mask{i}" for i in range(6)]
+    assert translator.manifest["embedding_dim"] == D
+    rng = np.random.default_rng(0)
+    for batch in (1, 3):
+        spec = rng.uniform(-1, 1, (batch, 1, 128, 100)).astype(np.float32)
+        masks = draw_masks(translator.dropout, batch, rng)
+        z = translator.encode(spec)
+        assert z.shape == (batch, D) and z.dtype == np.float32
+        images = translator.generate(z, masks)
+        assert images.shape == (batch, 3, 96, 96) and images.dtype == np.float32
+        assert np.abs(images - reference(export_dir, spec, masks)).max() <= limit
+        assert np.array_equal(translator.translate(spec, masks), images)
+
+
+def test_ones_masks_deterministic_drawn_masks_differ(export_dir: Path) -> None:
+    translator = open_translator(export_dir, "onnxruntime-cpu")
+    z = translator.encode(np.zeros((2, 1, 128, 100), np.float32))
+    ones = ones_masks(translator.dropout, 2)
+    assert np.array_equal(translator.generate(z, ones), translator.generate(z, ones))
+    rng = np.random.default_rng(4)
+    a = translator.generate(z, draw_masks(translator.dropout, 2, rng))
+    b = translator.generate(z, draw_masks(translator.dropout, 2, rng))
+    assert np.abs(a - b).max() > 1e-3
+
+
+def test_auto_picks_best_available(export_dir: Path) -> None:
+    translator = open_translator(export_dir)
+    available = [row["name"] for row in list_backends() if row["available"]]
+    assert translator.backend in available
+    if available == ["onnxruntime-cpu"]:
+        assert translator.backend == "onnxruntime-cpu"
+    rows = list_backends()
+    assert [r["name"] for r in rows] == ["tensorrt", "onnxruntime-cuda", "onnxruntime-cpu"]
+    assert all(r["available"] or ("\n" not in r["reason"] and r["reason"]) for r in rows)
+
+
+def test_bad_inputs_are_one_line_errors(export_dir: Path) -> None:
+    translator = open_translator(export_dir, "onnxruntime-cpu")
+    masks = ones_masks(translator.dropout, 2)
+    z = np.zeros((2, D), np.float32)
+    bad_calls = [
+        (lambda: translator.encode(np.zeros((2, 128, 100), np.float32)), "spectrogram"),
+        (lambda: translator.encode(np.zeros((2, 1, 128, 99), np.float32)), "spectrogram"),
+        (lambda: translator.encode(np.zeros((2, 1, 128, 100), np.int16)), "dtype"),
+        (lambda: translator.encode([[0.0]]), "numpy array"),
+        (lambda: translator.generate(np.zeros((2, D + 4), np.float32), masks), "embedding"),
+        (lambda: translator.generate(z, masks[:5]), "6 masks expected"),
+        (lambda: translator.generate(z, ones_masks(translator.dropout, 3)), "mask0"),
+    ]
+    for call, match in bad_calls:
+        with pytest.raises(S2IError, match=match) as info:
+            call()
+        assert "\n" not in str(info.value)
+    # other float dtypes are converted, not refused
+    assert translator.encode(np.zeros((1, 1, 128, 100), np.float64)).shape == (1, D)
+
+
+def test_missing_tampered_and_unavailable(export_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(S2IError, match="export folder not found"):
+        open_translator(tmp_path / "nowhere")
+    copy = tmp_path / "copy"
+    shutil.copytree(export_dir, copy)
+    data = bytearray((copy / "encoder.onnx").read_bytes())
+    data[-10] ^= 0xFF
+    (copy / "encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(S2IError, match="sha256"):
+        open_translator(copy, "onnxruntime-cpu")
+    with pytest.raises(S2IError, match="unknown backend"):
+        open_translator(export_dir, "cuda")
+    with pytest.raises(S2IError, match="unknown precision"):
+        open_translator(export_dir, "onnxruntime-cpu", "int8")
+    for row in list_backends():
+        if not row["available"]:
+            with pytest.raises(S2IError, match="not available") as info:
+                open_translator(export_dir, row["name"])
+            assert "\n" not in str(info.value)
+
+
+def test_translate_window_fused_and_unfused_agree(export_dir: Path, tmp_path: Path) -> None:
+    fused = open_translator(export_dir, "onnxruntime-cpu")
+    plain_export = make_tiny_export(tmp_path / "plain", embedding_dim=D, seed=1)  # same weights
+    plain = open_translator(plain_export, "onnxruntime-cpu")
+    assert fused._fused is not None and plain._fused is None
+    spec = np.random.default_rng(7).uniform(-1, 1, (1, 1, 128, 100)).astype(np.float32)
+    masks = draw_masks(fused.dropout, 5, np.random.default_rng(8))
+    images, mean, spread = fused.translate_window(spec, masks)
+    images2, mean2, spread2 = plain.translate_window(spec, masks)
+    assert images.shape == (5, 3, 96, 96) and mean.shape == spread.shape == (1, 3, 96, 96)
+    assert np.abs(images - images2).max() <= 1e-4 and np.abs(mean - mean2).max() <= 1e-4
+    assert np.abs(spread - spread2).max() <= 1e-4 and spread.max() > 0
+    with pytest.raises(S2IError, match="one window"):
+        fused.translate_window(np.repeat(spec, 2, axis=0), masks)
+    # an export without FP16 graphs says how to get them
+    with pytest.raises(S2IError, match="re-export with --fp16"):
+        open_translator(plain_export, "onnxruntime-cpu", "fp16")
+
+
+def test_runtime_backends_do_not_import_torch() -> None:
+    code = ("import sys, runtime.backends, runtime.masks; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_tensorrt_backend(tmp_path: Path) -> None:
+    reason = tensorrt_unavailable_reason()
+    if reason is not None:
+        pytest.skip(f"TensorRT backend not testable here: {reason}")
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", embedding_dim=D)
+    out = export_translator(checkpoint, tmp_path / "export", fused=False,
+                            batch_sizes=(1, 4, 8), timing_cache=tmp_path / "timing.cache")
+    translator = open_translator(out, "tensorrt")
+    spec = np.random.default_rng(0).uniform(-1, 1, (10, 1, 128, 100)).astype(np.float32)
+    masks = draw_masks(translator.dropout, 10, np.random.default_rng(1))
+    images = translator.translate(spec, masks)   # 10 > profile max 8: run in chunks
+    cpu = open_translator(out, "onnxruntime-cpu").translate(spec, masks)
+    assert np.abs(images - cpu).max() <= 2e-2

@@ -1,0 +1,229 @@
+"""Runtime pieces without a model: decoding, resampling, ring buffer, sources, wire format,
+and the ZeroMQ publisher/subscriber behaviour (handshake, newest-only, slow subscribers)."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import av
+import numpy as np
+import pytest
+import soundfile as sf
+import zmq
+
+from runtime.audio_io import StreamResampler, load_audio
+from runtime.client import Subscriber
+from runtime.errors import S2IError
+from runtime.protocol import (
+    Publisher,
+    decode_audio,
+    decode_frame,
+    encode_audio,
+    encode_frame,
+    images_to_uint8,
+    uncertainty_map,
+)
+from runtime.ring import AudioRing
+from runtime.sources import FileSource, StdinSource, file_windows
+
+
+def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    mono = (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return mono if channels == 1 else np.repeat(mono[:, None], channels, axis=1)
+
+
+def write_mp4(path, audio: np.ndarray, rate: int, with_audio: bool = True) -> None:
+    """A real mp4 (mpeg4 video + AAC audio) written with PyAV."""
+    container = av.open(str(path), "w")
+    video = container.add_stream("mpeg4", rate=10)
+    video.width, video.height, video.pix_fmt = 64, 64, "yuv420p"
+    sound = container.add_stream("aac", rate=rate) if with_audio else None
+    if sound is not None:
+        sound.layout = "mono"
+    for _ in range(5):
+        frame = av.VideoFrame.from_ndarray(np.zeros((64, 64, 3), np.uint8), format="rgb24")
+        container.mux(video.encode(frame))
+    container.mux(video.encode(None))
+    if sound is not None:
+        for i in range(0, len(audio), 1024):
+            block = np.ascontiguousarray(audio[None, i:i + 1024], dtype=np.float32)
+            frame = av.AudioFrame.from_ndarray(block, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = rate, i
+            container.mux(sound.encode(frame))
+        container.mux(sound.encode(None))
+    container.close()
+
+
+@pytest.mark.parametrize("suffix,rate,channels", [
+    ("wav", 44100, 2), ("flac", 22050, 1), ("ogg", 48000, 2), ("mp3", 32000, 1),
+])
+def test_decode_any_rate_and_channels(tmp_path, suffix, rate, channels):
+    path = tmp_path / f"tone.{suffix}"
+    sf.write(path, tone(1.5, rate, channels=channels), rate)
+    audio = load_audio(path, 16000)
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(len(audio) - 24000) < 1200            # codecs may pad a frame
+    spectrum = np.abs(np.fft.rfft(audio[2000:18000]))
+    assert abs(np.argmax(spectrum) * 16000 / 16000 - 440) < 3   # the tone survived resampling
+    assert 0.3 < np.abs(audio).max() < 0.7
+
+
+def test_decode_video_file_and_its_errors(tmp_path):
+    write_mp4(tmp_path / "clip.mp4", tone(1.2, 44100), 44100)
+    audio = load_audio(tmp_path / "clip.mp4", 16000)
+    assert abs(len(audio) - 19200) < 2000 and np.abs(audio).max() > 0.2
+    write_mp4(tmp_path / "silent.mp4", tone(1, 44100), 44100, with_audio=False)
+    (tmp_path / "junk.wav").write_bytes(b"RIFF" + bytes(range(256)) * 4)
+    sf.write(tmp_path / "empty.wav", np.zeros((0, 1), np.float32), 16000)
+    cases = {"missing.wav": "not found", "silent.mp4": "no audio track",
+             "junk.wav": "cannot read", "empty.wav": "empty"}
+    for name, words in cases.items():
+        with pytest.raises(S2IError, match=words) as info:
+            load_audio(tmp_path / name, 16000)
+        assert "\n" not in str(info.value)
+
+
+def test_stream_resampler_matches_whole_file_resampling():
+    rate = 44100
+    stereo = np.stack([tone(1, rate), tone(1, rate, 1000)], axis=1)
+    resampler = StreamResampler(rate, 16000, channels=2)
+    pieces = [resampler.process(stereo[i:i + 777]) for i in range(0, len(stereo), 777)]
+    pieces.append(resampler.process(np.zeros((0, 2), np.float32), last=True))
+    out = np.concatenate(pieces)
+    assert abs(len(out) - 16000) <= 2
+    import soxr
+    whole = soxr.resample(stereo.mean(axis=1), rate, 16000)
+    n = min(len(out), len(whole))
+    assert np.abs(out[:n] - whole[:n]).max() < 1e-3
+
+
+def test_ring_keeps_the_newest_second_and_its_capture_time():
+    ring = AudioRing(1000)
+    assert ring.latest(10) is None
+    data = np.arange(2500, dtype=np.float32)
+    for i in range(0, 2500, 300):
+        ring.write(data[i:i + 300], capture_time=100.0 + i)
+    audio, t, written = ring.latest(1000)
+    assert written == 2500 and np.array_equal(audio, data[-1000:]) and t == 100.0 + 2400
+    ring.write(np.arange(5000, dtype=np.float32), 1.0)   # bigger than the ring: keeps the tail
+    assert np.array_equal(ring.latest(1000)[0], np.arange(4000, 5000, dtype=np.float32))
+    assert not ring.wait_for(10_000, timeout=0.01)
+    threading.Timer(0.05, ring.close).start()
+    assert not ring.wait_for(10_000, timeout=5) and ring.closed
+
+
+def test_file_windows_cover_the_file_hop_by_hop(tmp_path):
+    audio = tone(2.3, 16000)
+    sf.write(tmp_path / "a.wav", audio, 16000, subtype="FLOAT")
+    windows = list(file_windows(str(tmp_path / "a.wav"), 16000, 16000, 4000))
+    assert [end for _, end in windows] == list(range(16000, len(audio) + 1, 4000))
+    for window, end in windows:
+        np.testing.assert_array_equal(window, audio[end - 16000:end])
+    sf.write(tmp_path / "short.wav", audio[:5000], 16000, subtype="FLOAT")
+    (short, end), = file_windows(str(tmp_path / "short.wav"), 16000, 16000, 4000)
+    assert len(short) == 16000 and end == 5000 and not short[5000:].any()
+
+
+def test_paced_file_source_runs_at_real_time(tmp_path):
+    sf.write(tmp_path / "a.wav", tone(0.6, 8000), 8000)
+    ring = AudioRing(20000)
+    start = time.monotonic()
+    source = FileSource(ring.write, 16000, str(tmp_path / "a.wav")).start()
+    assert source.finished.wait(5)
+    elapsed = time.monotonic() - start
+    assert 0.5 < elapsed < 1.5, elapsed
+    assert abs(ring.written - 9600) < 200
+
+
+def test_stdin_source_reads_s16_and_f32_pcm():
+    for fmt, dtype, scale in (("s16", "<i2", 32767), ("f32", "<f4", 1.0)):
+        stereo = tone(0.5, 8000, channels=2)
+        raw = (stereo * scale).astype(dtype).tobytes()
+        blocks = []
+        source = StdinSource(lambda b, t, blocks=blocks: blocks.append(b), 16000, 8000, 2, fmt,
+                             stream=io.BufferedReader(io.BytesIO(raw))).start()
+        assert source.finished.wait(5) and source.error is None
+        audio = np.concatenate(blocks)
+        assert abs(len(audio) - 8000) < 50 and 0.45 < np.abs(audio).max() < 0.55
+    with pytest.raises(S2IError, match="unknown PCM format"):
+        StdinSource(lambda b, t: None, 16000, 8000, 1, "s24")
+
+
+def test_frame_and_audio_messages_round_trip():
+    rng = np.random.default_rng(0)
+    out = rng.uniform(-1, 1, (3, 3, 96, 96)).astype(np.float32)
+    images = images_to_uint8(out)
+    unc = uncertainty_map(out)
+    assert images.shape == (3, 96, 96, 3) and unc.shape == (96, 96) and unc.max() > 0
+    for encoding in ("png", "raw"):
+        parts = encode_frame("s2i", {"seq": 7, "stream": "x", "timings_ms": {"encoder": 1.0}},
+                             images, unc, encoding)
+        assert len(parts) == 2 + 3 + 1
+        frame = decode_frame(parts)
+        assert frame.seq == 7 and frame.header["encoding"] == encoding
+        assert set(frame.header["timings_ms"]) == {"encoder", "encoding"}
+        for a, b in zip(frame.images, images, strict=True):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(frame.uncertainty, unc)
+    header, samples = decode_audio(encode_audio("mic", 3, tone(0.1, 16000), 16000, 12.5))
+    assert header["seq"] == 3 and header["capture_time"] == 12.5 and samples.shape == (1600, 1)
+    with pytest.raises(S2IError, match="protocol"):
+        decode_frame([b"s2i", b'{"protocol": 99}'])
+
+
+def _serve_hellos(publisher: Publisher, until: threading.Event) -> threading.Thread:
+    def loop() -> None:
+        while not until.is_set():
+            publisher.poll_subscriptions(20)
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_handshake_newest_only_and_slow_subscribers_never_block():
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"}, sndhwm=5)
+    images = np.zeros((1, 96, 96, 3), np.uint8)
+    sent = 1000        # 27 MB of raw frames: more than PUB/SUB queues and TCP buffers hold
+    try:
+        with Subscriber(publisher.address) as everything, \
+                Subscriber(publisher.address, newest_only=True) as newest:
+            everything.socket.setsockopt(zmq.RCVHWM, 2)
+            done = threading.Event()
+            thread = _serve_hellos(publisher, done)
+            assert everything.wait_ready(5)["backend"] == "test"    # subscription is live
+            assert newest.wait_ready(5)["kind"] == "hello"
+            done.set()
+            thread.join()
+            # Nobody reads while the frames go out: PUB drops past the HWM, never stalls.
+            start = time.monotonic()
+            for seq in range(sent):
+                publisher.publish(encode_frame("s2i", {"seq": seq}, images, None, "raw"))
+            assert time.monotonic() - start < 10
+            for sub in (everything, newest):
+                seqs = []
+                while (frame := sub.receive(0.5)) is not None:
+                    seqs.append(frame.seq)
+                assert seqs == sorted(set(seqs)) and len(seqs) < sent  # in order; some lost
+                if sub is everything:
+                    assert seqs[0] == 0 and sub.skipped == 0        # lost only past the HWM
+                else:
+                    assert sub.skipped > 0                          # drained to the newest
+    finally:
+        publisher.close()
+        ctx.term()
+
+
+def test_runtime_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, runtime.stream, runtime.server, runtime.capture, runtime.view, "
+            "runtime.client, runtime.sources, runtime.audio_io, runtime.pulse, runtime.backends; "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'export')]; "
+            "assert not bad, bad")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,202 @@
+"""Stage 1: the audio autoencoder (``python -m trainer audio --store S --run R``).
+
+MSE reconstruction of 1-s log-mel spectrograms, SGD lr 0.05 momentum 0.9, batch 64 (the
+paper's settings are the defaults). Reports validation reconstruction MSE every epoch and,
+at the end, a linear probe of the embeddings (how well they separate the classes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from runtime.config import add_dataclass_args, config_from_dict, dataclass_from_args, save_config
+from runtime.errors import S2IError
+from runtime.frontend import check_same_front_end
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.data import count_batches, epoch_batches, open_split
+from trainer.models import AudioAutoencoder
+from trainer.probe import linear_probe_accuracy
+from trainer.store import Store
+from trainer.train_common import (
+    Dist,
+    RunWriter,
+    image_grid,
+    reduce_mean,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    teardown_distributed,
+    unwrap,
+    update_metrics,
+)
+
+
+@dataclass
+class AudioConfig:
+    store: str = ""
+    run_dir: str = "runs/audio"
+    embedding_dim: int = 512
+    width: float = 1.0
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 0.05
+    momentum: float = 0.9
+    seed: int = 0
+    device: str = "cpu"
+    max_batches: int | None = None      # cap on batches per epoch (short runs)
+    val_max_batches: int | None = 20
+    snapshot_every: int = 10
+    probe_samples: int = 2000
+
+
+def embed(encoder: torch.nn.Module, store: Store, split: str, limit: int,
+          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embeddings and labels of up to ``limit`` items of a split (evenly spread)."""
+    arrays = open_split(store, split)
+    step = max(1, len(arrays) // limit)
+    zs, ys = [], []
+    encoder.eval()
+    with torch.no_grad():
+        for batch in epoch_batches(arrays, 256, 0, 0, shuffle=False, device=device):
+            keep = batch.indices % step == 0
+            if keep.any():
+                zs.append(encoder(batch.spectrograms[torch.from_numpy(keep)]).cpu())
+                ys.append(batch.labels[torch.from_numpy(keep)].cpu())
+    return torch.cat(zs)[:limit], torch.cat(ys)[:limit]
+
+
+def validate(model: AudioAutoencoder, store: Store, cfg: AudioConfig, world: Dist) -> float:
+    split = open_split(store, "val" if "val" in store.splits else "train")
+    model.eval()
+    total, n = 0.0, 0
+    with torch.no_grad():
+        for batch in epoch_batches(split, cfg.batch_size, 0, cfg.seed, shuffle=False,
+                                   max_batches=cfg.val_max_batches, device=world.device):
+            recon, _ = model(batch.spectrograms)
+            total += float(F.mse_loss(recon, batch.spectrograms)) * len(batch.labels)
+            n += len(batch.labels)
+    return total / max(n, 1)
+
+
+def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
+    world = setup_distributed(cfg.device)
+    run_dir = Path(cfg.run_dir)
+    store = Store(cfg.store)
+    train = open_split(store, "train")
+    seed_everything(cfg.seed)
+    model = AudioAutoencoder(cfg.embedding_dim, cfg.width).to(world.device)
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    start_epoch, step, history = 0, 0, []
+    last = run_dir / "checkpoints" / "audio_last.pt"
+    if resume:
+        state = load_checkpoint(last, stage="audio", embedding_dim=cfg.embedding_dim)
+        check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
+        model.load_state_dict(state["models"]["autoencoder"])
+        opt.load_state_dict(state["optimizers"]["autoencoder"])
+        set_rng_state(state["rng"])
+        start_epoch, step, history = state["epoch"], state["step"], state["history"]
+    net: torch.nn.Module = model
+    if world.world_size > 1:
+        net = DistributedDataParallel(model)
+    writer = RunWriter(run_dir, world.is_main)
+    if world.is_main:
+        save_config(cfg, run_dir / "config_audio.json")
+    n_batches = count_batches(train, cfg.batch_size, cfg.max_batches)
+    for epoch in range(start_epoch, cfg.epochs):
+        net.train()
+        bar = tqdm(total=n_batches, desc=f"audio epoch {epoch + 1}/{cfg.epochs}",
+                   disable=not world.is_main, leave=False)
+        running = 0.0
+        for batch in epoch_batches(train, cfg.batch_size, epoch, cfg.seed, rank=world.rank,
+                                   world_size=world.world_size, max_batches=cfg.max_batches,
+                                   device=world.device):
+            recon, _ = net(batch.spectrograms)
+            loss = F.mse_loss(recon, batch.spectrograms)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            running += loss.item()
+            writer.scalars({"audio/train_mse": loss.item()}, step)
+            bar.set_postfix(mse=f"{loss.item():.4f}")
+            bar.update()
+        bar.close()
+        train_mse = reduce_mean(running / n_batches, world)
+        val_mse = validate(model, store, cfg, world)
+        history.append({"epoch": epoch + 1, "train_mse": train_mse, "val_mse": val_mse})
+        writer.scalars({"audio/epoch_train_mse": train_mse, "audio/val_mse": val_mse}, epoch + 1)
+        if world.is_main:
+            print(f"audio epoch {epoch + 1}/{cfg.epochs}: train mse {train_mse:.4f}, "
+                  f"val mse {val_mse:.4f}", flush=True)
+            sample = next(epoch_batches(train, 8, 0, cfg.seed, device=world.device))
+            with torch.no_grad():
+                recon, _ = model(sample.spectrograms)
+            writer.picture("audio/input_vs_reconstruction",
+                           image_grid([sample.spectrograms, recon]), epoch + 1,
+                           f"audio_e{epoch + 1:04d}.png")
+            state = {"stage": "audio", "embedding_dim": cfg.embedding_dim, "width": cfg.width,
+                     "front_end": store.front_end.to_dict(), "classes": store.classes,
+                     "config": dataclasses.asdict(cfg), "epoch": epoch + 1, "step": step,
+                     "models": {"autoencoder": model.state_dict(),
+                                "encoder": model.encoder.state_dict(),
+                                "decoder": model.decoder.state_dict()},
+                     "optimizers": {"autoencoder": opt.state_dict()}, "rng": rng_state(),
+                     "history": history,
+                     "store": {"path": str(store.path), "fingerprint": store.fingerprint}}
+            save_checkpoint(last, state)
+            if (epoch + 1) % cfg.snapshot_every == 0 or epoch + 1 == cfg.epochs:
+                save_checkpoint(run_dir / "checkpoints" / f"audio_e{epoch + 1:04d}.pt", state)
+    metrics: dict[str, Any] = {"epochs": cfg.epochs, "history": history}
+    if world.is_main:
+        metrics["val_mse"] = history[-1]["val_mse"] if history else None
+        probe_split = "val" if "val" in store.splits else "train"
+        tx, ty = embed(unwrap(net).encoder, store, "train", cfg.probe_samples, world.device)
+        vx, vy = embed(unwrap(net).encoder, store, probe_split, cfg.probe_samples, world.device)
+        metrics["linear_probe_accuracy"] = linear_probe_accuracy(tx, ty, vx, vy,
+                                                                 len(store.classes))
+        metrics["chance"] = 1.0 / len(store.classes)
+        print(f"audio: val reconstruction mse {metrics['val_mse']:.4f}, linear probe accuracy "
+              f"{metrics['linear_probe_accuracy']:.1%} on {probe_split} "
+              f"(chance {metrics['chance']:.0%})", flush=True)
+        update_metrics(run_dir, "audio", metrics)
+    writer.close()
+    teardown_distributed()
+    return metrics
+
+
+def parse(argv: list[str], cls: type, stage: str, prog: str) -> tuple[Any, bool]:
+    """A stage's config from defaults, the saved config (with --resume) and the options."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__)
+    add_dataclass_args(parser, cls)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN/checkpoints/<stage>_last.pt")
+    args = parser.parse_args(argv)
+    base: dict[str, Any] = {}
+    if args.resume:
+        run = Path(args.run_dir or cls().run_dir)
+        saved = run / f"config_{stage}.json"
+        if not saved.is_file():
+            raise S2IError(f"nothing to resume in {run}: {saved} not found")
+        import json
+        base = dataclasses.asdict(config_from_dict(cls, json.loads(saved.read_text())))
+    cfg = dataclass_from_args(cls, args, **base)
+    if not cfg.store:
+        raise S2IError("--store is required: a dataset store built by `python -m trainer "
+                       "prepare`")
+    return cfg, args.resume
+
+
+def main(argv: list[str]) -> int:
+    cfg, resume = parse(argv, AudioConfig, "audio", "python -m trainer audio")
+    train_audio(cfg, resume)
+    return 0

@@ -1,0 +1,156 @@
+"""What every training stage shares: devices, ranks, seeds and RNG state, run folders,
+TensorBoard, image grids and the stage's checkpoint state."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from PIL import Image
+
+from runtime.errors import S2IError
+from runtime.manifest import atomic_write_bytes
+
+
+@dataclass
+class Dist:
+    """This process's place in a (possibly single-process) data-parallel run."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str) -> Dist:
+    """Single process, or torchrun's env:// rendezvous (gloo on CPU, nccl on CUDA)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise S2IError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise S2IError(f"--device must be 'cpu' or 'cuda', got '{device}'")
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Dist(device=torch.device(device))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    rank = dist.get_rank()
+    dev = torch.device(device)
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    return Dist(rank=rank, world_size=dist.get_world_size(), device=dev)
+
+
+def teardown_distributed() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def to_uint8_image(batch: torch.Tensor) -> np.ndarray:
+    """``[B, C, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]``."""
+    x = ((batch.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
+    x = x.permute(0, 2, 3, 1).numpy()
+    return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
+
+
+def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
+    """Rows of image batches -> one uint8 picture, white gaps between images."""
+    pictures = [to_uint8_image(r) for r in rows]
+    h, w = pictures[0].shape[1:3]
+    cols = max(p.shape[0] for p in pictures)
+    grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
+    for r, pics in enumerate(pictures):
+        for c, pic in enumerate(pics):
+            y, x = pad + r * (h + pad), pad + c * (w + pad)
+            grid[y:y + h, x:x + w] = pic
+    return grid
+
+
+def save_png(path: Path, picture: np.ndarray) -> None:
+    import io
+    buffer = io.BytesIO()
+    Image.fromarray(picture).save(buffer, format="PNG")
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+class RunWriter:
+    """TensorBoard scalars and images plus PNG files; a no-op on non-main ranks."""
+
+    def __init__(self, run_dir: Path, enabled: bool) -> None:
+        self.run_dir = run_dir
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.tb is not None:
+            for key, value in values.items():
+                self.tb.add_scalar(key, value, step)
+
+    def picture(self, tag: str, picture: np.ndarray, step: int, png_name: str) -> None:
+        if self.tb is not None:
+            self.tb.add_image(tag, picture, step, dataformats="HWC")
+            save_png(self.run_dir / "samples" / png_name, picture)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def reduce_mean(value: float, world: Dist) -> float:
+    """The mean of a per-rank number across ranks (itself in a single process)."""
+    if world.world_size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=world.device)
+    dist.all_reduce(t)
+    return float(t.item()) / world.world_size
+
+
+def update_metrics(run_dir: Path, section: str, values: dict[str, Any]) -> None:
+    """Merge one stage's figures into ``RUN/metrics.json`` (atomically)."""
+    import json
+
+    from runtime.manifest import atomic_write_json
+    path = run_dir / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[section] = values
+    atomic_write_json(path, metrics)

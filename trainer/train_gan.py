@@ -1,0 +1,283 @@
+"""Stage 2: the translator GAN (``python -m trainer gan --store S --encoder AUDIO_RUN --run R``).
+
+The frozen audio encoder turns each spectrogram into x. The generator G minimises the pixel
+MSE plus ``lambda`` times the moving-average adversarial loss (Eq. 5); the discriminator D
+minimises the MSE of its RC-score to ``r_max`` on real pairs and ``r_min`` on generated ones.
+D is updated once per ``n_gd`` generator updates (the paper's algorithm, section 4.3).
+
+``n_gd_unit`` says what an "update" is. The paper's algorithm reads as batches, but its
+evaluation skips "the 2 epochs immediately after the discriminator update", which only makes
+sense when D is updated in whole epochs. The default is therefore ``epoch``: in every
+``n_gd``-th epoch (1-based) D is trained on each batch before G's step; in the others only G
+learns. ``batch`` applies the same rule to the global batch counter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from runtime.errors import S2IError
+from runtime.frontend import check_same_front_end
+from trainer.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from trainer.data import Batch, count_batches, epoch_batches, load_batch, open_split
+from trainer.losses import MovingAverageAdversarialLoss, rc_target_loss
+from trainer.models import AudioEncoder, DenseGenerator, Discriminator
+from trainer.store import Store
+from trainer.train_audio import parse
+from trainer.train_common import (
+    Dist,
+    RunWriter,
+    image_grid,
+    reduce_mean,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+    setup_distributed,
+    teardown_distributed,
+    unwrap,
+    update_metrics,
+)
+
+
+@dataclass
+class GanConfig:
+    store: str = ""
+    encoder: str = field(default="", metadata={"help": "audio run folder or audio checkpoint"})
+    run_dir: str = "runs/gan"
+    embedding_dim: int | None = None    # None: the encoder's D
+    width: float = 1.0
+    epochs: int = 4000
+    batch_size: int = 64
+    lr: float = 0.1
+    momentum: float = 0.5
+    adv_lambda: float = 0.1
+    ma_window: int = 10                 # k of Eq. 5
+    n_gd: int = 5
+    n_gd_unit: str = "epoch"            # "epoch" or "batch"
+    r_max: float = 1.0
+    r_min: float = -1.0
+    seed: int = 0
+    device: str = "cpu"
+    max_batches: int | None = None
+    snapshot_every: int = 5
+    grid_sounds: int = 8
+    grid_mc_samples: int = 6
+
+    def __post_init__(self) -> None:
+        if self.n_gd_unit not in ("epoch", "batch"):
+            raise ValueError(f"n_gd_unit must be 'epoch' or 'batch', got '{self.n_gd_unit}'")
+        if self.n_gd < 1:
+            raise ValueError(f"n_gd must be >= 1, got {self.n_gd}")
+
+
+def d_turn(cfg: GanConfig, epoch: int, step: int) -> bool:
+    """Whether D is updated now; ``epoch`` and ``step`` are 1-based counters."""
+    return (epoch if cfg.n_gd_unit == "epoch" else step) % cfg.n_gd == 0
+
+
+def load_frozen_encoder(cfg: GanConfig, store: Store, device: torch.device
+                        ) -> tuple[AudioEncoder, dict[str, Any]]:
+    if not cfg.encoder:
+        raise S2IError("--encoder is required: the audio run folder (or audio checkpoint) "
+                       "from `python -m trainer audio`")
+    path = find_checkpoint(cfg.encoder, "audio")
+    state = load_checkpoint(path, stage="audio", embedding_dim=cfg.embedding_dim)
+    check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
+    encoder = AudioEncoder(state["embedding_dim"], state["width"])
+    encoder.load_state_dict(state["models"]["encoder"])
+    encoder.to(device).eval().requires_grad_(False)
+    return encoder, {"path": str(path), "width": state["width"],
+                     "embedding_dim": state["embedding_dim"]}
+
+
+class GanTrainer:
+    """Holds the networks, optimisers and loss state of one GAN run."""
+
+    def __init__(self, cfg: GanConfig, world: Dist) -> None:
+        self.cfg, self.world = cfg, world
+        self.run_dir = Path(cfg.run_dir)
+        self.store = Store(cfg.store)
+        self.train = open_split(self.store, "train", need_images=True)
+        held = "test" if "test" in self.store.splits else "val"
+        self.held_out = open_split(self.store, held if held in self.store.splits else "train",
+                                   need_images=True)
+        seed_everything(cfg.seed)
+        self.encoder, self.encoder_info = load_frozen_encoder(cfg, self.store, world.device)
+        dim = self.encoder_info["embedding_dim"]
+        self.generator = DenseGenerator(dim, cfg.width).to(world.device)
+        self.discriminator = Discriminator(dim, cfg.width).to(world.device)
+        self.opt_g = torch.optim.SGD(self.generator.parameters(), cfg.lr, cfg.momentum)
+        self.opt_d = torch.optim.SGD(self.discriminator.parameters(), cfg.lr, cfg.momentum)
+        self.ma_loss = MovingAverageAdversarialLoss(cfg.ma_window)
+        self.epoch, self.step, self.history = 0, 0, []
+        self.g: torch.nn.Module = self.generator
+        self.d: torch.nn.Module = self.discriminator
+        if world.world_size > 1:
+            self.g = DistributedDataParallel(self.generator)
+            self.d = DistributedDataParallel(self.discriminator)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"stage": "gan", "embedding_dim": self.encoder_info["embedding_dim"],
+                "width": self.cfg.width, "encoder_width": self.encoder_info["width"],
+                "front_end": self.store.front_end.to_dict(), "classes": self.store.classes,
+                "config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "step": self.step,
+                "models": {"encoder": self.encoder.state_dict(),
+                           "generator": self.generator.state_dict(),
+                           "discriminator": self.discriminator.state_dict()},
+                "optimizers": {"generator": self.opt_g.state_dict(),
+                               "discriminator": self.opt_d.state_dict()},
+                "ma_loss": self.ma_loss.state_dict(), "rng": rng_state(),
+                "history": self.history, "encoder_checkpoint": self.encoder_info,
+                "store": {"path": str(self.store.path), "fingerprint": self.store.fingerprint}}
+
+    def resume(self) -> None:
+        state = load_checkpoint(self.run_dir / "checkpoints" / "gan_last.pt", stage="gan",
+                                embedding_dim=self.encoder_info["embedding_dim"],
+                                front_end=self.store.front_end)
+        self.generator.load_state_dict(state["models"]["generator"])
+        self.discriminator.load_state_dict(state["models"]["discriminator"])
+        self.opt_g.load_state_dict(state["optimizers"]["generator"])
+        self.opt_d.load_state_dict(state["optimizers"]["discriminator"])
+        self.ma_loss.load_state_dict(state["ma_loss"])
+        set_rng_state(state["rng"])
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+
+    # -- one batch -----------------------------------------------------------------------
+    def train_batch(self, batch: Batch, update_d: bool) -> dict[str, float]:
+        cfg = self.cfg
+        with torch.no_grad():
+            z = self.encoder(batch.spectrograms)
+        assert batch.images is not None
+        out: dict[str, float] = {}
+        if update_d:
+            with torch.no_grad():
+                fake = self.g(z)
+            # one forward over a balanced batch: as many real as generated pairs
+            scores = self.d(torch.cat([batch.images, fake]), torch.cat([z, z]))
+            real_scores, fake_scores = scores.chunk(2)
+            loss_d = rc_target_loss(real_scores, cfg.r_max) + rc_target_loss(fake_scores,
+                                                                             cfg.r_min)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+            out.update(d_loss=loss_d.item(), rc_real=real_scores.mean().item(),
+                       rc_fake_d=fake_scores.mean().item())
+        fake = self.g(z)
+        scores = self.d(fake, z)
+        pixel = F.mse_loss(fake, batch.images)
+        adversarial = rc_target_loss(scores, cfg.r_max)
+        loss_g = pixel + cfg.adv_lambda * self.ma_loss(adversarial)
+        self.opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        self.opt_g.step()
+        out.update(pixel_loss=pixel.item(), adv_loss=adversarial.item(), g_loss=loss_g.item(),
+                   rc_fake=scores.detach().mean().item())
+        return out
+
+    # -- one epoch -----------------------------------------------------------------------
+    def train_epoch(self) -> dict[str, float]:
+        cfg, world = self.cfg, self.world
+        epoch = self.epoch + 1
+        self.g.train()
+        self.d.train()
+        n_batches = count_batches(self.train, cfg.batch_size, cfg.max_batches)
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        d_updates = 0
+        bar = tqdm(total=n_batches, desc=f"gan epoch {epoch}/{cfg.epochs}", leave=False,
+                   disable=not world.is_main)
+        for batch in epoch_batches(self.train, cfg.batch_size, self.epoch, cfg.seed,
+                                   with_images=True, rank=world.rank,
+                                   world_size=world.world_size, max_batches=cfg.max_batches,
+                                   device=world.device):
+            self.step += 1
+            update_d = d_turn(cfg, epoch, self.step)
+            d_updates += int(update_d)
+            values = self.train_batch(batch, update_d)
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value
+                counts[key] = counts.get(key, 0) + 1
+            self.writer.scalars({f"gan/{k}": v for k, v in values.items()}, self.step)
+            bar.set_postfix(pixel=f"{values['pixel_loss']:.4f}", adv=f"{values['adv_loss']:.3f}")
+            bar.update()
+        bar.close()
+        self.ma_loss.end_epoch()
+        self.epoch = epoch
+        means = {k: reduce_mean(sums[k] / counts[k], world) for k in sorted(sums)}
+        return {"epoch": epoch, "d_updates": d_updates, **means}
+
+    # -- pictures ------------------------------------------------------------------------
+    def sample_grids(self) -> None:
+        cfg = self.cfg
+        gen = unwrap(self.g)
+        gen.eval()
+        with torch.no_grad():
+            for name, split in (("train", self.train), ("held_out", self.held_out)):
+                n = min(cfg.grid_sounds, len(split))
+                step = max(1, len(split) // n)
+                batch = load_batch(split, np.arange(0, step * n, step)[:n], True,
+                                   self.world.device)
+                fake = gen(self.encoder(batch.spectrograms))
+                self.writer.picture(f"gan/{name}_real_vs_generated",
+                                    image_grid([batch.images, fake]), self.epoch,
+                                    f"gan_{name}_e{self.epoch:04d}.png")
+            z = self.encoder(batch.spectrograms[:1]).repeat(cfg.grid_mc_samples, 1)
+            self.writer.picture("gan/mc_samples_of_one_sound",
+                                image_grid([batch.images[:1], gen(z)]), self.epoch,
+                                f"gan_mc_e{self.epoch:04d}.png")
+
+    def fit(self) -> list[dict[str, Any]]:
+        cfg, world = self.cfg, self.world
+        self.writer = RunWriter(self.run_dir, world.is_main)
+        last = self.run_dir / "checkpoints" / "gan_last.pt"
+        while self.epoch < cfg.epochs:
+            record = self.train_epoch()
+            self.history.append(record)
+            self.writer.scalars({f"gan_epoch/{k}": v for k, v in record.items()
+                                 if k != "epoch"}, self.epoch)
+            if world.is_main:
+                print(f"gan epoch {self.epoch}/{cfg.epochs}: pixel {record['pixel_loss']:.4f} "
+                      f"adv {record['adv_loss']:.4f} rc fake {record['rc_fake']:+.3f}"
+                      + (f" | D updated: loss {record['d_loss']:.4f} rc real "
+                         f"{record['rc_real']:+.3f}" if record["d_updates"] else ""), flush=True)
+                state = self.state()
+                save_checkpoint(last, state)
+                if self.epoch % cfg.snapshot_every == 0 or self.epoch == cfg.epochs:
+                    save_checkpoint(self.run_dir / "checkpoints" / f"gan_e{self.epoch:04d}.pt",
+                                    state)
+                    self.sample_grids()
+        self.writer.close()
+        return self.history
+
+
+def train_gan(cfg: GanConfig, resume: bool = False) -> list[dict[str, Any]]:
+    world = setup_distributed(cfg.device)
+    try:
+        trainer = GanTrainer(cfg, world)
+        if resume:
+            trainer.resume()
+        if world.is_main:
+            from runtime.config import save_config
+            save_config(cfg, Path(cfg.run_dir) / "config_gan.json")
+        history = trainer.fit()
+        if world.is_main:
+            update_metrics(Path(cfg.run_dir), "gan", {"epochs": cfg.epochs, "history": history})
+        return history
+    finally:
+        teardown_distributed()
+
+
+def main(argv: list[str]) -> int:
+    cfg, resume = parse(argv, GanConfig, "gan", "python -m trainer gan")
+    train_gan(cfg, resume)
+    return 0
