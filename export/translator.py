@@ -53,7 +53,7 @@ def load_translator(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGene
             raise S2IError(f"checkpoint {path} has no '{name}' weights; a GAN checkpoint "
                            "carries both encoder and generator")
     try:
-        encoder = AudioEncoder(embedding_dim, width)
+        encoder = AudioEncoder(embedding_dim, float(state.get("encoder_width", width)))
         generator = DenseGenerator(embedding_dim, width)
         encoder.load_state_dict(weights["encoder"])
         generator.load_state_dict(weights["generator"])

@@ -1,0 +1,138 @@
+"""Automatic informative / non-informative labels, for sets no person labels (the demo).
+
+The rule: a small independent 5-class CNN is trained on the store's REAL images (train
+split; its accuracy on the real images of the validation split is reported). A
+generated image is *informative* when that classifier gives the image's sound class a
+probability of at least ``threshold`` (default 0.5): a viewer who knows only the real
+scenes would recognise the class in it. Everything else is *non-informative*.
+
+This is a stand-in for human judgement, fitting the demo set whose scenes are drawn
+from the sound; for real data, label with the page (``python -m trainer label DIR``).
+Labels a person gave are kept; earlier automatic labels are replaced.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from tqdm import tqdm
+
+from runtime.errors import S2IError
+from trainer.label import INFORMATIVE, NON_INFORMATIVE, LabelBook
+from trainer.store import Store
+
+
+class RealImageClassifier(nn.Module):
+    """Four stride-2 convs + linear: ``[B, 3, 96, 96]`` in [-1, 1] -> class logits."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = (3, 16, 32, 64, 64)
+        for a, b in zip(channels, channels[1:], strict=False):
+            layers += [nn.Conv2d(a, b, 3, 2, 1), nn.BatchNorm2d(b), nn.ReLU(inplace=True)]
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                 nn.Linear(channels[-1], n_classes))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+
+def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
+    """uint8 ``[B, 96, 96, 3]`` -> float ``[B, 3, 96, 96]`` in [-1, 1]."""
+    x = torch.from_numpy(np.array(images_u8, dtype=np.uint8)).float() / 127.5 - 1.0
+    return x.permute(0, 3, 1, 2)
+
+
+def train_real_classifier(store: Store, epochs: int = 8, batch_size: int = 64, seed: int = 0,
+                          progress: bool = True) -> tuple[RealImageClassifier, float | None]:
+    """Fit the classifier on the train split's real images; return it and its val accuracy."""
+    if not store.has_images:
+        raise S2IError(f"store {store.path} has no real images; automatic labels need them "
+                       "(label with the page instead: `python -m trainer label DIR`)")
+    torch.manual_seed(seed)
+    train = store.split("train")
+    images = np.asarray(train.images)
+    labels = torch.from_numpy(np.array(train.labels))
+    model = RealImageClassifier(len(store.classes))
+    optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
+    rng = np.random.default_rng(seed)
+    model.train()
+    for _ in tqdm(range(epochs), desc="real-image classifier", unit="epoch",
+                  disable=not progress):
+        order = rng.permutation(len(labels))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            loss = F.cross_entropy(model(to_tensor(images[idx])), labels[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    val_accuracy = None
+    if "val" in store.splits:
+        val = store.split("val")
+        probs = class_probabilities(model, np.asarray(val.images))
+        val_accuracy = float((probs.argmax(1) == np.asarray(val.labels)).mean())
+    return model, val_accuracy
+
+
+@torch.no_grad()
+def class_probabilities(model: nn.Module, images_u8: np.ndarray,
+                        batch_size: int = 128) -> np.ndarray:
+    model.eval()
+    out = [F.softmax(model(to_tensor(images_u8[s:s + batch_size])), 1).numpy()
+           for s in range(0, len(images_u8), batch_size)]
+    return np.concatenate(out)
+
+
+def load_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except OSError as exc:
+        raise S2IError(f"image {path} is missing or unreadable: {exc}") from exc
+
+
+def auto_label(folder: str | Path, store_path: str | Path, threshold: float = 0.5,
+               epochs: int = 8, seed: int = 0, progress: bool = True) -> dict[str, Any]:
+    """Label every image of ``folder`` that no person labelled; returns a summary."""
+    if not 0.0 < threshold < 1.0:
+        raise S2IError(f"--threshold must be between 0 and 1, got {threshold}")
+    book = LabelBook(folder)
+    store = Store(store_path)
+    if store.classes != book.index["classes"]:
+        raise S2IError(f"store {store.path} has classes {store.classes}; the samples in "
+                       f"{folder} are of {book.index['classes']}")
+    model, val_accuracy = train_real_classifier(store, epochs=epochs, seed=seed,
+                                                progress=progress)
+    todo = [it for it in book.index["items"]
+            if book.labels.get(it["file"], {}).get("by") != "person"]
+    changes: dict[str, dict[str, Any] | None] = {}
+    rule = f"real-image classifier p(sound class) >= {threshold}"
+    for start in range(0, len(todo), 256):
+        chunk = todo[start:start + 256]
+        images = np.stack([load_png(book.folder / it["file"]) for it in chunk])
+        probs = class_probabilities(model, images)
+        for it, p in zip(chunk, probs, strict=True):
+            score = float(p[it["class_index"]])
+            changes[it["file"]] = {"label": INFORMATIVE if score >= threshold else
+                                   NON_INFORMATIVE, "by": "auto", "score": round(score, 4),
+                                   "rule": rule}
+    if changes:
+        book.update(changes)
+    per_class: dict[str, dict[str, int]] = {}
+    for it in book.index["items"]:
+        entry = book.labels.get(it["file"])
+        if entry:
+            counts = per_class.setdefault(it["class"], {INFORMATIVE: 0, NON_INFORMATIVE: 0})
+            counts[entry["label"]] += 1
+    return {"folder": str(book.folder), "auto_labelled": len(changes),
+            "kept_person_labels": len(book.index["items"]) - len(todo),
+            "real_classifier_val_accuracy": val_accuracy, "threshold": threshold,
+            "per_class": per_class}
