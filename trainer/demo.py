@@ -45,8 +45,8 @@ class DemoConfig:
     train_per_class: int = 240
     val_per_class: int = 40
     test_per_class: int = 40
-    audio_epochs: int = 12
-    gan_epochs: int = 25
+    audio_epochs: int = 20
+    gan_epochs: int = 100
     mc_samples: int = 4
     device: str = "cpu"
 

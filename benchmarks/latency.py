@@ -1,0 +1,318 @@
+"""``python -m benchmarks latency``: per-window latency of the real streaming runtime, backends
+side by side, and how many concurrent streams each backend holds (docs/BENCHMARKS.md).
+
+This module plans the rows (backend, precision, K), opens each backend, streams the same
+windows through it (benchmarks/streaming.py), measures throughput (benchmarks/throughput.py)
+and writes the results (benchmarks/report.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import report
+from benchmarks.streaming import close_stream, open_stream, stream_row
+from benchmarks.throughput import max_streams
+from runtime.errors import S2IError
+from runtime.frontend import FrontEndConfig
+from runtime.manifest import load_export_manifest
+from runtime.server import Pipeline
+
+DEFAULT_WINDOWS = 300
+DEFAULT_OUT = Path(__file__).parent / "results"
+# (backend, precision) rows in the order they are run and shown; eager first: the baseline.
+CANDIDATES: tuple[tuple[str, str], ...] = (
+    ("pytorch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"),
+    ("pytorch-cuda", "fp32"), ("onnxruntime-cuda", "fp32"), ("onnxruntime-cuda", "fp16"),
+    ("tensorrt", "fp32"), ("tensorrt", "fp16"),
+)
+GPU_BACKENDS = {"pytorch-cuda", "onnxruntime-cuda", "tensorrt"}
+
+
+class Skipped(Exception):
+    """A backend that cannot run here; its message is the reason shown in the results."""
+
+
+# --------------------------------------------------------------------------- translators
+
+
+def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
+                 seed: int = 0) -> Path:
+    """Export a freshly initialised translator of the given size (timings need the real
+    sizes, not trained weights): a GAN checkpoint, then ``export.translator``."""
+    import torch
+
+    from export.translator import export_translator
+    from trainer.checkpoint import save_checkpoint
+    from trainer.models import AudioEncoder, DenseGenerator
+
+    torch.manual_seed(seed)
+    encoder, generator = AudioEncoder(embedding_dim, width), DenseGenerator(embedding_dim, width)
+    checkpoint = out_dir.parent / "fresh_gan.pt"
+    save_checkpoint(checkpoint, {
+        "stage": "gan", "embedding_dim": embedding_dim, "width": width,
+        "front_end": FrontEndConfig().to_dict(), "classes": [], "epoch": 0, "step": 0,
+        "config": {"note": "benchmarks.latency: freshly initialised, for timing only"},
+        "models": {"encoder": encoder.state_dict(), "generator": generator.state_dict()},
+        "optimizers": {}, "rng": {}, "history": {}, "store": {"path": None, "fingerprint": None},
+    })
+    return export_translator(checkpoint, out_dir, fp16=fp16, fused=False, tensorrt=True)
+
+
+def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str, Any],
+                 threads: int) -> Any:
+    """A translator for one row, or ``Skipped(reason)``."""
+    if name.startswith("pytorch"):
+        import torch
+
+        from benchmarks.eager import EagerTranslator
+
+        if name == "pytorch-cuda" and not torch.cuda.is_available():
+            raise Skipped(f"torch {torch.__version__} has no CUDA device")
+        checkpoint = Path(manifest.get("checkpoint", {}).get("path") or "")
+        if not checkpoint.is_file():
+            raise Skipped(f"the export's checkpoint {checkpoint} is not on this machine")
+        torch.set_num_threads(threads)
+        return EagerTranslator.from_checkpoint(checkpoint, manifest,
+                                               "cuda" if name == "pytorch-cuda" else "cpu")
+    try:
+        from runtime.backends import open_translator
+    except ImportError as exc:
+        raise Skipped(f"runtime.backends.open_translator is not available ({exc})") from exc
+    try:
+        return open_translator(export_dir, backend=name, precision=precision,
+                               threads=None if name in GPU_BACKENDS else threads)
+    except S2IError as exc:
+        raise Skipped(str(exc)) from exc
+
+
+# --------------------------------------------------------------------------- a whole run
+
+
+def demo_audio(path: Path, seconds: float) -> Path:
+    from trainer.demo_data import write_demo_wav
+
+    write_demo_wav(path, seconds, seed=0)
+    return path
+
+
+def row_summary(backend: str, precision: str, k: int, records: list[dict[str, float]],
+                keep_samples: bool = True) -> dict[str, Any]:
+    e2e = [r["end_to_end"] for r in records]
+    row: dict[str, Any] = {
+        "backend": backend, "precision": precision, "k": k, "windows": len(records),
+        "end_to_end_ms": report.summarize(e2e),
+        "stages_ms": {s: report.summarize([r[s] for r in records])
+                      for s in (*report.STAGES, "other")},
+    }
+    if keep_samples:
+        row["samples_ms"] = {"end_to_end": [round(x, 3) for x in e2e]}
+    return row
+
+
+def add_speedups(rows: list[dict[str, Any]]) -> None:
+    """Speed-up of each row over PyTorch eager with the same K (on the same device class)."""
+    for row in rows:
+        base_name = "pytorch-cuda" if row["backend"] in GPU_BACKENDS else "pytorch-eager"
+        base = next((r for r in rows if r["backend"] == base_name and r["k"] == row["k"]), None)
+        if base is None:
+            continue
+        row["speedup_vs_eager"] = {
+            "baseline": base_name,
+            **{q: round(base["end_to_end_ms"][q] / row["end_to_end_ms"][q], 3)
+               for q in ("p50", "p99") if row["end_to_end_ms"].get(q)}}
+
+
+def check_targets(rows: list[dict[str, Any]], machine: dict[str, Any]) -> dict[str, Any]:
+    """The issue's figures against this run (reported, never asserted)."""
+    t = report.TARGETS
+    out: dict[str, Any] = {"targets": dict(t)}
+    ort = next((r for r in rows if r["backend"] == "onnxruntime-cpu" and r["k"] == 1
+                and r["precision"] == "fp32"), None)
+    if ort is not None:
+        p99 = ort["end_to_end_ms"]["p99"]
+        speed = ort.get("speedup_vs_eager", {}).get("p99")
+        out["cpu_k1_p99_ms"] = {"measured": p99, "met": p99 <= t["cpu_k1_p99_ms"],
+                                "cores": machine["cores"]}
+        if speed is not None:
+            out["cpu_ort_speedup_vs_eager"] = {"measured_p99": speed,
+                                               "met": speed >= t["cpu_ort_speedup_vs_eager"]}
+    trt = next((r for r in rows if r["backend"] == "tensorrt" and r["precision"] == "fp16"
+                and r["k"] == 8), None)
+    if trt is not None:
+        p99 = trt["end_to_end_ms"]["p99"]
+        out["gpu_trt_fp16_k8_p99_ms"] = {"measured": p99, "met": p99 <= t["gpu_trt_fp16_k8_p99_ms"]}
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m benchmarks latency",
+        description="Per-window latency (window end -> image received by a ZeroMQ subscriber) "
+                    "of the streaming runtime, backends side by side, and concurrent streams.")
+    p.add_argument("--export", type=Path, default=None,
+                   help="an export folder to time (default: export a freshly initialised "
+                        "translator of --width/--embedding-dim into a temp folder)")
+    p.add_argument("--width", type=float, default=1.0, help="network width (1.0 = the paper)")
+    p.add_argument("--embedding-dim", type=int, default=512, help="D (default 512)")
+    p.add_argument("--windows", type=int, default=DEFAULT_WINDOWS,
+                   help=f"timed windows per backend and K (default {DEFAULT_WINDOWS})")
+    p.add_argument("--warmup", type=int, default=5, help="untimed windows first (default 5)")
+    p.add_argument("--k", type=int, nargs="+", default=[1, 8],
+                   help="MC samples per window (default: 1 8)")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="backend[:precision] rows (default: all of "
+                        + ", ".join(f"{b}:{q}" for b, q in CANDIDATES) + ")")
+    p.add_argument("--threads", type=int, default=2,
+                   help="CPU threads for PyTorch and ONNX Runtime CPU (default 2)")
+    p.add_argument("--encoding", default="png", choices=("png", "raw"))
+    p.add_argument("--audio", type=Path, default=None,
+                   help="audio file to stream (default: a 60-s demo WAV, looped)")
+    p.add_argument("--realtime", action="store_true",
+                   help="play the file at the pace of the clock through the runtime's "
+                        "FileSource (one window per second: 300 windows take 5 min per row) "
+                        "instead of feeding each hop when the previous image has arrived")
+    p.add_argument("--no-throughput", action="store_true", help="skip the streams measurement")
+    p.add_argument("--max-streams", type=int, default=65536,
+                   help="stop the streams search here (default 65536)")
+    p.add_argument("--throughput-reps", type=int, default=20,
+                   help="batched calls timed per batch size (default 20)")
+    p.add_argument("--throughput-cap", type=float, default=15.0,
+                   help="seconds at most per batch size, at least 3 calls (default 15)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                   help=f"results folder (default {DEFAULT_OUT})")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: width 0.125, 20 windows, K 1 2, CPU rows, <= 8 streams")
+    return p
+
+
+def plan_rows(requested: list[str] | None) -> list[tuple[str, str]]:
+    if not requested:
+        return list(CANDIDATES)
+    rows = []
+    for item in requested:
+        name, _, precision = item.partition(":")
+        pairs = [(b, q) for b, q in CANDIDATES if b == name and (not precision or q == precision)]
+        if not pairs:
+            raise S2IError(f"unknown backend row {item!r}; expected backend[:precision] from "
+                           + ", ".join(f"{b}:{q}" for b, q in CANDIDATES))
+        rows += [r for r in pairs if r not in rows]
+    return rows
+
+
+QUICK = {"width": 0.125, "windows": 20, "warmup": 2, "k": [1, 2], "max_streams": 8,
+         "throughput_reps": 3, "throughput_cap": 1.0,
+         "backends": ["pytorch-eager", "onnxruntime-cpu:fp32"]}
+
+
+def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
+    """``--quick`` settings, except where the command line gave a value."""
+    for name, value in QUICK.items():
+        if getattr(args, name) == parser.get_default(name):
+            setattr(args, name, value)
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    if args.windows < 1 or args.warmup < 0 or min(args.k) < 1 or args.threads < 1:
+        raise S2IError("--windows, --k and --threads must be at least 1, --warmup at least 0")
+    rows_planned = plan_rows(args.backends)
+    wants_fp16 = any(q == "fp16" for _, q in rows_planned)
+    export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
+                                             fp16=wants_fp16)
+    manifest = load_export_manifest(export_dir)
+    front_end = FrontEndConfig.from_dict(manifest["front_end"])
+    from runtime.audio_io import load_audio
+
+    audio_path = args.audio or demo_audio(work / "demo.wav", 60.0)
+    audio = load_audio(audio_path, front_end.sample_rate)
+    machine = report.machine_info()
+    pacing = ("realtime: the runtime's FileSource plays the file at the pace of the clock"
+              if args.realtime else
+              "consumption: the next hop is written when the previous image is received")
+    settings = {
+        "windows": args.windows, "warmup": args.warmup, "k": list(args.k),
+        "embedding_dim": int(manifest["embedding_dim"]), "width": float(manifest["width"]),
+        "threads": args.threads, "encoding": args.encoding, "hop_s": 1.0,
+        "window_s": front_end.window_seconds, "pacing": pacing,
+        "transport": "ZeroMQ XPUB/SUB over tcp://127.0.0.1, subscriber in another process",
+        "export": str(export_dir), "fresh_weights": args.export is None,
+        "audio": str(args.audio or "demo WAV (60 s, looped)"),
+        "quick": bool(args.quick), "throughput_budget_s": 1.0,
+    }
+    import zmq
+
+    rows: list[dict[str, Any]] = []
+    skipped: list[dict[str, str]] = []
+    throughput: list[dict[str, Any]] = []
+    windows_audio = np.stack([audio[i:i + front_end.n_samples] for i in range(
+        0, max(1, len(audio) - front_end.n_samples + 1), front_end.n_samples)])
+    ctx = zmq.Context()
+    try:
+        stream = open_stream(ctx, {"backend": "benchmark", "samples": max(args.k)})
+    except BaseException:
+        ctx.term()
+        raise
+    try:
+        for backend, precision in rows_planned:
+            try:
+                translator = open_backend(backend, precision, export_dir, manifest, args.threads)
+            except Skipped as exc:
+                skipped.append({"backend": backend, "precision": precision, "reason": str(exc)})
+                print(f"skip {backend} {precision}: {exc}")
+                continue
+            for k in args.k:
+                pipeline = Pipeline(translator, samples=k, hop_seconds=1.0,
+                                    encoding=args.encoding, seed=0)
+                records = stream_row(stream, pipeline, audio, args.windows, args.warmup,
+                                     f"{backend}/{precision}/k{k}",
+                                     audio_path if args.realtime else None)
+                rows.append(row_summary(backend, precision, k, records))
+                e = rows[-1]["end_to_end_ms"]
+                print(f"{backend:<17} {precision} K={k}: p50 {e['p50']:.1f} ms  p95 "
+                      f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
+                if not args.no_throughput:
+                    result = max_streams(translator, windows_audio, front_end, k,
+                                         reps=args.throughput_reps,
+                                         time_cap_s=args.throughput_cap,
+                                         limit=args.max_streams)
+                    throughput.append({"backend": backend, "precision": precision, "k": k,
+                                       **result})
+                    print(f"{'':<17} streams held: {result['streams']}"
+                          f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
+            del translator
+    finally:
+        close_stream(stream)
+        ctx.term()
+    add_speedups(rows)
+    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
+            "versions": report.versions(), "settings": settings, "latency": rows,
+            "skipped": skipped, "throughput": throughput,
+            "targets": check_targets(rows, machine),
+            "export": {"manifest_models": sorted(manifest["models"]),
+                       "tensorrt": manifest.get("tensorrt")}}
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        apply_quick(args, parser)
+    with tempfile.TemporaryDirectory(prefix="s2i-bench-") as tmp:
+        results = run(args, Path(tmp))
+    name = results["machine"]["name"]
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / f"latency-{name}.json"
+    png_path = args.out / f"latency-{name}.png"
+    report.write_json(json_path, results)
+    report.write_markdown(args.out / "latency.md", results)
+    report.plot(png_path, results)
+    print()
+    print(report.markdown_table(results))
+    print(f"wrote {json_path}, {png_path} and {args.out / 'latency.md'}")
+    return 0
