@@ -13,6 +13,8 @@ import onnx
 import torch
 from torch import nn
 
+from runtime.errors import S2IError
+
 DEFAULT_OPSET = 18
 # ops that must never reach an inference graph: training-mode dropout, random draws and
 # unfolded BatchNorm (TensorRT rejects the first two; the last should be folded away)
@@ -27,7 +29,9 @@ def write_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
                dynamic: dict[str, str], opset: int = DEFAULT_OPSET,
                max_batch: int = 4096) -> str:
     """Export ``graph`` (with ``input_names``/``output_names`` attributes) to ``path`` and
-    check it; returns the exporter used.
+    check it; returns the exporter used. The exporter may write a higher opset than asked
+    for (torch.export has a minimum); that is refused with ``S2IError``, and the opset it
+    really wrote (``model_opset``) is what the manifest records.
 
     ``dynamic`` maps input names to the name of their dynamic axis 0 (e.g. ``"batch"``);
     inputs sharing a name share one symbolic size. Uses the torch.export-based exporter
@@ -44,10 +48,22 @@ def write_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
         except Exception:
             raise dynamo_error from None
         exporter = "torchscript"
+    written = model_opset(model)
+    if written > opset:
+        raise S2IError(f"--opset {opset} not supported by this exporter ({exporter}); it "
+                       f"wrote opset {written}: ask for --opset {written} or higher")
     _name_dynamic_outputs(model, dynamic)
     onnx.save_model(model, str(path))
     check_onnx(path)
     return exporter
+
+
+def model_opset(model: onnx.ModelProto | Path) -> int:
+    """The default-domain (``ai.onnx``) opset a model really uses (0 if none is listed)."""
+    if isinstance(model, Path):
+        model = onnx.load(str(model), load_external_data=False)
+    return max((int(entry.version) for entry in model.opset_import
+                if entry.domain in ("", "ai.onnx")), default=0)
 
 
 def _export_dynamo(graph: nn.Module, example: tuple[torch.Tensor, ...], dynamic: dict[str, str],
@@ -79,7 +95,8 @@ def _export_torchscript(graph: nn.Module, example: tuple[torch.Tensor, ...],
 def _quiet():  # type: ignore[no-untyped-def]
     """The exporters print progress and warnings; the CLI prints its own summary."""
     with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
-          _quiet_logger("torch.onnx"), _quiet_logger("torch.export")):
+          _quiet_logger("torch.onnx"), _quiet_logger("torch.export"),
+          _quiet_logger("onnxscript")):
         warnings.simplefilter("ignore")
         yield
 

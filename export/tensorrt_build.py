@@ -1,8 +1,9 @@
 """TensorRT engines from the exported ONNX graphs (only where TensorRT and a GPU exist).
 
-One optimisation profile per engine over the runtime's batch sizes (min = smallest,
-opt = the middle one, e.g. K MC samples, max = largest). A timing cache file is loaded
-before and saved after every build, so rebuilding (or building the FP16 twin) is quick.
+One optimisation profile per engine over the runtime's batch sizes (min = 1, the
+runtime's single-clip encode; opt = the middle one, e.g. K MC samples; max = the largest).
+A timing cache file is loaded before and saved after every build, so rebuilding (or
+building the FP16 twin) is quick.
 FP16: TensorRT 10.x sets ``BuilderFlag.FP16`` on the FP32 graph; TensorRT 11 has no such
 flag (networks are strongly typed), so the FP16 engine is built from the FP16 ONNX graph
 (``--fp16``) with a strongly typed network. Nothing here runs without a CUDA GPU.
@@ -47,7 +48,7 @@ def build_engines(folder: Path, models: dict[str, dict[str, Any]], batch_sizes: 
     import tensorrt as trt
 
     cache_path = timing_cache or default_timing_cache()
-    lo, hi = batch_sizes[0], batch_sizes[-1]
+    lo, hi = 1, batch_sizes[-1]   # min 1: the runtime encodes one clip at a time
     opt = batch_sizes[len(batch_sizes) // 2]
     entries: dict[str, dict[str, Any]] = {}
     for graph in ENGINE_GRAPHS:

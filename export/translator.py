@@ -16,12 +16,12 @@ import torch
 from export.folding import fold_batchnorm
 from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
 from export.manifest import build_manifest, dropout_spec, onnx_entry
-from export.onnx_export import DEFAULT_OPSET, write_onnx
+from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, log_parity
 from export.tensorrt_build import build_engines
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import atomic_dir, atomic_write_json
+from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, manifest_format
 from trainer.checkpoint import find_checkpoint, load_checkpoint
 from trainer.models import AudioEncoder, DenseGenerator
 
@@ -78,6 +78,9 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
     sizes = sorted(set(batch_sizes))
     if not sizes or sizes[0] < 1:
         raise S2IError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
+    if sizes[0] != 1:
+        raise S2IError(f"--batch-sizes must include 1 (the runtime encodes one clip at a "
+                       f"time, so the engine profile minimum is 1), got {list(batch_sizes)}")
     _check_out_dir(out)
     state, encoder, generator = load_translator(checkpoint)
     log(f"checkpoint {checkpoint}: D={state['embedding_dim']}, width={state['width']}, "
@@ -108,8 +111,9 @@ def _check_out_dir(out: Path) -> None:
     """Refuse to replace anything but an earlier export (nothing already written is lost)."""
     if out.exists() and not out.is_dir():
         raise S2IError(f"output {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "manifest.json").is_file():
-        raise S2IError(f"output folder {out} is not empty and holds no S2I export; "
+    if out.is_dir() and any(out.iterdir()) and manifest_format(out) != EXPORT_FORMAT:
+        raise S2IError(f"output folder {out} is not empty and holds no S2I export (no "
+                       f"manifest.json of format {EXPORT_FORMAT!r}); it is left untouched, "
                        "choose another --out")
 
 
@@ -138,25 +142,50 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                            f"({parity['max_abs_error']}); nothing written to {out}")
         trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}
         if tensorrt:
-            try:
-                engines, trt_info = build_engines(tmp, models, sizes, timing_cache)
-                if engines:
-                    parity["tensorrt"] = check_engine_parity(encoder, generator, tmp, engines,
-                                                             dropout)
-                    log_parity(parity["tensorrt"], log)
-            except S2IError as exc:  # keep the ONNX export; say why there is no engine
-                for plan in tmp.glob("*.plan"):
-                    plan.unlink()
-                engines, trt_info = {}, {"built": False, "reason": str(exc)}
+            engines, trt_info = _engines_with_parity(tmp, models, sizes, timing_cache,
+                                                     encoder, generator, dropout, parity, log)
             models.update(engines)
             if not trt_info["built"]:
                 log(f"no TensorRT engine built: {trt_info['reason']}")
             for entry in engines.values():
                 log(f"wrote {entry['file']}")
+        written = max(model_opset(path) for path in files.values())  # may exceed --opset
         manifest = build_manifest(state=state, checkpoint=checkpoint, dropout=dropout,
-                                  opset=opset, models=models, parity=parity,
+                                  opset=written, models=models, parity=parity,
                                   tensorrt=trt_info, batch_sizes=sizes)
         atomic_write_json(tmp / "manifest.json", manifest)
+
+
+def _engines_with_parity(tmp: Path, models: dict[str, dict[str, Any]], sizes: list[int],
+                         timing_cache: Path | None, encoder: AudioEncoder,
+                         generator: DenseGenerator, dropout: list[dict[str, Any]],
+                         parity: dict[str, Any], log: Callable[[str], None]
+                         ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """Build the engines and check them against PyTorch (result in ``parity["tensorrt"]``).
+    A build failure or a failed parity check removes every ``.plan`` and returns no
+    engines with the reason; the ONNX export is kept either way."""
+    try:
+        engines, trt_info = build_engines(tmp, models, sizes, timing_cache)
+        if engines:
+            parity["tensorrt"] = check_engine_parity(encoder, generator, tmp, engines, dropout)
+            log_parity(parity["tensorrt"], log)
+            if not parity["tensorrt"]["passed"]:
+                raise S2IError("TensorRT engines do not reproduce PyTorch within tolerance "
+                               f"({parity['tensorrt']['max_abs_error']}); engines dropped")
+    except Exception as exc:  # noqa: BLE001 - TensorRT/CUDA raise RuntimeError, TypeError...
+        for plan in tmp.glob("*.plan"):
+            plan.unlink()
+        return {}, {"built": False, "reason": _one_line(exc)}
+    return engines, trt_info
+
+
+def _one_line(exc: Exception) -> str:
+    """``S2IError`` as is; anything else as ``"TypeName: first line"``."""
+    lines = str(exc).strip().splitlines()
+    first = lines[0] if lines else ""
+    if isinstance(exc, S2IError):
+        return first
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _half_copy(graph: Any) -> Any:

@@ -118,6 +118,13 @@ class _OrtModel:
                            f"(got {self.session.get_providers()})")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
+    def input_shapes(self) -> dict[str, list[Any]]:
+        """Input name -> shape (a dynamic dimension is a name or None)."""
+        return {i.name: list(i.shape) for i in self.session.get_inputs()}
+
+    def output_shapes(self) -> list[list[Any]]:
+        return [list(o.shape) for o in self.session.get_outputs()]
+
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         return self.session.run(self.output_names, feeds)
 
@@ -147,6 +154,21 @@ class _TrtModel:
         self.max_batch = int(entry.get("profile", {}).get("max", 1))
         self.stream = self._check(self.cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.buffers: dict[str, tuple[int, int]] = {}
+
+    def input_shapes(self) -> dict[str, list[Any]] | None:
+        """Input name -> engine shape (a dynamic dimension is -1); None if this TensorRT
+        version does not say (then the load-time check is skipped)."""
+        try:
+            return {n: [int(d) for d in self.engine.get_tensor_shape(n)] for n in self.inputs}
+        except Exception:  # TensorRT API differences across versions
+            return None
+
+    def output_shapes(self) -> list[list[Any]]:
+        try:
+            return [[int(d) for d in self.engine.get_tensor_shape(n)]
+                    for n in self.output_names]
+        except Exception:  # TensorRT API differences across versions
+            return []
 
     def _check(self, result: Any, what: str) -> Any:
         err, *rest = result if isinstance(result, tuple) else (result,)
@@ -303,6 +325,69 @@ def _model_entry(manifest: dict[str, Any], export_dir: Path, graph: str, precisi
     return entry
 
 
+def _manifest_specs(manifest: dict[str, Any], export_dir: Path) -> tuple[int, dict[str, int]]:
+    """The manifest's embedding_dim and ``{mask input: channels}``, checked for form."""
+    where = f"{export_dir}/manifest.json"
+    dim = manifest.get("embedding_dim")
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise S2IError(f"{where}: embedding_dim should be a positive integer, got {dim!r}; "
+                       "re-export")
+    dropout = manifest.get("dropout")
+    if not isinstance(dropout, list):
+        raise S2IError(f"{where}: dropout should be a list of {{input, channels}}; re-export")
+    masks: dict[str, int] = {}
+    for i, spec in enumerate(dropout):
+        name = spec.get("input") if isinstance(spec, dict) else None
+        channels = spec.get("channels") if isinstance(spec, dict) else None
+        if not isinstance(name, str) or isinstance(channels, bool) \
+                or not isinstance(channels, int) or channels < 1:
+            raise S2IError(f"{where}: dropout entry {i} should have an \"input\" name and a "
+                           f"positive \"channels\" count, got {spec!r}; re-export")
+        masks[name] = channels
+    return dim, masks
+
+
+def _known(dim: Any) -> bool:
+    return isinstance(dim, int) and dim >= 0
+
+
+def _check_inputs(file: str, model: Any, want: dict[str, int]) -> None:
+    """``model``'s inputs are exactly ``want`` (name -> last-dimension size, where fixed)."""
+    shapes = model.input_shapes()
+    if shapes is None:
+        return
+    for name, size in want.items():
+        if name not in shapes:
+            raise S2IError(f"{file}: has no input {name}, the manifest lists it; re-export")
+        last = shapes[name][-1] if shapes[name] else None
+        if _known(last) and last != size:
+            raise S2IError(f"{file}: input {name} has {last} channels, the manifest says "
+                           f"{size}; re-export")
+    extra = sorted(set(shapes) - set(want))
+    if extra:
+        raise S2IError(f"{file}: input(s) {', '.join(extra)} are not in the manifest; "
+                       "re-export")
+
+
+def _check_models(manifest: dict[str, Any], export_dir: Path,
+                  models: dict[str, tuple[str, Any]]) -> None:
+    """Compare the manifest's embedding_dim and dropout specs with the loaded models' real
+    inputs (``models``: graph -> (file name, model)); a mismatch is an S2IError now, not a
+    wrong result or a backend traceback later."""
+    dim, masks = _manifest_specs(manifest, export_dir)
+    spectrogram = {"spectrogram": SPECTROGRAM_TAIL[-1]}
+    want = {"encoder": spectrogram, "generator": {"embedding": dim, **masks},
+            "translator": {**spectrogram, **masks}}
+    for graph, (file, model) in models.items():
+        _check_inputs(file, model, want[graph])
+    file, encoder = models["encoder"]
+    outputs = encoder.output_shapes()
+    last = outputs[0][-1] if outputs and outputs[0] else None
+    if _known(last) and last != dim:
+        raise S2IError(f"{file}: output has {last} features, the manifest's embedding_dim "
+                       f"is {dim}; re-export")
+
+
 def _pick_backend(manifest: dict[str, Any], precision: str) -> str:
     suffix = ("_fp16" if precision == "fp16" else "") + "_trt"
     if f"encoder{suffix}" in manifest["models"] and tensorrt_unavailable_reason() is None:
@@ -328,20 +413,24 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
     reason = _unavailable_reason(backend)
     if reason:
         raise S2IError(f"backend {backend} is not available: {reason}")
+    _manifest_specs(manifest, export_dir)     # its form, before loading any model
     tensorrt = backend == "tensorrt"
-    models = []
+    loaded: dict[str, tuple[str, Any]] = {}
     for graph in ("encoder", "generator"):
         entry = _model_entry(manifest, export_dir, graph, precision, tensorrt)
         path = export_dir / entry["file"]
         if tensorrt:
-            models.append(_TrtModel(path, entry))
+            loaded[graph] = (path.name, _TrtModel(path, entry))
         else:
             provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
                 else "CPUExecutionProvider"
-            models.append(_OrtModel(path, provider, threads))
-    fused = None
+            loaded[graph] = (path.name, _OrtModel(path, provider, threads))
     key = "translator" + ("_fp16" if precision == "fp16" else "")
     if not tensorrt and key in manifest["models"]:
-        fused = _OrtModel(export_dir / manifest["models"][key]["file"],
-                          models[0].session.get_providers()[0], threads)
-    return Translator(export_dir, manifest, backend, precision, *models, fused=fused)
+        path = export_dir / manifest["models"][key]["file"]
+        provider = loaded["encoder"][1].session.get_providers()[0]
+        loaded["translator"] = (path.name, _OrtModel(path, provider, threads))
+    _check_models(manifest, export_dir, loaded)
+    fused = loaded["translator"][1] if "translator" in loaded else None
+    return Translator(export_dir, manifest, backend, precision, loaded["encoder"][1],
+                      loaded["generator"][1], fused=fused)

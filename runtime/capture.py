@@ -55,6 +55,31 @@ class BlockQueue:
         except queue.Empty:
             return None
 
+    def drain(self) -> list[tuple[np.ndarray, float]]:
+        """Every block still queued, oldest first, without waiting."""
+        blocks = []
+        while True:
+            try:
+                blocks.append(self.queue.get_nowait())
+            except queue.Empty:
+                return blocks
+
+
+class AudioSender:
+    """Numbers blocks and sends them on PUSH without blocking (a busy server drops them)."""
+
+    def __init__(self, push: zmq.Socket, stream_id: str, rate: int) -> None:
+        self.push, self.stream_id, self.rate = push, stream_id, rate
+        self.seq, self.unsent = 0, 0
+
+    def send(self, block: np.ndarray, capture_time: float) -> None:
+        try:
+            self.push.send_multipart(encode_audio(self.stream_id, self.seq, block, self.rate,
+                                                  capture_time), zmq.NOBLOCK)
+        except zmq.Again:
+            self.unsent += 1
+        self.seq += 1
+
 
 def capture_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -83,23 +108,19 @@ def capture_main(argv: list[str] | None = None) -> int:
         with stop_on_signals() as stop:
             source.start()
             log(f"capturing {source.name} -> {args.connect} as stream {args.stream_id!r}")
-            seq, unsent = 0, 0
+            sender = AudioSender(push, args.stream_id, args.send_rate)
             while not stop.is_set():
                 item = blocks.get(timeout=0.1)
-                if item is None:
-                    if source.finished.is_set():
-                        break
-                    continue
-                try:
-                    push.send_multipart(encode_audio(args.stream_id, seq, item[0],
-                                                     args.send_rate, item[1]), zmq.NOBLOCK)
-                except zmq.Again:
-                    unsent += 1
-                seq += 1
+                if item is not None:
+                    sender.send(*item)
+                elif source.finished.is_set():
+                    for block in blocks.drain():    # what came in after the last get
+                        sender.send(*block)
+                    break
             source.stop()
             source.raise_error()
-            log(f"sent {seq - unsent} blocks ({unsent} unsent: no server or server busy; "
-                f"{blocks.dropped} dropped in the queue)")
+            log(f"sent {sender.seq - sender.unsent} blocks ({sender.unsent} unsent: no server "
+                f"or server busy; {blocks.dropped} dropped in the queue)")
             linger = 0 if stop.is_set() else 1000   # a finished file flushes its last blocks
             return exit_code(stop)
     finally:

@@ -77,7 +77,11 @@ def atomic_dir(final_path: str | Path, replace: bool = True) -> Iterator[Path]:
                 raise S2IError(f"{final_path} already exists")
             old = parent / f".{final_path.name}.old-{os.getpid()}"
             os.replace(final_path, old)
-            os.replace(tmp, final_path)
+            try:
+                os.replace(tmp, final_path)
+            except BaseException:
+                os.replace(old, final_path)     # put the previous result back
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final_path)
@@ -99,6 +103,16 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
+def manifest_format(folder: str | Path) -> object:
+    """The ``format`` field of ``folder/manifest.json``; None if missing or unreadable (what
+    kind of S2I folder this is, before replacing it)."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("format") if isinstance(manifest, dict) else None
+
+
 def load_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> dict[str, Any]:
     """Read ``EXPORT/manifest.json``, check its format and version and the files' hashes."""
     export_dir = Path(export_dir)
@@ -114,8 +128,15 @@ def load_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     for key in ("front_end", "embedding_dim", "dropout", "models"):
         if key not in manifest:
             raise S2IError(f"{export_dir}/manifest.json lacks '{key}'; re-export the checkpoint")
+    models = manifest["models"]
+    if not isinstance(models, dict):
+        raise S2IError(f"{export_dir}/manifest.json 'models' should be an object; re-export")
+    for name, entry in models.items():
+        if not isinstance(entry, dict) or not isinstance(entry.get("file"), str):
+            raise S2IError(f"{export_dir}/manifest.json: model {name!r} has no \"file\"; "
+                           "re-export the checkpoint")
     if verify_hashes:
-        for name, entry in manifest["models"].items():
+        for name, entry in models.items():
             path = export_dir / entry["file"]
             if not path.is_file():
                 raise S2IError(f"export file for {name} missing: {path}")

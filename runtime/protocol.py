@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -110,23 +111,66 @@ def decode_header(parts: list[bytes]) -> dict[str, Any]:
         raise S2IError(f"S2I message needs at least a topic and a header, got {len(parts)} parts")
     try:
         header = json.loads(parts[1])
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise S2IError(f"S2I message header is not JSON: {exc}") from exc
-    if not isinstance(header, dict) or header.get("protocol") != PROTOCOL_VERSION:
+    if not isinstance(header, dict):
+        raise S2IError(f"S2I message header should be a JSON object, got "
+                       f"{type(header).__name__}")
+    if header.get("protocol") != PROTOCOL_VERSION:
         raise S2IError(f"S2I message has protocol {header.get('protocol')!r}; this client "
                        f"reads version {PROTOCOL_VERSION}")
     return header
 
 
+def _frame_int(header: dict[str, Any], key: str, where: str) -> int:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise S2IError(f"{where}: header {key!r} should be a non-negative integer, got {value!r}")
+    return value
+
+
+def _frame_shape(header: dict[str, Any], key: str, where: str) -> list[int]:
+    shape = header.get(key)
+    if not isinstance(shape, list) or not shape or not all(
+            isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
+        raise S2IError(f"{where}: header {key!r} should be a list of positive integers, "
+                       f"got {shape!r}")
+    return shape
+
+
+def _decode_payload(payload: bytes, encoding: Any, shape: list[int], where: str) -> np.ndarray:
+    if encoding not in ENCODINGS:
+        raise S2IError(f"{where}: unknown image encoding {encoding!r}; expected one of "
+                       f"{ENCODINGS}")
+    try:
+        image = decode_image(payload, encoding, shape)
+    except S2IError as exc:
+        raise S2IError(f"{where}: {exc}") from exc
+    except Exception as exc:        # PIL raises many kinds on a corrupt PNG
+        raise S2IError(f"{where}: {encoding} payload does not decode "
+                       f"({type(exc).__name__}: {exc})") from exc
+    if list(image.shape) != list(shape):
+        raise S2IError(f"{where}: image is {list(image.shape)}, the header says {shape}")
+    return image
+
+
 def decode_frame(parts: list[bytes]) -> Frame:
+    """Parse an image message; any malformed part raises ``S2IError("S2I frame <seq>: ...")``."""
     header = decode_header(parts)
-    k = int(header["samples"])
+    where = f"S2I frame {str(header.get('seq', '?'))[:20]}"
+    _frame_int(header, "seq", where)
+    k = _frame_int(header, "samples", where)
     expected = 2 + k + (1 if header.get("uncertainty") else 0)
     if len(parts) != expected:
-        raise S2IError(f"S2I frame has {len(parts)} parts, its header promises {expected}")
-    images = [decode_image(p, header["encoding"], header["shape"]) for p in parts[2:2 + k]]
-    uncertainty = (decode_image(parts[2 + k], header["encoding"], header["uncertainty_shape"])
-                   if header.get("uncertainty") else None)
+        raise S2IError(f"{where}: has {len(parts)} parts, its header promises {expected}")
+    encoding = header.get("encoding")
+    shape = _frame_shape(header, "shape", where)
+    images = [_decode_payload(p, encoding, shape, f"{where} image {i}")
+              for i, p in enumerate(parts[2:2 + k])]
+    uncertainty = None
+    if header.get("uncertainty"):
+        unc_shape = _frame_shape(header, "uncertainty_shape", where)
+        uncertainty = _decode_payload(parts[2 + k], encoding, unc_shape, f"{where} uncertainty")
     return Frame(parts[0].decode(errors="replace"), header, images, uncertainty)
 
 
@@ -146,11 +190,27 @@ def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int
     return [AUDIO_TOPIC, json.dumps(header).encode(), data]
 
 
+def _finite_number(header: dict[str, Any], key: str, default: Any = None) -> float:
+    value = header.get(key, default)
+    try:
+        number = float(value) if not isinstance(value, (bool, str)) else math.nan
+    except (TypeError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise S2IError(f"audio message header {key!r} should be a finite number, got "
+                       f"{str(value)[:40]}")
+    return number
+
+
 def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     header = decode_header(parts)
     if parts[0] != AUDIO_TOPIC or len(parts) != 3 or header.get("dtype") != "float32":
         raise S2IError("not an S2I audio message ([b'audio', header, float32 samples])")
-    channels = int(header.get("channels", 1))
+    for key in ("seq", "sample_rate", "capture_time"):
+        _finite_number(header, key)
+    channels = int(_finite_number(header, "channels", 1))
+    if len(parts[2]) % 4:
+        raise S2IError(f"audio message payload of {len(parts[2])} bytes is not float32 samples")
     samples = np.frombuffer(parts[2], "<f4")
     if channels < 1 or len(samples) % channels:
         raise S2IError(f"audio message of {len(samples)} samples does not split into "
@@ -179,6 +239,19 @@ def connect(socket: zmq.Socket, address: str, what: str) -> None:
                        "(expected e.g. tcp://127.0.0.1:5556)") from exc
 
 
+def _report_all_subscriptions(socket: zmq.Socket) -> None:
+    """XPUB_VERBOSER (libzmq >= 4.2.5): every subscription and every unsubscription, also
+    duplicates and those of a SUB that went away; else XPUB_VERBOSE (subscriptions only)."""
+    option = getattr(zmq, "XPUB_VERBOSER", None)
+    if option is not None:
+        try:
+            socket.setsockopt(option, 1)
+            return
+        except zmq.ZMQError:
+            pass
+    socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+
+
 class Publisher:
     """An XPUB socket: SUB clients see a plain PUB; the server also sees their subscriptions.
 
@@ -194,22 +267,29 @@ class Publisher:
         self.socket = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
-        self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)     # report every subscription
+        _report_all_subscriptions(self.socket)
         bind(self.socket, address, "publisher")
         self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.subscribers = 0
         self.sent = 0
 
+    def _ours(self, prefix: bytes) -> bool:
+        """Whether a subscription to ``prefix`` receives our topic (SUB matches prefixes)."""
+        return self.topic.encode().startswith(prefix)
+
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
-        """Handle pending (un)subscriptions; answer each subscription with a hello."""
+        """Handle pending (un)subscriptions; answer each of ours with a hello.
+
+        Returns the live subscriptions that receive our topic; others are ignored.
+        """
         while self.socket.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
             event = self.socket.recv()
+            if not event or not self._ours(event[1:]):
+                continue
             if event[:1] == b"\x01":
                 self.subscribers += 1
-                if self.topic.encode().startswith(event[1:]) or \
-                        event[1:].startswith(self.topic.encode()):
-                    self._send(hello_message(self.topic, self.info))
+                self._send(hello_message(self.topic, self.info))
             elif event[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
         return self.subscribers

@@ -30,8 +30,7 @@ class PulseServer:
     process: subprocess.Popen
 
     def pactl(self, *args: str) -> str:
-        result = subprocess.run(["pactl", *args], env=self.env, capture_output=True, text=True,
-                                timeout=10)
+        result = _pactl(list(args), self.env)
         if result.returncode != 0:
             raise S2IError(f"pactl {' '.join(args)} failed: {result.stderr.strip()}")
         return result.stdout
@@ -40,6 +39,25 @@ class PulseServer:
         """Start playing a file into the null sink (what the monitor source records)."""
         return subprocess.Popen(["paplay", f"--device={self.sink}", str(wav)], env=self.env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _pactl(args: list[str], env: dict[str, str], timeout_s: float = 10.0
+           ) -> subprocess.CompletedProcess:
+    """Run ``pactl``; a hung call becomes an S2IError, not a TimeoutExpired traceback."""
+    try:
+        return subprocess.run(["pactl", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout_s)
+    except subprocess.TimeoutExpired as exc:
+        raise S2IError(f"pactl {' '.join(args)} did not answer within {timeout_s:g} s "
+                       "(is the private pulseaudio server hung?)") from exc
+
+
+def _log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip()
+    except OSError:
+        return ""
+    return " | ".join(text.splitlines()[-lines:])
 
 
 @contextlib.contextmanager
@@ -58,23 +76,27 @@ def null_sink_server(workdir: str | Path, start_timeout_s: float = 10.0) -> Iter
                PULSE_RUNTIME_PATH=str(runtime_dir / "pulse"), PULSE_SERVER=f"unix:{socket}")
     env.pop("PULSE_SINK", None)
     env.pop("PULSE_SOURCE", None)
-    process = subprocess.Popen(
-        ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
-         "--disable-shm", "--load=module-native-protocol-unix",
-         f"--load=module-null-sink sink_name={SINK} rate=48000 channels=2",
-         "--log-target=stderr", "--log-level=error"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log_path = workdir / "pulseaudio.log"     # a file, not a PIPE nobody drains
+    with open(log_path, "w") as log_file:
+        process = subprocess.Popen(
+            ["pulseaudio", "-n", "--daemonize=no", "--exit-idle-time=-1", "--system=false",
+             "--disable-shm", "--load=module-native-protocol-unix",
+             f"--load=module-null-sink sink_name={SINK} rate=48000 channels=2",
+             "--log-target=stderr", "--log-level=error"],
+            env=env, stdout=subprocess.DEVNULL, stderr=log_file)
     server = PulseServer(env, SINK, process)
     try:
         deadline = time.monotonic() + start_timeout_s
         while True:
             if process.poll() is not None:
-                raise S2IError(f"pulseaudio exited at start: {process.stderr.read().strip()}")
-            ready = subprocess.run(["pactl", "info"], env=env, capture_output=True, timeout=10)
+                raise S2IError(f"pulseaudio exited at start: {_log_tail(log_path)} "
+                               f"(log: {log_path})")
+            ready = _pactl(["info"], env)
             if ready.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise S2IError(f"pulseaudio did not answer within {start_timeout_s:g} s")
+                raise S2IError(f"pulseaudio did not answer within {start_timeout_s:g} s "
+                               f"(log: {log_path})")
             time.sleep(0.05)   # polling a starting daemon; it offers no readiness signal
         server.pactl("set-default-sink", SINK)
         server.pactl("set-default-source", f"{SINK}.monitor")

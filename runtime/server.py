@@ -227,6 +227,7 @@ class NetworkLoop:
         self.streams: dict[str, StreamState] = {}
         self.idle_expiry_s = idle_expiry_s
         self.frames = 0
+        self.skipped = 0
         self.bad_messages = 0
 
     def _state(self, header: dict[str, Any]) -> StreamState:
@@ -245,41 +246,71 @@ class NetworkLoop:
         state.last_seq, state.last_seen = seq, time.monotonic()
         return state
 
-    def handle(self, parts: list[bytes]) -> None:
+    def handle(self, parts: list[bytes]) -> str | None:
+        """Write one audio message into its stream's ring; returns the stream id, or None
+        (logged and ignored) for a malformed message. Publishes nothing."""
         try:
             header, samples = decode_audio(parts)
             capture_time = float(header["capture_time"])
             state = self._state(header)
-        except (S2IError, KeyError, ValueError, TypeError) as exc:
+        except (S2IError, KeyError, ValueError, TypeError, OverflowError) as exc:
             self.bad_messages += 1
             if self.bad_messages <= 5:
                 log(f"ignoring a bad audio message: {exc}")
-            return
-        sid = str(header.get("stream", "capture"))
+            return None
         state.ring.write(state.resampler.process(samples), capture_time)
-        if state.ring.written >= state.next_total:
-            audio, capture_time, written = state.ring.latest(self.pipeline.window)  # type: ignore
-            self.publisher.publish(self.pipeline.message(
-                audio, capture_time, sid, written / self.pipeline.sample_rate))
-            self.frames += 1
+        return str(header.get("stream", "capture"))
+
+    def drain(self, limit: int = 2000) -> int:
+        """Read every pending audio message (at most ``limit``, so a flood cannot starve the
+        model) into its ring without blocking; returns how many were read."""
+        count = 0
+        while count < limit:
+            try:
+                parts = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return count
+            self.handle(parts)
+            count += 1
+        return count
+
+    def publish_due(self, sid: str) -> bool:
+        """One frame from the newest window of ``sid`` if its next window is due; stale
+        hops are skipped (never queued), so latency stays bounded when the model is slow."""
+        state = self.streams.get(sid)
+        if state is None or state.ring.written < state.next_total:
+            return False
+        audio, capture_time, written = state.ring.latest(self.pipeline.window)  # type: ignore
+        self.publisher.publish(self.pipeline.message(
+            audio, capture_time, sid, written / self.pipeline.sample_rate))
+        self.frames += 1
+        state.next_total += self.pipeline.hop
+        while state.next_total <= written:
             state.next_total += self.pipeline.hop
-            while state.next_total <= written:
-                state.next_total += self.pipeline.hop
+            self.skipped += 1
+        return True
+
+    def step(self, timeout_ms: int = 50) -> int:
+        """Drain all pending audio, then publish at most one frame per stream; returns the
+        frames published."""
+        self.publisher.poll_subscriptions()
+        if not self.pull.poll(timeout_ms, zmq.POLLIN):
+            return 0
+        self.drain()
+        return sum(self.publish_due(sid) for sid in list(self.streams))
+
+    def expire_idle(self) -> None:
+        now = time.monotonic()
+        for sid in [s for s, st in self.streams.items()
+                    if now - st.last_seen > self.idle_expiry_s]:
+            del self.streams[sid]
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            self.publisher.poll_subscriptions()
-            if self.pull.poll(50, zmq.POLLIN):
-                while True:
-                    try:
-                        parts = self.pull.recv_multipart(zmq.NOBLOCK)
-                    except zmq.Again:
-                        break
-                    self.handle(parts)
-            now = time.monotonic()
-            for sid in [s for s, st in self.streams.items()
-                        if now - st.last_seen > self.idle_expiry_s]:
-                del self.streams[sid]
+            self.step()
+            self.expire_idle()
+        if self.skipped:
+            log(f"skipped {self.skipped} late hops (the model is slower than the hop)")
 
     def close(self) -> None:
         self.pull.close(linger=0)

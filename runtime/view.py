@@ -4,7 +4,7 @@
     s2i-view --connect tcp://127.0.0.1:5556 --out frames/ --count 20
 
 The web page (runtime/static/) polls ``/latest.json`` and swaps in ``/frame/<n>/<k>.png``;
-only the newest frame is kept in memory.
+only the two newest frames are kept in memory.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,36 +41,52 @@ def png_bytes(image: np.ndarray) -> bytes:
 
 
 class LatestFrame:
-    """The newest frame as PNG bytes, shared between the receive loop and the web server."""
+    """The newest frames as PNG bytes, shared between the receive loop and the web server.
 
-    def __init__(self) -> None:
+    The newest ``keep`` frames are held, so a page that read ``/latest.json`` just before a
+    new frame came still gets the images it asked for.
+    """
+
+    def __init__(self, keep: int = 2) -> None:
         self._lock = threading.Lock()
+        self.keep = keep
         self.number = 0
         self.header: dict[str, Any] | None = None
-        self.pngs: list[bytes] = []
-        self.uncertainty: bytes | None = None
+        self._held: dict[int, tuple[list[bytes], bytes | None]] = {}
 
     def update(self, frame: Frame) -> None:
         pngs = [png_bytes(img) for img in frame.images]
         unc = png_bytes(frame.uncertainty) if frame.uncertainty is not None else None
         with self._lock:
             self.number += 1
-            self.header, self.pngs, self.uncertainty = frame.header, pngs, unc
+            self.header = frame.header
+            self._held[self.number] = (pngs, unc)
+            for old in [n for n in self._held if n <= self.number - self.keep]:
+                del self._held[old]
 
     def state(self) -> dict[str, Any]:
         with self._lock:
             n = self.number
+            pngs, unc = self._held.get(n, ([], None))
             return {"number": n, "header": self.header,
-                    "images": [f"/frame/{n}/{k}.png" for k in range(len(self.pngs))],
-                    "uncertainty": f"/frame/{n}/uncertainty.png" if self.uncertainty else None}
+                    "images": [f"/frame/{n}/{k}.png" for k in range(len(pngs))],
+                    "uncertainty": f"/frame/{n}/uncertainty.png" if unc else None}
 
-    def image(self, name: str) -> bytes | None:
+    def image(self, number: int, name: str) -> bytes | None:
+        """Image ``name`` (``<k>`` or ``uncertainty``) of frame ``number``; None once dropped."""
         with self._lock:
+            held = self._held.get(number)
+            if held is None:
+                return None
+            pngs, unc = held
             if name == "uncertainty":
-                return self.uncertainty
-            if name.isdigit() and int(name) < len(self.pngs):
-                return self.pngs[int(name)]
+                return unc
+            if name.isdigit() and int(name) < len(pngs):
+                return pngs[int(name)]
             return None
+
+
+FRAME_PATH = re.compile(r"^/frame/(\d{1,18})/([A-Za-z0-9]+)\.png$")
 
 
 def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
@@ -92,8 +109,8 @@ def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
             if path == "/latest.json":
                 self._send(200, json.dumps(latest.state()).encode(), "application/json")
                 return
-            if path.startswith("/frame/") and path.endswith(".png"):
-                body = latest.image(path.rsplit("/", 1)[1][:-4])
+            if match := FRAME_PATH.match(path):
+                body = latest.image(int(match.group(1)), match.group(2))
                 if body is not None:
                     self._send(200, body, "image/png")
                     return
@@ -106,8 +123,13 @@ def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+def safe_stream_name(stream: Any) -> str:
+    """A stream id from the network made safe as part of a file name (no ``/``, no ``..``)."""
+    return re.sub(r"[^A-Za-z0-9._-]", "_", str(stream)).lstrip(".") or "main"
+
+
 def write_frame(out_dir: Path, frame: Frame) -> None:
-    stem = f"{frame.header.get('stream', 'main')}_{frame.seq:06d}"
+    stem = f"{safe_stream_name(frame.header.get('stream', 'main'))}_{frame.seq:06d}"
     for k, image in enumerate(frame.images):
         atomic_write_bytes(out_dir / f"{stem}_{k}.png", png_bytes(image))
     if frame.uncertainty is not None:
@@ -154,9 +176,15 @@ def view_main(argv: list[str] | None = None) -> int:
                              daemon=True).start()
             log(f"view at http://{args.host}:{httpd.server_address[1]}/")
         with stop_on_signals() as stop:
-            received = 0
+            received = bad = 0
             while not stop.is_set() and (args.count <= 0 or received < args.count):
-                frame = subscriber.receive(timeout_s=0.1)
+                try:
+                    frame = subscriber.receive(timeout_s=0.1)
+                except S2IError as exc:
+                    bad += 1
+                    if bad <= 5:
+                        log(f"skipping a bad frame: {exc}")
+                    continue
                 if frame is None:
                     continue
                 received += 1

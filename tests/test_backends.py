@@ -159,3 +159,65 @@ def test_tensorrt_backend(tmp_path: Path) -> None:
     images = translator.translate(spec, masks)   # 10 > profile max 8: run in chunks
     cpu = open_translator(out, "onnxruntime-cpu").translate(spec, masks)
     assert np.abs(images - cpu).max() <= 2e-2
+
+
+def test_manifest_that_does_not_match_the_models_fails_at_load(export_dir: Path,
+                                                               tmp_path: Path) -> None:
+    import json
+
+    def tampered(name: str, change) -> Path:
+        copy = tmp_path / name
+        shutil.copytree(export_dir, copy)
+        manifest = json.loads((copy / "manifest.json").read_text())
+        change(manifest)
+        (copy / "manifest.json").write_text(json.dumps(manifest))
+        return copy
+
+    def more_channels(m: dict) -> None:
+        m["dropout"][2]["channels"] += 2
+
+    def other_dim(m: dict) -> None:
+        m["embedding_dim"] = D - 1
+
+    def no_file(m: dict) -> None:
+        del m["models"]["generator"]["file"]
+
+    def no_channels(m: dict) -> None:
+        del m["dropout"][0]["channels"]
+
+    def unknown_mask(m: dict) -> None:
+        m["dropout"][5]["input"] = "mask9"
+
+    cases = [(more_channels, r"generator\.onnx: input mask2 has \d+ channels, the manifest "
+                             r"says \d+; re-export"),
+             (other_dim, rf"input embedding has {D} channels, the manifest says {D - 1}"),
+             (no_file, r"model 'generator' has no \"file\""),
+             (no_channels, r"dropout entry 0 should have .* \"channels\""),
+             (unknown_mask, r"has no input mask9")]
+    for change, message in cases:
+        with pytest.raises(S2IError, match=message) as info:
+            open_translator(tampered(change.__name__, change), "onnxruntime-cpu")
+        assert "\n" not in str(info.value)
+
+
+def test_atomic_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    import os
+
+    from runtime import manifest as manifest_module
+
+    final = tmp_path / "export"
+    final.mkdir()
+    (final / "keep.txt").write_text("old")
+    real_replace = os.replace
+
+    def failing_replace(src, dst) -> None:
+        if Path(src).name.endswith(".partial"):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(manifest_module.os, "replace", failing_replace)
+    with pytest.raises(OSError, match="No space"), manifest_module.atomic_dir(final) as tmp:
+        (tmp / "new.txt").write_text("new")
+    assert (final / "keep.txt").read_text() == "old" and not (final / "new.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]   # no .old or .partial

@@ -25,6 +25,7 @@ from trainer.evaluate import (
     moving_average,
     range_average,
     replace_skipped,
+    skipped_after_d,
 )
 from trainer.label import LABELS_FILE, LabelServer, read_labels
 from trainer.models import AudioEncoder, DenseGenerator
@@ -328,6 +329,19 @@ def test_discriminator_update_sources() -> None:
     assert discriminator_update_epochs({"config": {}}, epochs, None)[1].startswith("unknown")
 
 
+def test_d_updates_between_snapshots_still_skip_the_next_snapshots() -> None:
+    # snapshots every 2 epochs, D every 5: D at 5 and 10 are not snapshot epochs, yet the
+    # snapshots at 6 (5+1) and 12 (10+2) come right after a D update and are skipped
+    snapshots = [2, 4, 6, 8, 10, 12, 14]
+    by_config = {"config": {"n_gd": 5, "n_gd_unit": "epoch"}}
+    for d_every in (None, 5):
+        d_epochs = discriminator_update_epochs(by_config, snapshots, d_every)[0]
+        assert d_epochs == {5, 10}
+        skipped = skipped_after_d(snapshots, d_epochs, 2)
+        assert [e for e, s in zip(snapshots, skipped, strict=True) if s] == [6, 12]
+    assert not any(skipped_after_d(snapshots, {5, 10}, 0))
+
+
 def test_clear_errors(setup: dict[str, Path], tmp_path: Path,
                       capsys: pytest.CaptureFixture[str]) -> None:
     store, run = setup["store"], setup["run"]
@@ -354,3 +368,96 @@ def test_clear_errors(setup: dict[str, Path], tmp_path: Path,
         from trainer.sample import write_samples
         write_samples([run], store, folder, overwrite=True, progress=False)
     assert (folder / LABELS_FILE).read_text() == "{}"
+
+
+def test_informativity_out_never_replaces_labels_or_other_folders(tmp_path: Path) -> None:
+    from trainer.informativity import InformativityConfig, train_classifiers
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "index.json").write_text("{}")
+    (labels / LABELS_FILE).write_text("{}")
+    (labels / "s0.png").write_bytes(b"image")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text('{"format": "s2i-store"}')
+    (other / "train.bin").write_bytes(b"data")
+    for out, expected in [(labels, "holds labels.json"), (other, "no informativity")]:
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        with pytest.raises(S2IError, match=expected) as info:
+            train_classifiers([labels], out, InformativityConfig(), progress=False)
+        assert "\n" not in str(info.value)
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (labels / LABELS_FILE).unlink()
+    with pytest.raises(S2IError, match="holds index.json"):
+        train_classifiers([labels], labels, InformativityConfig(), progress=False)
+
+
+def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
+    from trainer.informativity import CLASSIFIERS_FORMAT, CLASSIFIERS_VERSION, load_classifiers
+
+    folder = tmp_path / "classifiers"
+    folder.mkdir()
+    (folder / "manifest.json").write_text(json.dumps({
+        "format": CLASSIFIERS_FORMAT, "version": CLASSIFIERS_VERSION, "classes": ["Dog"],
+        "per_class": {"Dog": {"file": "class_0.pt"}}, "config": {"width": WIDTH}}))
+    for junk in (b"\x00junk bytes\xff" * 10, b"PK\x03\x04 not a zip"):
+        (folder / "class_0.pt").write_bytes(junk)
+        with pytest.raises(S2IError, match="class_0.pt is missing or damaged") as info:
+            load_classifiers(folder)
+        assert "\n" not in str(info.value)
+
+
+def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
+    from helpers_export import make_tiny_checkpoint
+
+    from trainer.sample import load_translator
+
+    good = make_tiny_checkpoint(tmp_path / "good.pt", width=WIDTH, embedding_dim=16)
+    state = {k: v for k, v in torch.load(good, weights_only=False).items()
+             if k not in ("format", "version")}
+    broken = {"no_dim": {k: v for k, v in state.items() if k != "embedding_dim"},
+              "bad_dim": {**state, "embedding_dim": "sixteen"},
+              "negative_dim": {**state, "embedding_dim": -3},
+              "wrong_dim": {**state, "embedding_dim": 32},
+              "bad_weights": {**state, "models": {"encoder": 1, "generator": 2}}}
+    for name, content in broken.items():
+        save_checkpoint(tmp_path / f"{name}.pt", content)
+        with pytest.raises(S2IError, match=f"{name}.pt") as info:
+            load_translator(tmp_path / f"{name}.pt")
+        assert "\n" not in str(info.value), name
+
+
+def test_failed_label_write_changes_nothing_in_memory(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import trainer.label as label
+    from trainer.sample import SAMPLES_FORMAT, SAMPLES_VERSION
+
+    items = [{"file": f"s{i}.png", "real": None, "class_index": 0} for i in range(2)]
+    (tmp_path / "index.json").write_text(json.dumps({
+        "format": SAMPLES_FORMAT, "version": SAMPLES_VERSION, "classes": ["Dog"],
+        "items": items}))
+    book = label.LabelBook(tmp_path)
+    book.set("s0.png", label.INFORMATIVE)
+
+    def disk_full(*args, **kwargs) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(label, "atomic_write_json", disk_full)
+    with pytest.raises(OSError):
+        book.update({"s0.png": None, "s1.png": {"label": label.NON_INFORMATIVE}})
+    with pytest.raises(S2IError):   # an invalid change half-way applies nothing either
+        book.update({"s1.png": {"label": label.INFORMATIVE}, "s9.png": None})
+    assert set(book.labels) == {"s0.png"} and book.labels == read_labels(tmp_path)
+
+
+def test_evaluate_checks_out_before_scoring(tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    for out in (blocker, blocker / "reports"):
+        argv = ["evaluate", str(tmp_path / "no_run"), "--classifiers", str(tmp_path / "none"),
+                "--store", str(tmp_path / "no_store"), "--out", str(out)]
+        assert trainer_main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: cannot write the reports") and "\n" not in err, err

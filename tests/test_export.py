@@ -350,3 +350,84 @@ def test_tensorrt_reason_or_engines(tmp_path: Path) -> None:
     assert {"encoder_trt", "generator_trt", "encoder_fp16_trt"} <= set(manifest["models"])
     assert (tmp_path / "timing.cache").stat().st_size > 0
     assert manifest["parity"]["tensorrt"]["passed"]
+
+
+def test_out_folder_of_another_kind_is_left_untouched(tmp_path: Path) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
+    for manifest in ('{"format": "s2i-store", "version": 1}', "not json {", "[1, 2]"):
+        store = tmp_path / "store"
+        store.mkdir(exist_ok=True)
+        (store / "manifest.json").write_text(manifest)
+        (store / "train.bin").write_bytes(b"precious")
+        with pytest.raises(S2IError, match="holds no S2I export") as info:
+            export_translator(checkpoint, store, tensorrt=False)
+        assert "\n" not in str(info.value) and "left untouched" in str(info.value)
+        assert (store / "train.bin").read_bytes() == b"precious"
+        assert (store / "manifest.json").read_text() == manifest
+    code = run_cli(lambda: export_main([str(checkpoint), "--out", str(store), "--no-tensorrt"]))
+    assert code == 2 and (store / "train.bin").is_file()
+
+
+def test_batch_sizes_must_include_one(tmp_path: Path) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
+    with pytest.raises(S2IError, match="must include 1"):
+        export_translator(checkpoint, tmp_path / "out", batch_sizes=(4, 8), tensorrt=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_opset_below_what_the_exporter_writes_is_refused(tmp_path: Path) -> None:
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
+    out = tmp_path / "out"
+    with pytest.raises(S2IError, match=r"--opset 9 not supported .*it wrote opset \d+") as info:
+        export_translator(checkpoint, out, opset=9, fused=False, tensorrt=False)
+    assert "\n" not in str(info.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]   # nothing written
+
+
+def test_manifest_opset_is_the_one_in_the_files(exported) -> None:
+    export_dir, _, _ = exported
+    manifest = json.loads((export_dir / "manifest.json").read_text())
+    for entry in manifest["models"].values():
+        if entry["backend"] == "onnx":
+            model = onnx.load(str(export_dir / entry["file"]), load_external_data=False)
+            written = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+            assert written == [manifest["opset"]], entry["file"]
+
+
+def test_tensorrt_failure_or_failed_parity_keeps_onnx_and_drops_engines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a GPU: stand-ins for the engine build and its parity check."""
+    import export.translator as translator
+
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
+
+    def fake_build(folder: Path, models: dict, sizes: list[int], cache: Path | None):
+        (folder / "encoder.plan").write_bytes(b"engine")
+        entry = {"file": "encoder.plan", "sha256": sha256_file(folder / "encoder.plan"),
+                 "precision": "fp32", "backend": "tensorrt"}
+        return {"encoder_trt": entry}, {"built": True, "tensorrt": "fake"}
+
+    def bad_parity(*args, **kwargs) -> dict:
+        return {"max_abs_error": {"encoder_trt": 0.5}, "passed": False}
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA error: out of memory\nsecond line")
+
+    cases = [({"build_engines": fake_build, "check_engine_parity": bad_parity},
+              "do not reproduce PyTorch"),
+             ({"build_engines": crash}, "RuntimeError: CUDA error: out of memory"),
+             ({"build_engines": fake_build, "check_engine_parity": crash},
+              "RuntimeError: CUDA error: out of memory")]
+    for patches, reason in cases:
+        out = tmp_path / "export"
+        with monkeypatch.context() as patch:
+            for name, value in patches.items():
+                patch.setattr(translator, name, value)
+            export_translator(checkpoint, out, fused=False, tensorrt=True)
+        manifest = load_export_manifest(out)
+        assert manifest["tensorrt"]["built"] is False
+        assert reason in manifest["tensorrt"]["reason"]
+        assert "\n" not in manifest["tensorrt"]["reason"]
+        assert not list(out.glob("*.plan"))
+        assert not any(e["backend"] == "tensorrt" for e in manifest["models"].values())
+        assert (out / "encoder.onnx").is_file() and (out / "generator.onnx").is_file()

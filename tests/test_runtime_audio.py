@@ -3,7 +3,9 @@ and the ZeroMQ publisher/subscriber behaviour (handshake, newest-only, slow subs
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import threading
 import time
 
@@ -227,3 +229,121 @@ def test_runtime_never_imports_torch():
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_malformed_audio_messages_are_one_line_errors():
+    good = encode_audio("mic", 3, tone(0.05, 16000), 16000, 12.5)
+    header = json.loads(good[1])
+
+    def with_header(text: str) -> list[bytes]:
+        return [good[0], text.encode(), good[2]]
+
+    bad = {"[1, 2]": "should be a JSON object",
+           '"text"': "should be a JSON object",
+           "null": "should be a JSON object"}
+    for key in ("seq", "sample_rate", "channels", "capture_time"):
+        for value in ("Infinity", "-Infinity", "NaN", "1e400", '"5"', "null"):
+            text = json.dumps(header)[:-1] + f', "{key}": {value}}}'   # the last key wins
+            bad[text] = f"'{key}' should be a finite number"
+    for text, message in bad.items():
+        with pytest.raises(S2IError, match=message) as info:
+            decode_audio(with_header(text))
+        assert "\n" not in str(info.value), text
+    with pytest.raises(S2IError, match="not float32 samples"):
+        decode_audio([good[0], good[1], good[2][:-1]])
+
+
+def test_malformed_frames_are_one_line_errors_naming_the_frame():
+    images = np.zeros((2, 8, 8, 3), np.uint8)
+    unc = np.zeros((8, 8), np.uint8)
+    png = encode_frame("s2i", {"seq": 4}, images, unc, "png")
+    raw = encode_frame("s2i", {"seq": 4}, images, None, "raw")
+    header = json.loads(png[1])
+
+    def edit(parts: list[bytes], **changes) -> list[bytes]:
+        h = dict(json.loads(parts[1]), **changes)
+        h = {k: v for k, v in h.items() if v is not None}
+        return [parts[0], json.dumps(h).encode(), *parts[2:]]
+
+    cases = [
+        ([png[0], png[1], b"not a png", png[3], png[4]], "S2I frame 4 image 0: png payload"),
+        ([png[0], png[1], png[2], png[3], png[4][:20]], "S2I frame 4 uncertainty: png"),
+        (edit(png, samples=None), "S2I frame 4: header 'samples' should be"),
+        (edit(png, samples="2"), "S2I frame 4: header 'samples' should be"),
+        (edit(png, samples=2.5), "S2I frame 4: header 'samples' should be"),
+        (edit(png, samples=1), "S2I frame 4: has 5 parts, its header promises 4"),
+        (edit(png, shape=[8, 9, 3]), r"S2I frame 4 image 0: image is \[8, 8, 3\]"),
+        (edit(png, seq="x"), "S2I frame x: header 'seq' should be"),
+        (edit(png, encoding="jpeg"), "S2I frame 4 image 0: unknown image encoding"),
+        (edit(raw, shape=[8, 8]), "S2I frame 4 image 0: raw image payload has 192 bytes"),
+        (edit(raw, shape="8x8"), "S2I frame 4: header 'shape' should be a list"),
+        ([raw[0], raw[1], raw[2][:-1], raw[3]], "S2I frame 4 image 0: raw image payload"),
+        ([b"s2i", b"[4]"], "should be a JSON object"),
+    ]
+    assert header["samples"] == 2
+    for parts, message in cases:
+        with pytest.raises(S2IError, match=message) as info:
+            decode_frame(parts)
+        assert "\n" not in str(info.value), message
+
+
+def test_publisher_counts_only_its_topic_and_sees_unsubscribes():
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"})
+
+    def wait_count(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while publisher.poll_subscriptions(20) != count and time.monotonic() < deadline:
+            pass
+        assert publisher.subscribers == count
+
+    other = ctx.socket(zmq.SUB)
+    try:
+        other.setsockopt(zmq.LINGER, 0)
+        other.connect(publisher.address)
+        other.setsockopt(zmq.SUBSCRIBE, b"video")      # not ours: never counted, no hello
+        with Subscriber(publisher.address, ctx=ctx) as ours:
+            done = threading.Event()
+            thread = _serve_hellos(publisher, done)
+            assert ours.wait_ready(5)["backend"] == "test"
+            done.set()
+            thread.join()
+            with Subscriber(publisher.address, ctx=ctx) as second:
+                deadline = time.monotonic() + 5
+                while second.info is None and time.monotonic() < deadline:
+                    publisher.poll_subscriptions(20)
+                    with contextlib.suppress(S2IError):
+                        second.wait_ready(0.05)
+                assert second.info is not None
+                wait_count(2)
+            wait_count(1)                  # the closed subscriber's unsubscribe is seen
+        wait_count(0)
+        assert other.poll(100) == 0         # no hello on a topic it did not ask for
+    finally:
+        other.close(linger=0)
+        publisher.close()
+        ctx.term()
+
+
+def test_capture_queue_drains_its_last_blocks():
+    from runtime.capture import BlockQueue
+
+    blocks = BlockQueue(maxsize=3)
+    for i in range(5):                               # the two oldest are dropped
+        blocks.put(np.full(4, i, np.float32), float(i))
+    assert blocks.dropped == 2
+    assert [t for _, t in blocks.drain()] == [2.0, 3.0, 4.0] and blocks.drain() == []
+
+
+def test_a_hung_pactl_is_a_one_line_error(tmp_path):
+    import os
+
+    from runtime.pulse import _pactl
+
+    fake = tmp_path / "pactl"
+    fake.write_text("#!/bin/sh\nexec sleep 30\n")
+    fake.chmod(0o755)
+    env = dict(os.environ, PATH=f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    with pytest.raises(S2IError, match=r"pactl info did not answer within 0.2 s") as info:
+        _pactl(["info"], env, timeout_s=0.2)
+    assert "\n" not in str(info.value)

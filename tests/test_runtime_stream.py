@@ -269,3 +269,101 @@ def test_no_microphone_and_no_pyaudio(export, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(blocked))
     one_line_error(run_cli("s2i-stream", "--mic", "--export", str(export), env=env),
                    "s2i[mic]")
+
+
+class SlowTranslator:
+    """A real translator that takes ``delay`` seconds more per window (a slow model)."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay = inner, delay
+        self.manifest, self.backend = inner.manifest, "slow-stub"
+        self.dropout = getattr(inner, "dropout", None)
+        self.windows = 0
+
+    def encode(self, features):
+        return self.inner.encode(features)
+
+    def generate(self, z, masks):
+        self.windows += 1
+        time.sleep(self.delay)
+        return self.inner.generate(z, masks)
+
+
+def test_network_loop_skips_to_the_newest_window_when_the_model_is_slow(export):
+    from runtime.backends import open_translator
+    from runtime.protocol import Publisher, encode_audio
+    from runtime.server import NetworkLoop, Pipeline
+
+    slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.3)
+    pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
+    rate, block, seconds = pipeline.sample_rate, pipeline.sample_rate // 20, 4
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
+    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*")
+    push = ctx.socket(zmq.PUSH)
+    published: list[dict] = []
+    publish = publisher.publish
+    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
+    try:
+        push.connect(loop.address)
+        audio = np.full(seconds * rate, 0.25, np.float32)
+        for seq, start in enumerate(range(0, len(audio), block)):   # 80 blocks of 50 ms at once
+            push.send_multipart(encode_audio("node", seq, audio[start:start + block], rate,
+                                             100.0 + start / rate))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            loop.step()
+            state = loop.streams.get("node")
+            if state is not None and state.ring.written == len(audio) \
+                    and state.next_total > state.ring.written:
+                break
+        else:
+            raise AssertionError(f"the loop never caught up; published {published}")
+    finally:
+        push.close(linger=0)
+        loop.close()
+        publisher.close()
+        ctx.term()
+    # One message per 50-ms block queued behind a slow model used to give a frame for every
+    # stale hop (13 here); now each pass drains the queue and publishes the newest window.
+    assert len(published) == loop.frames == slow.windows <= 4
+    assert [h["seq"] for h in published] == list(range(len(published)))
+    assert published[-1]["position_s"] == seconds          # the newest audio, not a stale hop
+    assert loop.skipped == 13 - len(published)             # every hop published or skipped
+
+
+def test_network_loop_logs_and_ignores_malformed_audio(export, capsys):
+    from runtime.backends import open_translator
+    from runtime.protocol import Publisher, encode_audio
+    from runtime.server import NetworkLoop, Pipeline
+
+    pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), encoding="raw")
+    rate = pipeline.sample_rate
+    good = encode_audio("node", 0, np.full(rate, 0.25, np.float32), rate, 100.0)
+    header = json.loads(good[1])
+    malformed = [[b"audio", b"[1, 2, 3]", good[2]], [b"audio", b"not json", good[2]],
+                 [b"audio", good[1]], [b"audio", good[1], good[2][:-2]]]
+    for key, value in (("seq", "Infinity"), ("sample_rate", "NaN"), ("channels", "1e999"),
+                       ("capture_time", "-Infinity"), ("sample_rate", "0")):
+        malformed.append([b"audio", (json.dumps(header)[:-1] + f', "{key}": {value}}}').encode(),
+                          good[2]])
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
+    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*")
+    push = ctx.socket(zmq.PUSH)
+    try:
+        push.connect(loop.address)
+        for parts in malformed + [good]:
+            push.send_multipart(parts)
+        deadline = time.monotonic() + 30
+        while loop.frames == 0 and time.monotonic() < deadline:
+            loop.step()
+    finally:
+        push.close(linger=0)
+        loop.close()
+        publisher.close()
+        ctx.term()
+    assert loop.bad_messages == len(malformed) and loop.frames == 1
+    err = capsys.readouterr().err
+    assert err.count("ignoring a bad audio message") == 5 and "Traceback" not in err
+    assert "should be a JSON object" in err and "'seq' should be a finite number" in err

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import signal
 import time
 
@@ -87,3 +89,94 @@ def test_view_needs_something_to_do(tmp_path):
     bad = run_cli("s2i-view", "--connect", "not-an-address", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and "cannot connect" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def _publish_until_received(publisher, parts_list, view, pattern: str) -> None:
+    """Send ``parts_list`` again and again until s2i-view logs ``pattern`` (the slow joiner)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        publisher.poll_subscriptions(50)
+        for parts in parts_list:
+            publisher.publish(parts)
+        if any(re.search(pattern, line) for line in view.stderr().splitlines()):
+            return
+    raise AssertionError("s2i-view never got the frames; stderr:\n" + view.stderr())
+
+
+def test_view_skips_bad_frames_and_keeps_stream_ids_inside_out(tmp_path):
+    import zmq
+
+    from runtime.protocol import Publisher, encode_frame
+
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"})
+    images = np.full((1, 8, 8, 3), 200, np.uint8)
+    good = encode_frame("s2i", {"seq": 3, "stream": "../escaped"}, images, None, "png")
+    corrupt = [good[0], good[1], b"not a png"]
+    out = tmp_path / "deep" / "out"
+    view = CLI("s2i-view", "--connect", publisher.address, "--out", str(out), "--count", "1")
+    try:
+        _publish_until_received(publisher, [corrupt, good], view, r"received 1 frames")
+        assert view.wait(20) == 0, view.stderr()
+    finally:
+        view.kill()
+        publisher.close()
+        ctx.term()
+    assert "skipping a bad frame: S2I frame 3 image 0: png payload" in view.stderr()
+    assert "Traceback" not in view.stderr()
+    assert sorted(p.name for p in out.iterdir()) == ["_escaped_000003.json",
+                                                      "_escaped_000003_0.png"]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+
+
+def test_safe_stream_names():
+    from runtime.view import safe_stream_name
+
+    assert safe_stream_name("../escaped") == "_escaped"
+    assert safe_stream_name("node-a.1_x") == "node-a.1_x"
+    assert safe_stream_name("/etc/passwd") == "_etc_passwd"
+    assert safe_stream_name("..") == "main" and safe_stream_name("") == "main"
+    assert safe_stream_name(None) == "None"
+
+
+def test_web_page_serves_the_frame_it_asked_for(tmp_path):
+    import threading
+    import urllib.error
+    import urllib.request
+    from http.server import ThreadingHTTPServer
+
+    from runtime.protocol import decode_frame, encode_frame
+    from runtime.view import LatestFrame, make_handler
+
+    latest = LatestFrame()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(latest))
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}"
+
+    def get(path: str) -> bytes | int:
+        try:
+            with urllib.request.urlopen(base + path, timeout=10) as response:
+                return response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def frame(value: int):
+        images = np.full((1, 8, 8, 3), value, np.uint8)
+        return decode_frame(encode_frame("s2i", {"seq": value}, images, None, "raw"))
+
+    try:
+        for value in (10, 20, 30):
+            latest.update(frame(value))
+        state = json.loads(get("/latest.json"))
+        assert state["number"] == 3 and state["images"] == ["/frame/3/0.png"]
+        for number, value in ((3, 30), (2, 20)):      # the newest and the one before it
+            body = get(f"/frame/{number}/0.png")
+            assert isinstance(body, bytes), number
+            assert np.asarray(Image.open(io.BytesIO(body)))[0, 0, 0] == value
+        assert get("/frame/1/0.png") == 404            # no longer held
+        assert get("/frame/4/0.png") == 404            # not yet received
+        assert get("/frame/3/1.png") == 404 and get("/frame/3/uncertainty.png") == 404
+        assert get("/frame/x/0.png") == 404
+    finally:
+        httpd.shutdown()
+        httpd.server_close()

@@ -97,6 +97,35 @@ def test_gan_resume_is_bit_for_bit(store: Path, audio_run: Path, tmp_path: Path)
                 weights(split / "checkpoints" / "gan_last.pt"))
 
 
+def test_gan_resume_after_snapshot_epochs_is_bit_for_bit(store: Path, audio_run: Path,
+                                                          tmp_path: Path) -> None:
+    # pictures are drawn after every epoch here: they must not shift the random draws
+    common = dict(store=str(store), encoder=str(audio_run), snapshot_every=1, **TINY)
+    train_gan(GanConfig(run_dir=str(tmp_path / "a"), epochs=2, **common))
+    train_gan(GanConfig(run_dir=str(tmp_path / "b"), epochs=1, **common))
+    train_gan(GanConfig(run_dir=str(tmp_path / "b"), epochs=2, **common), resume=True)
+    assert_same(weights(tmp_path / "a" / "checkpoints" / "gan_last.pt"),
+                weights(tmp_path / "b" / "checkpoints" / "gan_last.pt"))
+
+
+def test_gan_resume_keeps_its_encoder_and_width(store: Path, tmp_path: Path) -> None:
+    audio = AudioConfig(store=str(store), run_dir=str(tmp_path / "audio"), embedding_dim=64,
+                        epochs=1, probe_samples=10, **TINY)
+    train_audio(audio)
+    gan = GanConfig(store=str(store), encoder=audio.run_dir, run_dir=str(tmp_path / "gan"),
+                    epochs=1, **TINY)
+    train_gan(gan)
+    first = load_checkpoint(tmp_path / "gan", stage="gan")["models"]["encoder"]
+    audio.epochs = 2
+    train_audio(audio, resume=True)                       # the audio run trains on
+    gan.epochs = 2
+    train_gan(gan, resume=True)
+    assert_same(first, load_checkpoint(tmp_path / "gan", stage="gan")["models"]["encoder"])
+    wider = GanConfig(**{**gan.__dict__, "width": 0.25, "epochs": 3})
+    with pytest.raises(S2IError, match="--width 0.125.*--width 0.25"):
+        train_gan(wider, resume=True)
+
+
 def test_audio_resume_is_bit_for_bit(store: Path, tmp_path: Path) -> None:
     common = dict(store=str(store), embedding_dim=64, probe_samples=10, **TINY)
     train_audio(AudioConfig(run_dir=str(tmp_path / "a"), epochs=2, **common))
@@ -141,6 +170,17 @@ def test_cli_errors_are_one_line(tmp_path: Path, audio_run: Path) -> None:
     no_resume = run_cli("audio", "--store", str(empty), "--run-dir", str(tmp_path / "x"),
                         "--resume")
     assert no_resume.returncode == 2 and "nothing to resume" in no_resume.stderr
+    for bad, expected in ((["--embedding-dim", "130"], "multiple of 4"),
+                          (["--batch-size", "0"], "--batch-size must be positive"),
+                          (["--epochs", "0"], "--epochs must be positive"),
+                          (["--device", "cuda:1"], "cuda:1"),
+                          (["--device", "tpu"], "--device must be")):
+        result = run_cli("audio", "--store", str(empty), *bad)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    window = run_cli("gan", "--store", str(empty), "--encoder", str(audio_run),
+                     "--ma-window", "0")
+    assert window.returncode == 2 and "--ma-window must be positive" in window.stderr
 
 
 def test_torchrun_two_processes_gloo(store: Path, audio_run: Path, tmp_path: Path) -> None:

@@ -61,12 +61,19 @@ def ensure_store(cfg: DemoConfig) -> Store:
     return Store(path)
 
 
-def finished(run: Path, stage: str, epochs: int) -> bool | None:
-    """True when done, False when a resumable checkpoint exists, None when nothing exists."""
+def finished(run: Path, stage: str, cfg: DemoConfig, epochs: int) -> bool | None:
+    """True when done, False when a resumable checkpoint exists, None when nothing exists.
+
+    A checkpoint of another D or width is refused: the run folder belongs to other settings.
+    """
     last = run / "checkpoints" / f"{stage}_last.pt"
     if not last.is_file():
         return None
-    return int(load_checkpoint(last, stage=stage)["epoch"]) >= epochs
+    state = load_checkpoint(last, stage=stage, embedding_dim=cfg.embedding_dim)
+    if float(state["width"]) != float(cfg.width):
+        raise S2IError(f"{run} holds a demo of width {state['width']}, not {cfg.width}; "
+                       "use another --run-dir")
+    return int(state["epoch"]) >= epochs
 
 
 def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, Any]:
@@ -133,13 +140,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     audio = AudioConfig(store=str(store.path), run_dir=str(run), embedding_dim=cfg.embedding_dim,
                         width=cfg.width, epochs=cfg.audio_epochs, seed=cfg.seed,
                         device=cfg.device, snapshot_every=cfg.audio_epochs)
-    state = finished(run, "audio", cfg.audio_epochs)
+    state = finished(run, "audio", cfg, cfg.audio_epochs)
     if not state:
         print(f"[2/4] training the audio autoencoder ({cfg.audio_epochs} epochs)", flush=True)
         train_audio(audio, resume=state is False)
     gan = GanConfig(store=str(store.path), encoder=str(run), run_dir=str(run), width=cfg.width,
                     epochs=cfg.gan_epochs, seed=cfg.seed, device=cfg.device)
-    state = finished(run, "gan", cfg.gan_epochs)
+    state = finished(run, "gan", cfg, cfg.gan_epochs)
     if not state:
         print(f"[3/4] training the GAN ({cfg.gan_epochs} epochs)", flush=True)
         train_gan(gan, resume=state is False)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import csv
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -87,14 +88,17 @@ def pixel_loss_history(state: dict[str, Any], key: str | None = None
 
 def discriminator_update_epochs(state: dict[str, Any], epochs: list[int],
                                 d_every: int | None) -> tuple[set[int], str]:
-    """Epochs at which D was updated, and where that fact came from."""
+    """Epochs at which D was updated (every training epoch up to the last snapshot, not
+    only snapshot epochs: with snapshots every 2 epochs and D every 5, D at epoch 5 still
+    makes snapshots 6 and 7 skipped), and where that fact came from."""
+    trained = range(1, max(epochs, default=0) + 1)
     if d_every:
-        return {e for e in epochs if e % d_every == 0}, f"--d-every {d_every}"
+        return {e for e in trained if e % d_every == 0}, f"--d-every {d_every}"
     config = state.get("config", {}) or {}
     n_gd = next((config[k] for k in N_GD_KEYS if k in config), None)
     unit = str(next((config[k] for k in N_GD_UNIT_KEYS if k in config), "")).lower()
     if n_gd and unit.startswith("epoch"):
-        return ({e for e in epochs if e % int(n_gd) == 0},
+        return ({e for e in trained if e % int(n_gd) == 0},
                 f"checkpoint config: D once per {n_gd} generator epochs")
     history = state.get("history", {})
     for key in D_UPDATE_KEYS:
@@ -108,6 +112,11 @@ def discriminator_update_epochs(state: dict[str, Any], epochs: list[int],
     if n_gd and unit.startswith("batch"):
         return set(), f"checkpoint config: D once per {n_gd} generator batches (every epoch)"
     return set(), "unknown (pass --d-every N to skip epochs after D updates)"
+
+
+def skipped_after_d(epochs: list[int], d_epochs: set[int], skip: int) -> list[bool]:
+    """Per snapshot epoch: does it fall within ``skip`` epochs after a D update (d+1..d+skip)?"""
+    return [skip > 0 and any(0 < e - d <= skip for d in d_epochs) for e in epochs]
 
 
 # ------------------------------------------------------------------------- series math
@@ -232,8 +241,7 @@ def evaluate_runs(runs: list[str | Path], classifiers_dir: str | Path, store_pat
         epochs, shares, state = score_run(run, store, classifiers, split, samples, per_class,
                                           seed, batch_size, progress)
         d_epochs, d_source = discriminator_update_epochs(state, epochs, d_every)
-        skipped = [skip_after_d > 0 and any(0 < e - d <= skip_after_d for d in d_epochs)
-                   for e in epochs]
+        skipped = skipped_after_d(epochs, d_epochs, skip_after_d)
         per_class_report = {classes[k]: summarize(v, epochs, skipped, window, avg_from, avg_to)
                             for k, v in shares.items()}
         mean_curve = [float(np.mean([shares[k][i] for k in shares])) for i in range(len(epochs))]
@@ -331,6 +339,17 @@ def write_reports(report: dict[str, Any], out: str | Path) -> list[Path]:
     return files
 
 
+def check_writable(out: Path) -> None:
+    """Create the report folder and make sure files can be written there."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise S2IError(f"cannot write the reports to --out {out}: {exc.strerror or exc} "
+                       "(expected a writable folder)") from exc
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m trainer evaluate",
                                 description="Score a run's GAN snapshots with the "
@@ -370,6 +389,7 @@ def main(argv: list[str]) -> int:
         args.out = str(Path(args.runs[0]) / "evaluation")
     if args.window < 1:
         raise S2IError(f"--window must be at least 1, got {args.window}")
+    check_writable(Path(args.out))  # before minutes of scoring, not after
     if args.classifiers is None:
         if not args.auto:
             raise S2IError("pass --classifiers DIR (from `python -m trainer informativity`), "
@@ -383,7 +403,11 @@ def main(argv: list[str]) -> int:
                            skip_after_d=args.skip_after_d, d_every=args.d_every,
                            pixel_key=args.pixel_key, seed=args.seed,
                            batch_size=args.batch_size)
-    files = write_reports(report, args.out)
+    try:
+        files = write_reports(report, args.out)
+    except OSError as exc:
+        raise S2IError(f"cannot write the reports to --out {args.out}: "
+                       f"{exc.strerror or exc}") from exc
     for run in report["runs"]:
         avg = run["average"]
         print(f"{run['name']} (D={run['embedding_dim']}, {len(run['epochs'])} snapshots): "

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from runtime.errors import S2IError
-from runtime.manifest import atomic_dir, atomic_write_json, read_json
+from runtime.manifest import atomic_dir, atomic_write_json, manifest_format, read_json
 from trainer.autolabel import load_png, to_tensor
 from trainer.label import INFORMATIVE, read_labels
 from trainer.models import InformativityClassifier
@@ -142,12 +142,30 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: InformativityConfig,
                    "n_non_informative": int((targets == 0).sum())}
 
 
+def check_out_dir(out: Path) -> None:
+    """Refuse any ``--out`` but a new or empty folder or earlier classifiers (the whole
+    folder is replaced, so a labels folder or anything else there would be lost)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise S2IError(f"--out {out} exists and is not a folder; choose another --out")
+    for name in ("labels.json", "index.json"):
+        if (out / name).exists():
+            raise S2IError(f"--out {out} holds {name} (a samples/labels folder); refusing to "
+                           "replace it: choose another --out")
+    if any(out.iterdir()) and manifest_format(out) != CLASSIFIERS_FORMAT:
+        raise S2IError(f"--out {out} is not empty and holds no informativity classifiers "
+                       f"(manifest.json of format {CLASSIFIERS_FORMAT!r}); it is left "
+                       "untouched, choose another --out")
+
+
 def train_classifiers(folders: list[str | Path], out: str | Path, cfg: InformativityConfig,
                       progress: bool = True) -> dict[str, Any]:
     if cfg.balance not in ("oversample", "subsample"):
         raise S2IError(f"--balance must be 'oversample' or 'subsample', got {cfg.balance!r}")
     if not 0.0 < cfg.holdout < 1.0:
         raise S2IError(f"--holdout must be between 0 and 1, got {cfg.holdout}")
+    check_out_dir(Path(out))
     classes, per_class = collect_labelled(folders)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -204,7 +222,7 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
         try:
             model.load_state_dict(torch.load(folder / entry["file"], map_location="cpu",
                                              weights_only=True))
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on junk
             raise S2IError(f"classifier {folder / entry['file']} is missing or damaged "
                            f"({type(exc).__name__}); retrain the classifiers") from exc
         model.eval()

@@ -83,21 +83,24 @@ class LabelBook:
                                                        **(extra or {})}})
 
     def update(self, changes: dict[str, dict[str, Any] | None]) -> None:
-        """Apply several changes (``file -> entry`` or None to clear), then save once."""
+        """Apply several changes (``file -> entry`` or None to clear), then save once.
+        The labels in memory change only once the file is written (all or nothing)."""
         with self.lock:
+            labels = dict(self.labels)
             for file, entry in changes.items():
                 if file not in self.known:
                     raise S2IError(f"{file!r} is not an image of {self.folder}/index.json")
                 if entry is None:
-                    self.labels.pop(file, None)
+                    labels.pop(file, None)
                     continue
                 if entry.get("label") not in LABEL_VALUES:
                     raise S2IError(f"label for {file!r} must be one of {', '.join(LABEL_VALUES)}"
                                    f", got {entry.get('label')!r}")
-                self.labels[file] = {"time": now_utc(), **entry}
+                labels[file] = {"time": now_utc(), **entry}
             atomic_write_json(self.folder / LABELS_FILE,
                               {"format": LABELS_FORMAT, "version": LABELS_VERSION,
-                               "labels": self.labels})
+                               "labels": labels})
+            self.labels = labels
 
     def counts(self) -> dict[str, int]:
         with self.lock:

@@ -69,25 +69,34 @@ def load_translator(path: str | Path) -> Translator:
     state = load_checkpoint(path, stage="gan")
     models = state.get("models", {})
     for name in ("encoder", "generator"):
-        if name not in models:
+        if not isinstance(models, dict) or name not in models:
             raise S2IError(f"GAN checkpoint {path} lacks the '{name}' weights; expected a "
                            "checkpoint written by `python -m trainer gan`")
-    dim, width = int(state["embedding_dim"]), float(state.get("width", 1.0))
-    encoder_width = float(state.get("encoder_width", width))  # the encoder may be wider
-    encoder, generator = AudioEncoder(dim, encoder_width), DenseGenerator(dim, width)
+    try:
+        dim, width = int(state["embedding_dim"]), float(state.get("width", 1.0))
+        encoder_width = float(state.get("encoder_width", width))  # the encoder may be wider
+        encoder, generator = AudioEncoder(dim, encoder_width), DenseGenerator(dim, width)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise S2IError(f"GAN checkpoint {path} is broken: {_first_line(exc)} (expected "
+                       "embedding_dim, width and encoder/generator weights)") from exc
     try:
         encoder.load_state_dict(models["encoder"])
         generator.load_state_dict(models["generator"])
-    except RuntimeError as exc:
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise S2IError(f"checkpoint {path}: weights do not fit D={dim}, width={width} "
-                       f"(encoder width {encoder_width}) "
-                       f"({str(exc).splitlines()[0]})") from exc
+                       f"(encoder width {encoder_width}) ({_first_line(exc)})") from exc
     encoder.eval()
     generator.eval()
     resolved = Path(path)
     if resolved.is_dir():
         resolved = resolved / "checkpoints" / "gan_last.pt"
     return Translator(resolved, encoder, generator, state)
+
+
+def _first_line(exc: Exception) -> str:
+    """``"TypeName: first line of the message"`` (a KeyError's message is just the key)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def list_snapshots(run: str | Path) -> list[Path]:

@@ -23,15 +23,19 @@ from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data import count_batches, epoch_batches, open_split
-from trainer.models import AudioAutoencoder
+from trainer.models import AudioAutoencoder, check_embedding_dim
 from trainer.probe import linear_probe_accuracy
 from trainer.store import Store
 from trainer.train_common import (
     Dist,
     RunWriter,
+    check_batch_split,
+    check_positive,
+    check_resumable,
     image_grid,
     reduce_mean,
     rng_state,
+    seed_epoch,
     seed_everything,
     set_rng_state,
     setup_distributed,
@@ -54,9 +58,14 @@ class AudioConfig:
     seed: int = 0
     device: str = "cpu"
     max_batches: int | None = None      # cap on batches per epoch (short runs)
-    val_max_batches: int | None = 20
+    val_max_batches: int | None = 20    # validation batches per epoch (a fixed random subset)
     snapshot_every: int = 10
     probe_samples: int = 2000
+
+    def __post_init__(self) -> None:
+        check_embedding_dim(self.embedding_dim)
+        check_positive(self, "epochs", "batch_size", "snapshot_every", "probe_samples")
+        check_positive(self, "width", "lr")
 
 
 def embed(encoder: torch.nn.Module, store: Store, split: str, limit: int,
@@ -66,8 +75,8 @@ def embed(encoder: torch.nn.Module, store: Store, split: str, limit: int,
     step = max(1, len(arrays) // limit)
     zs, ys = [], []
     encoder.eval()
-    with torch.no_grad():
-        for batch in epoch_batches(arrays, 256, 0, 0, shuffle=False, device=device):
+    with torch.no_grad():   # a fixed shuffle: stores are often sorted by class
+        for batch in epoch_batches(arrays, 256, 0, 0, device=device):
             keep = batch.indices % step == 0
             if keep.any():
                 zs.append(encoder(batch.spectrograms[torch.from_numpy(keep)]).cpu())
@@ -80,7 +89,8 @@ def validate(model: AudioAutoencoder, store: Store, cfg: AudioConfig, world: Dis
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():
-        for batch in epoch_batches(split, cfg.batch_size, 0, cfg.seed, shuffle=False,
+        # the same random subset every epoch (stores are often sorted by class)
+        for batch in epoch_batches(split, cfg.batch_size, 0, cfg.seed,
                                    max_batches=cfg.val_max_batches, device=world.device):
             recon, _ = model(batch.spectrograms)
             total += float(F.mse_loss(recon, batch.spectrograms)) * len(batch.labels)
@@ -90,6 +100,7 @@ def validate(model: AudioAutoencoder, store: Store, cfg: AudioConfig, world: Dis
 
 def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
     world = setup_distributed(cfg.device)
+    check_batch_split(cfg.batch_size, world)
     run_dir = Path(cfg.run_dir)
     store = Store(cfg.store)
     train = open_split(store, "train")
@@ -101,6 +112,7 @@ def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
     if resume:
         state = load_checkpoint(last, stage="audio", embedding_dim=cfg.embedding_dim)
         check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
+        check_resumable(state, last, cfg.width, store)
         model.load_state_dict(state["models"]["autoencoder"])
         opt.load_state_dict(state["optimizers"]["autoencoder"])
         set_rng_state(state["rng"])
@@ -113,6 +125,7 @@ def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
         save_config(cfg, run_dir / "config_audio.json")
     n_batches = count_batches(train, cfg.batch_size, cfg.max_batches)
     for epoch in range(start_epoch, cfg.epochs):
+        seed_epoch(cfg.seed, epoch, world.rank)
         net.train()
         bar = tqdm(total=n_batches, desc=f"audio epoch {epoch + 1}/{cfg.epochs}",
                    disable=not world.is_main, leave=False)

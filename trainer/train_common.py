@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,27 +34,66 @@ class Dist:
 
 
 def setup_distributed(device: str) -> Dist:
-    """Single process, or torchrun's env:// rendezvous (gloo on CPU, nccl on CUDA)."""
-    if device == "cuda" and not torch.cuda.is_available():
-        raise S2IError("--device cuda was asked for, but PyTorch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise S2IError(f"--device must be 'cpu' or 'cuda', got '{device}'")
+    """Single process, or torchrun's env:// rendezvous (gloo on CPU, nccl on CUDA).
+
+    ``device`` is ``cpu``, ``cuda`` or ``cuda:N``; under torchrun each process takes the GPU
+    of its ``LOCAL_RANK``.
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise S2IError(f"--device must be 'cpu', 'cuda' or 'cuda:N', got '{device}'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise S2IError(f"--device {device} was asked for, but PyTorch sees no CUDA GPU")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise S2IError(f"--device {device}: PyTorch sees only {torch.cuda.device_count()} GPU(s)")
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
-        return Dist(device=torch.device(device))
+        return Dist(device=dev)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device == "cuda" else "gloo")
-    rank = dist.get_rank()
-    dev = torch.device(device)
-    if device == "cuda":
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+    if dev.type == "cuda":
         local = int(os.environ.get("LOCAL_RANK", "0"))
         torch.cuda.set_device(local)
         dev = torch.device("cuda", local)
-    return Dist(rank=rank, world_size=dist.get_world_size(), device=dev)
+    return Dist(rank=dist.get_rank(), world_size=dist.get_world_size(), device=dev)
+
+
+def check_batch_split(batch_size: int, world: Dist) -> None:
+    """Each of the ``world_size`` processes takes an equal share of every global batch."""
+    if batch_size % world.world_size:
+        raise S2IError(f"--batch-size {batch_size} does not split evenly over "
+                       f"{world.world_size} processes; use a multiple of {world.world_size}")
+
+
+def check_positive(cfg: Any, *names: str) -> None:
+    """``ValueError`` (a one-line CLI error) unless each named config field is > 0."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not value > 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def check_resumable(state: dict[str, Any], path: Path, width: float, store: Any) -> None:
+    """A checkpoint resumes only with the width and the data it was trained with."""
+    if float(state.get("width", width)) != float(width):
+        raise S2IError(f"{path} was trained with --width {state.get('width')}, but --width "
+                       f"{width} was given; resume with the same width or use another run folder")
+    trained_on = (state.get("store") or {}).get("fingerprint")
+    if trained_on and trained_on != store.fingerprint:
+        raise S2IError(f"{path} was trained on another store (fingerprint {trained_on}) than "
+                       f"{store.path} ({store.fingerprint}); resume on the same data")
 
 
 def teardown_distributed() -> None:
+    """Leave the process group; on success only once every rank is done (rank 0 writes last,
+    and gloo aborts a rank whose peer left early). Called from ``finally`` blocks: while an
+    exception propagates there is no barrier, so a failing rank never hangs the others."""
     if dist.is_initialized():
+        if sys.exc_info()[0] is None:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -61,6 +101,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seed the random draws of one epoch (dropout) from (seed, epoch, rank) alone.
+
+    Each process of a data-parallel run draws its own dropout masks, as a single process does
+    for each sample; and a run resumed at any epoch draws exactly what an uninterrupted run
+    draws, whatever happened in between (pictures, evaluation).
+    """
+    seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
 def rng_state() -> dict[str, Any]:

@@ -30,15 +30,19 @@ from runtime.frontend import check_same_front_end
 from trainer.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from trainer.data import Batch, count_batches, epoch_batches, load_batch, open_split
 from trainer.losses import MovingAverageAdversarialLoss, rc_target_loss
-from trainer.models import AudioEncoder, DenseGenerator, Discriminator
+from trainer.models import AudioEncoder, DenseGenerator, Discriminator, check_embedding_dim
 from trainer.store import Store
 from trainer.train_audio import parse
 from trainer.train_common import (
     Dist,
     RunWriter,
+    check_batch_split,
+    check_positive,
+    check_resumable,
     image_grid,
     reduce_mean,
     rng_state,
+    seed_epoch,
     seed_everything,
     set_rng_state,
     setup_distributed,
@@ -77,6 +81,10 @@ class GanConfig:
             raise ValueError(f"n_gd_unit must be 'epoch' or 'batch', got '{self.n_gd_unit}'")
         if self.n_gd < 1:
             raise ValueError(f"n_gd must be >= 1, got {self.n_gd}")
+        if self.embedding_dim is not None:
+            check_embedding_dim(self.embedding_dim)
+        check_positive(self, "epochs", "batch_size", "ma_window", "snapshot_every", "width",
+                       "lr", "grid_sounds", "grid_mc_samples")
 
 
 def d_turn(cfg: GanConfig, epoch: int, step: int) -> bool:
@@ -103,6 +111,7 @@ class GanTrainer:
     """Holds the networks, optimisers and loss state of one GAN run."""
 
     def __init__(self, cfg: GanConfig, world: Dist) -> None:
+        check_batch_split(cfg.batch_size, world)
         self.cfg, self.world = cfg, world
         self.run_dir = Path(cfg.run_dir)
         self.store = Store(cfg.store)
@@ -144,6 +153,10 @@ class GanTrainer:
         state = load_checkpoint(self.run_dir / "checkpoints" / "gan_last.pt", stage="gan",
                                 embedding_dim=self.encoder_info["embedding_dim"],
                                 front_end=self.store.front_end)
+        check_resumable(state, self.run_dir / "checkpoints" / "gan_last.pt", self.cfg.width,
+                        self.store)
+        # the frozen encoder the run was trained with, even if its audio run trained on since
+        self.encoder.load_state_dict(state["models"]["encoder"])
         self.generator.load_state_dict(state["models"]["generator"])
         self.discriminator.load_state_dict(state["models"]["discriminator"])
         self.opt_g.load_state_dict(state["optimizers"]["generator"])
@@ -173,21 +186,27 @@ class GanTrainer:
             out.update(d_loss=loss_d.item(), rc_real=real_scores.mean().item(),
                        rc_fake_d=fake_scores.mean().item())
         fake = self.g(z)
-        scores = self.d(fake, z)
+        # D scores the generated images the way it is trained: in a balanced batch with the
+        # real ones (its last BatchNorm normalises over the batch, so a batch of generated
+        # images alone would always score the same on average). The plain module, not DDP:
+        # D's weights get no gradient here.
+        scores = self.discriminator(torch.cat([batch.images, fake]), torch.cat([z, z]))
+        fake_scores = scores.chunk(2)[1]
         pixel = F.mse_loss(fake, batch.images)
-        adversarial = rc_target_loss(scores, cfg.r_max)
+        adversarial = rc_target_loss(fake_scores, cfg.r_max)
         loss_g = pixel + cfg.adv_lambda * self.ma_loss(adversarial)
         self.opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
+        loss_g.backward(inputs=list(self.generator.parameters()))
         self.opt_g.step()
         out.update(pixel_loss=pixel.item(), adv_loss=adversarial.item(), g_loss=loss_g.item(),
-                   rc_fake=scores.detach().mean().item())
+                   rc_fake=fake_scores.detach().mean().item())
         return out
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
         cfg, world = self.cfg, self.world
         epoch = self.epoch + 1
+        seed_epoch(cfg.seed, epoch, world.rank)
         self.g.train()
         self.d.train()
         n_batches = count_batches(self.train, cfg.batch_size, cfg.max_batches)
