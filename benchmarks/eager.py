@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from runtime.errors import S2IError
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 
 
@@ -43,12 +43,8 @@ class EagerTranslator:
     def from_checkpoint(cls, path: str | Path, manifest: dict[str, Any],
                         device: str = "cpu") -> EagerTranslator:
         """The modules of a GAN checkpoint (the one an export was made from)."""
-        state = load_checkpoint(path, stage="gan")
-        d, width = int(state["embedding_dim"]), float(state["width"])
-        encoder, generator = AudioEncoder(d, width), DenseGenerator(d, width)
-        encoder.load_state_dict(state["models"]["encoder"])
-        generator.load_state_dict(state["models"]["generator"])
-        return cls(encoder, generator, manifest, device)
+        translator = load_translator(path)
+        return cls(translator.encoder, translator.generator, manifest, device)
 
     def _tensor(self, array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)

@@ -49,19 +49,14 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
     import torch
 
     from export.translator import export_translator
-    from trainer.checkpoint import save_checkpoint
+    from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
 
     torch.manual_seed(seed)
     encoder, generator = AudioEncoder(embedding_dim, width), DenseGenerator(embedding_dim, width)
-    checkpoint = out_dir.parent / "fresh_gan.pt"
-    save_checkpoint(checkpoint, {
-        "stage": "gan", "embedding_dim": embedding_dim, "width": width,
-        "front_end": FrontEndConfig().to_dict(), "classes": [], "epoch": 0, "step": 0,
-        "config": {"note": "benchmarks.latency: freshly initialised, for timing only"},
-        "models": {"encoder": encoder.state_dict(), "generator": generator.state_dict()},
-        "optimizers": {}, "rng": {}, "history": {}, "store": {"path": None, "fingerprint": None},
-    })
+    checkpoint = save_untrained_translator(
+        out_dir.parent / "fresh_gan.pt", encoder, generator, embedding_dim, width,
+        "benchmarks.latency: freshly initialised, for timing only")
     return export_translator(checkpoint, out_dir, fp16=fp16, fused=False, tensorrt=True)
 
 

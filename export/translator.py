@@ -19,10 +19,10 @@ from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, log_parity
 from export.tensorrt_build import build_engines
-from runtime.errors import S2IError
+from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, manifest_format
-from trainer.checkpoint import find_checkpoint, load_checkpoint
+from trainer.checkpoint import find_checkpoint, load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 
 DEFAULT_BATCH_SIZES = (1, 8, 64)   # TensorRT profile: min, opt (K MC samples), max
@@ -38,31 +38,18 @@ def default_out_dir(source: Path) -> Path:
     return source.parent / f"{source.stem}_export"
 
 
-def load_translator(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGenerator]:
-    """Read a GAN checkpoint and rebuild its encoder and generator (eval mode)."""
-    state = load_checkpoint(path, stage="gan")
-    try:
-        embedding_dim, width = int(state["embedding_dim"]), float(state["width"])
-        weights = state["models"]
-        FrontEndConfig.from_dict(state["front_end"])
+def load_networks(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGenerator]:
+    """A GAN checkpoint's encoder and generator (``trainer.checkpoint.load_translator``),
+    eval mode, the generator's own dropout draws off: the graphs take masks as inputs."""
+    translator = load_translator(path)
+    try:   # what the manifest records besides the networks
+        FrontEndConfig.from_dict(translator.state["front_end"])
+        float(translator.state["width"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise S2IError(f"checkpoint {path} lacks {exc} (expected embedding_dim, width, "
-                       "front_end and models)") from exc
-    for name in ("encoder", "generator"):
-        if name not in weights:
-            raise S2IError(f"checkpoint {path} has no '{name}' weights; a GAN checkpoint "
-                           "carries both encoder and generator")
-    try:
-        encoder = AudioEncoder(embedding_dim, float(state.get("encoder_width", width)))
-        generator = DenseGenerator(embedding_dim, width)
-        encoder.load_state_dict(weights["encoder"])
-        generator.load_state_dict(weights["generator"])
-    except (RuntimeError, ValueError) as exc:
-        first = str(exc).strip().splitlines()
-        raise S2IError(f"checkpoint {path} does not match the networks for D={embedding_dim}, "
-                       f"width={width}: {first[0] if first else exc}") from exc
-    generator.mc_dropout = False
-    return state, encoder.eval(), generator.eval()
+        raise S2IError(f"checkpoint {path} lacks {first_line(exc)} (expected embedding_dim, "
+                       "width, front_end and models)") from exc
+    translator.generator.mc_dropout = False
+    return translator.state, translator.encoder, translator.generator
 
 
 def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
@@ -82,7 +69,7 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
         raise S2IError(f"--batch-sizes must include 1 (the runtime encodes one clip at a "
                        f"time, so the engine profile minimum is 1), got {list(batch_sizes)}")
     _check_out_dir(out)
-    state, encoder, generator = load_translator(checkpoint)
+    state, encoder, generator = load_networks(checkpoint)
     log(f"checkpoint {checkpoint}: D={state['embedding_dim']}, width={state['width']}, "
         f"epoch {state.get('epoch')}")
     enc_folded, gen_folded = fold_batchnorm(encoder), fold_batchnorm(generator)
@@ -175,17 +162,9 @@ def _engines_with_parity(tmp: Path, models: dict[str, dict[str, Any]], sizes: li
     except Exception as exc:  # noqa: BLE001 - TensorRT/CUDA raise RuntimeError, TypeError...
         for plan in tmp.glob("*.plan"):
             plan.unlink()
-        return {}, {"built": False, "reason": _one_line(exc)}
+        return {}, {"built": False,
+                    "reason": first_line(exc, with_type=not isinstance(exc, S2IError))}
     return engines, trt_info
-
-
-def _one_line(exc: Exception) -> str:
-    """``S2IError`` as is; anything else as ``"TypeName: first line"``."""
-    lines = str(exc).strip().splitlines()
-    first = lines[0] if lines else ""
-    if isinstance(exc, S2IError):
-        return first
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
 
 
 def _half_copy(graph: Any) -> Any:

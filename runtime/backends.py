@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from runtime.errors import S2IError
+from runtime.errors import S2IError, first_line
 from runtime.manifest import load_export_manifest
 
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
@@ -49,7 +49,7 @@ def cuda_device_info() -> dict[str, Any]:
         _, runtime_version = cudart.cudaRuntimeGetVersion()
         _, driver_version = cudart.cudaDriverGetVersion()
     except Exception as exc:  # e.g. libcudart or the driver cannot be loaded
-        return {"error": f"CUDA unusable ({type(exc).__name__}: {str(exc).splitlines()[0]})"}
+        return {"error": f"CUDA unusable ({first_line(exc, with_type=True)})"}
     ok = int(err) == 0
     name = props.name if ok else "?"
     if isinstance(name, bytes):
@@ -111,7 +111,7 @@ class _OrtModel:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
-            raise S2IError(f"ONNX Runtime cannot load {path}: {str(exc).splitlines()[0]}") \
+            raise S2IError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") \
                 from exc
         if self.session.get_providers()[0] != provider:
             raise S2IError(f"ONNX Runtime could not use {provider} for {path.name} "
@@ -369,12 +369,10 @@ def _check_inputs(file: str, model: Any, want: dict[str, int]) -> None:
                        "re-export")
 
 
-def _check_models(manifest: dict[str, Any], export_dir: Path,
-                  models: dict[str, tuple[str, Any]]) -> None:
-    """Compare the manifest's embedding_dim and dropout specs with the loaded models' real
-    inputs (``models``: graph -> (file name, model)); a mismatch is an S2IError now, not a
-    wrong result or a backend traceback later."""
-    dim, masks = _manifest_specs(manifest, export_dir)
+def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, Any]]) -> None:
+    """Compare the manifest's embedding_dim and dropout specs (``_manifest_specs``) with the
+    loaded models' real inputs (``models``: graph -> (file name, model)); a mismatch is an
+    S2IError now, not a wrong result or a backend traceback later."""
     spectrogram = {"spectrogram": SPECTROGRAM_TAIL[-1]}
     want = {"encoder": spectrogram, "generator": {"embedding": dim, **masks},
             "translator": {**spectrogram, **masks}}
@@ -413,7 +411,7 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
     reason = _unavailable_reason(backend)
     if reason:
         raise S2IError(f"backend {backend} is not available: {reason}")
-    _manifest_specs(manifest, export_dir)     # its form, before loading any model
+    dim, masks = _manifest_specs(manifest, export_dir)     # its form, before loading models
     tensorrt = backend == "tensorrt"
     loaded: dict[str, tuple[str, Any]] = {}
     for graph in ("encoder", "generator"):
@@ -430,7 +428,7 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
         path = export_dir / manifest["models"][key]["file"]
         provider = loaded["encoder"][1].session.get_providers()[0]
         loaded["translator"] = (path.name, _OrtModel(path, provider, threads))
-    _check_models(manifest, export_dir, loaded)
+    _check_models(dim, masks, loaded)
     fused = loaded["translator"][1] if "translator" in loaded else None
     return Translator(export_dir, manifest, backend, precision, loaded["encoder"][1],
                       loaded["generator"][1], fused=fused)

@@ -13,6 +13,16 @@ class S2IError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+def first_line(exc: BaseException, with_type: bool = False) -> str:
+    """The first line of an exception's message (libraries raise multi-line ones), or its type
+    name when the message is empty; ``with_type`` prefixes ``"TypeName: "``."""
+    lines = str(exc).strip().splitlines()
+    name = type(exc).__name__
+    if not lines:
+        return name
+    return f"{name}: {lines[0]}" if with_type else lines[0]
+
+
 def run_cli(main: Callable[[], int | None]) -> int:
     """Run a CLI body: ``S2IError`` -> ``error: ...`` on stderr (exit 2), Ctrl-C -> exit 130."""
     try:

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import torch
 
-from runtime.frontend import FrontEndConfig
-
 CLASSES = ["Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing"]
 
 
@@ -24,7 +22,7 @@ def make_tiny_checkpoint(path: str | Path, width: float = 0.125, embedding_dim: 
     ``randomize_batchnorm`` gives every BatchNorm non-trivial running statistics and
     affine parameters, so that folding them is really exercised.
     """
-    from trainer.checkpoint import save_checkpoint
+    from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
 
     torch.manual_seed(seed)
@@ -38,17 +36,8 @@ def make_tiny_checkpoint(path: str | Path, width: float = 0.125, embedding_dim: 
                     module.running_var.uniform_(0.5, 1.5)
                     module.weight.uniform_(0.8, 1.2)
                     module.bias.uniform_(-0.1, 0.1)
-    path = Path(path)
-    save_checkpoint(path, {
-        "stage": "gan", "embedding_dim": embedding_dim, "width": width,
-        "front_end": FrontEndConfig().to_dict(), "classes": list(CLASSES),
-        "config": {"note": "tests.helpers_export: freshly initialised"},
-        "epoch": 0, "step": 0,
-        "models": {"encoder": encoder.state_dict(), "generator": generator.state_dict()},
-        "optimizers": {}, "rng": {}, "history": {},
-        "store": {"path": None, "fingerprint": None},
-    })
-    return path
+    return save_untrained_translator(path, encoder, generator, embedding_dim, width,
+                                     "tests.helpers_export: freshly initialised", CLASSES)
 
 
 def make_tiny_export(out_dir: str | Path, width: float = 0.125, embedding_dim: int = 512,

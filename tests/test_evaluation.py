@@ -411,7 +411,7 @@ def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
 def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     from helpers_export import make_tiny_checkpoint
 
-    from trainer.sample import load_translator
+    from trainer.checkpoint import load_translator
 
     good = make_tiny_checkpoint(tmp_path / "good.pt", width=WIDTH, embedding_dim=16)
     state = {k: v for k, v in torch.load(good, weights_only=False).items()

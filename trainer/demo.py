@@ -26,10 +26,9 @@ import torch
 from runtime.config import add_dataclass_args, dataclass_from_args, save_config
 from runtime.errors import S2IError
 from trainer.autolabel import class_probabilities, train_real_classifier
-from trainer.checkpoint import load_checkpoint
+from trainer.checkpoint import load_checkpoint, load_translator
 from trainer.data import load_batch, open_split
 from trainer.demo_data import build_demo_store
-from trainer.models import AudioEncoder, DenseGenerator
 from trainer.store import Store
 from trainer.train_audio import AudioConfig, train_audio
 from trainer.train_common import image_grid, save_png, to_uint8_image, update_metrics
@@ -69,24 +68,15 @@ def finished(run: Path, stage: str, cfg: DemoConfig, epochs: int) -> bool | None
     last = run / "checkpoints" / f"{stage}_last.pt"
     if not last.is_file():
         return None
-    state = load_checkpoint(last, stage=stage, embedding_dim=cfg.embedding_dim)
-    if float(state["width"]) != float(cfg.width):
-        raise S2IError(f"{run} holds a demo of width {state['width']}, not {cfg.width}; "
-                       "use another --run-dir")
+    state = load_checkpoint(last, stage=stage, embedding_dim=cfg.embedding_dim, width=cfg.width)
     return int(state["epoch"]) >= epochs
 
 
 def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, Any]:
     """Share of generated images of test sounds that a real-image classifier puts in the
     sound's class (several MC samples per sound)."""
-    state = load_checkpoint(run / "checkpoints" / "gan_last.pt", stage="gan")
-    dim = state["embedding_dim"]
-    encoder = AudioEncoder(dim, state["encoder_width"])
-    generator = DenseGenerator(dim, state["width"])
-    encoder.load_state_dict(state["models"]["encoder"])
-    generator.load_state_dict(state["models"]["generator"])
-    encoder.eval()
-    generator.eval()  # BatchNorm in inference mode; MC dropout stays on
+    translator = load_translator(run)    # BatchNorm in inference mode; MC dropout stays on
+    encoder, generator = translator.encoder, translator.generator
     classifier, real_val_accuracy = train_real_classifier(store, seed=seed)
     split_name = "test" if "test" in store.splits else "val"
     split = open_split(store, split_name, need_images=True)
@@ -114,11 +104,8 @@ def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, 
 
 def translation_sheet(run: Path, store: Store, per_class: int = 6) -> Path:
     """One PNG: per class, a row of real test frames and a row of their translations."""
-    state = load_checkpoint(run / "checkpoints" / "gan_last.pt", stage="gan")
-    encoder = AudioEncoder(state["embedding_dim"], state["encoder_width"]).eval()
-    generator = DenseGenerator(state["embedding_dim"], state["width"]).eval()
-    encoder.load_state_dict(state["models"]["encoder"])
-    generator.load_state_dict(state["models"]["generator"])
+    translator = load_translator(run)
+    encoder, generator = translator.encoder, translator.generator
     split = open_split(store, "test" if "test" in store.splits else "val", need_images=True)
     rows = []
     with torch.no_grad():

@@ -39,14 +39,9 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.manifest import atomic_write_bytes, atomic_write_json
+from trainer.checkpoint import load_translator
 from trainer.informativity import informative_probability, load_classifiers
-from trainer.sample import (
-    check_compatible,
-    list_snapshots,
-    load_translator,
-    select_items,
-    translate,
-)
+from trainer.sample import check_compatible, list_snapshots, select_items, translate
 from trainer.store import Store
 
 PIXEL_KEYS = ("pixel_loss", "train_pixel_loss", "loss_pixel", "g_pixel", "pixel")

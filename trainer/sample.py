@@ -19,7 +19,6 @@ import argparse
 import csv
 import io
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +30,7 @@ from tqdm import tqdm
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end, from_uint8
 from runtime.manifest import atomic_dir, atomic_write_json, read_json
-from trainer.checkpoint import find_checkpoint, load_checkpoint
-from trainer.models import AudioEncoder, DenseGenerator
+from trainer.checkpoint import Translator, find_checkpoint, load_checkpoint, load_translator
 from trainer.store import SplitArrays, Store
 
 SAMPLES_FORMAT = "s2i-samples"
@@ -40,63 +38,6 @@ SAMPLES_VERSION = 1
 INDEX_FIELDS = ("file", "sound_id", "class", "class_index", "checkpoint", "model", "epoch",
                 "sample", "real")
 SNAPSHOT_RE = re.compile(r"^gan_e(\d+)\.pt$")
-
-
-@dataclass
-class Translator:
-    """A GAN checkpoint's frozen encoder and generator, ready to translate."""
-
-    path: Path
-    encoder: AudioEncoder
-    generator: DenseGenerator
-    state: dict[str, Any]
-
-    @property
-    def epoch(self) -> int:
-        return int(self.state.get("epoch", 0))
-
-    @property
-    def embedding_dim(self) -> int:
-        return int(self.state["embedding_dim"])
-
-    @property
-    def classes(self) -> list[str]:
-        return [str(c) for c in self.state.get("classes", [])]
-
-
-def load_translator(path: str | Path) -> Translator:
-    """Load a GAN checkpoint (a file, or a run folder -> its ``gan_last.pt``)."""
-    state = load_checkpoint(path, stage="gan")
-    models = state.get("models", {})
-    for name in ("encoder", "generator"):
-        if not isinstance(models, dict) or name not in models:
-            raise S2IError(f"GAN checkpoint {path} lacks the '{name}' weights; expected a "
-                           "checkpoint written by `python -m trainer gan`")
-    try:
-        dim, width = int(state["embedding_dim"]), float(state.get("width", 1.0))
-        encoder_width = float(state.get("encoder_width", width))  # the encoder may be wider
-        encoder, generator = AudioEncoder(dim, encoder_width), DenseGenerator(dim, width)
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise S2IError(f"GAN checkpoint {path} is broken: {_first_line(exc)} (expected "
-                       "embedding_dim, width and encoder/generator weights)") from exc
-    try:
-        encoder.load_state_dict(models["encoder"])
-        generator.load_state_dict(models["generator"])
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise S2IError(f"checkpoint {path}: weights do not fit D={dim}, width={width} "
-                       f"(encoder width {encoder_width}) ({_first_line(exc)})") from exc
-    encoder.eval()
-    generator.eval()
-    resolved = Path(path)
-    if resolved.is_dir():
-        resolved = resolved / "checkpoints" / "gan_last.pt"
-    return Translator(resolved, encoder, generator, state)
-
-
-def _first_line(exc: Exception) -> str:
-    """``"TypeName: first line of the message"`` (a KeyError's message is just the key)."""
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def list_snapshots(run: str | Path) -> list[Path]:

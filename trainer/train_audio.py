@@ -31,13 +31,11 @@ from trainer.train_common import (
     RunWriter,
     check_batch_split,
     check_positive,
-    check_resumable,
+    check_same_store,
     image_grid,
     reduce_mean,
-    rng_state,
     seed_epoch,
     seed_everything,
-    set_rng_state,
     setup_distributed,
     teardown_distributed,
     unwrap,
@@ -64,8 +62,8 @@ class AudioConfig:
 
     def __post_init__(self) -> None:
         check_embedding_dim(self.embedding_dim)
-        check_positive(self, "epochs", "batch_size", "snapshot_every", "probe_samples")
-        check_positive(self, "width", "lr")
+        check_positive(self, "epochs", "batch_size", "snapshot_every", "probe_samples", "width",
+                       "lr")
 
 
 def embed(encoder: torch.nn.Module, store: Store, split: str, limit: int,
@@ -110,12 +108,12 @@ def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
     start_epoch, step, history = 0, 0, []
     last = run_dir / "checkpoints" / "audio_last.pt"
     if resume:
-        state = load_checkpoint(last, stage="audio", embedding_dim=cfg.embedding_dim)
+        state = load_checkpoint(last, stage="audio", embedding_dim=cfg.embedding_dim,
+                                width=cfg.width)
         check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
-        check_resumable(state, last, cfg.width, store)
+        check_same_store(state, last, store)
         model.load_state_dict(state["models"]["autoencoder"])
         opt.load_state_dict(state["optimizers"]["autoencoder"])
-        set_rng_state(state["rng"])
         start_epoch, step, history = state["epoch"], state["step"], state["history"]
     net: torch.nn.Module = model
     if world.world_size > 1:
@@ -163,7 +161,7 @@ def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
                      "models": {"autoencoder": model.state_dict(),
                                 "encoder": model.encoder.state_dict(),
                                 "decoder": model.decoder.state_dict()},
-                     "optimizers": {"autoencoder": opt.state_dict()}, "rng": rng_state(),
+                     "optimizers": {"autoencoder": opt.state_dict()},
                      "history": history,
                      "store": {"path": str(store.path), "fingerprint": store.fingerprint}}
             save_checkpoint(last, state)

@@ -76,11 +76,8 @@ def check_positive(cfg: Any, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
-def check_resumable(state: dict[str, Any], path: Path, width: float, store: Any) -> None:
-    """A checkpoint resumes only with the width and the data it was trained with."""
-    if float(state.get("width", width)) != float(width):
-        raise S2IError(f"{path} was trained with --width {state.get('width')}, but --width "
-                       f"{width} was given; resume with the same width or use another run folder")
+def check_same_store(state: dict[str, Any], path: Path, store: Any) -> None:
+    """A checkpoint resumes only on the data it was trained with."""
     trained_on = (state.get("store") or {}).get("fingerprint")
     if trained_on and trained_on != store.fingerprint:
         raise S2IError(f"{path} was trained on another store (fingerprint {trained_on}) than "
@@ -111,22 +108,6 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     draws, whatever happened in between (pictures, evaluation).
     """
     seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

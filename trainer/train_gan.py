@@ -38,13 +38,11 @@ from trainer.train_common import (
     RunWriter,
     check_batch_split,
     check_positive,
-    check_resumable,
+    check_same_store,
     image_grid,
     reduce_mean,
-    rng_state,
     seed_epoch,
     seed_everything,
-    set_rng_state,
     setup_distributed,
     teardown_distributed,
     unwrap,
@@ -145,16 +143,15 @@ class GanTrainer:
                            "discriminator": self.discriminator.state_dict()},
                 "optimizers": {"generator": self.opt_g.state_dict(),
                                "discriminator": self.opt_d.state_dict()},
-                "ma_loss": self.ma_loss.state_dict(), "rng": rng_state(),
+                "ma_loss": self.ma_loss.state_dict(),
                 "history": self.history, "encoder_checkpoint": self.encoder_info,
                 "store": {"path": str(self.store.path), "fingerprint": self.store.fingerprint}}
 
     def resume(self) -> None:
-        state = load_checkpoint(self.run_dir / "checkpoints" / "gan_last.pt", stage="gan",
-                                embedding_dim=self.encoder_info["embedding_dim"],
-                                front_end=self.store.front_end)
-        check_resumable(state, self.run_dir / "checkpoints" / "gan_last.pt", self.cfg.width,
-                        self.store)
+        last = self.run_dir / "checkpoints" / "gan_last.pt"
+        state = load_checkpoint(last, stage="gan", embedding_dim=self.encoder_info["embedding_dim"],
+                                front_end=self.store.front_end, width=self.cfg.width)
+        check_same_store(state, last, self.store)
         # the frozen encoder the run was trained with, even if its audio run trained on since
         self.encoder.load_state_dict(state["models"]["encoder"])
         self.generator.load_state_dict(state["models"]["generator"])
@@ -162,7 +159,6 @@ class GanTrainer:
         self.opt_g.load_state_dict(state["optimizers"]["generator"])
         self.opt_d.load_state_dict(state["optimizers"]["discriminator"])
         self.ma_loss.load_state_dict(state["ma_loss"])
-        set_rng_state(state["rng"])
         self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
 
     # -- one batch -----------------------------------------------------------------------
