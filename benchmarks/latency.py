@@ -91,7 +91,7 @@ def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str
 
 
 def demo_audio(path: Path, seconds: float) -> Path:
-    from trainer.demo_data import write_demo_wav
+    from trainer.data.demo_data import write_demo_wav
 
     write_demo_wav(path, seconds, seed=0)
     return path

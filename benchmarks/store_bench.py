@@ -24,9 +24,9 @@ import numpy as np
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
 from runtime.manifest import atomic_write_json
-from trainer.prepare import build
-from trainer.prepare_common import PrepareOptions
-from trainer.store import Store
+from trainer.data.prepare import build
+from trainer.data.prepare_common import PrepareOptions
+from trainer.data.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_ARCHIVE = REPO.parent / "shared" / "data" / "vegas-spectrograms" / "train.tar.gz"

@@ -19,17 +19,17 @@ from runtime.errors import S2IError
 from runtime.frontend import from_uint8
 from trainer.__main__ import main as trainer_main
 from trainer.checkpoint import save_checkpoint
-from trainer.demo_data import build_demo_store
-from trainer.evaluate import (
+from trainer.data.demo_data import build_demo_store
+from trainer.data.store import Store
+from trainer.evaluate.label import LABELS_FILE, LabelServer, read_labels
+from trainer.evaluate.report import (
     discriminator_update_epochs,
     moving_average,
     range_average,
     replace_skipped,
     skipped_after_d,
 )
-from trainer.label import LABELS_FILE, LabelServer, read_labels
 from trainer.models import AudioEncoder, DenseGenerator
-from trainer.store import Store
 
 WIDTH = 0.125
 
@@ -221,7 +221,7 @@ def test_workflow_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_sample_picks_snapshots(setup: dict[str, Path], tmp_path: Path) -> None:
-    from trainer.sample import write_samples
+    from trainer.evaluate.sample import write_samples
     common = {"split": "test", "per_class": 1, "progress": False}
     index = write_samples([setup["run"]], setup["store"], tmp_path / "last", **common)
     assert [m["epoch"] for m in index["models"]] == [8]  # a run folder -> gan_last.pt
@@ -279,7 +279,7 @@ def test_evaluate_auto_runs_the_whole_chain(setup: dict[str, Path], tmp_path: Pa
 
 def test_store_without_images(setup: dict[str, Path], tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
-    from trainer.store import StoreWriter
+    from trainer.data.store import StoreWriter
     demo = Store(setup["store"])
     test = demo.split("test")
     with StoreWriter(tmp_path / "spectrograms_only", demo.classes, demo.front_end,
@@ -365,13 +365,13 @@ def test_clear_errors(setup: dict[str, Path], tmp_path: Path,
     folder.mkdir()
     (folder / LABELS_FILE).write_text("{}")
     with pytest.raises(S2IError, match="labels.json"):
-        from trainer.sample import write_samples
+        from trainer.evaluate.sample import write_samples
         write_samples([run], store, folder, overwrite=True, progress=False)
     assert (folder / LABELS_FILE).read_text() == "{}"
 
 
 def test_informativity_out_never_replaces_labels_or_other_folders(tmp_path: Path) -> None:
-    from trainer.informativity import InformativityConfig, train_classifiers
+    from trainer.evaluate.informativity import InformativityConfig, train_classifiers
 
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -394,7 +394,11 @@ def test_informativity_out_never_replaces_labels_or_other_folders(tmp_path: Path
 
 
 def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
-    from trainer.informativity import CLASSIFIERS_FORMAT, CLASSIFIERS_VERSION, load_classifiers
+    from trainer.evaluate.informativity import (
+        CLASSIFIERS_FORMAT,
+        CLASSIFIERS_VERSION,
+        load_classifiers,
+    )
 
     folder = tmp_path / "classifiers"
     folder.mkdir()
@@ -430,8 +434,8 @@ def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_failed_label_write_changes_nothing_in_memory(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.label as label
-    from trainer.sample import SAMPLES_FORMAT, SAMPLES_VERSION
+    import trainer.evaluate.label as label
+    from trainer.evaluate.sample import SAMPLES_FORMAT, SAMPLES_VERSION
 
     items = [{"file": f"s{i}.png", "real": None, "class_index": 0} for i in range(2)]
     (tmp_path / "index.json").write_text(json.dumps({

@@ -14,8 +14,8 @@ from PIL import Image
 
 from runtime.frontend import FrontEndConfig
 from trainer.__main__ import main as trainer_main
-from trainer.prepare import main as prepare_main
-from trainer.store import Store
+from trainer.data.prepare import main as prepare_main
+from trainer.data.store import Store
 
 REAL_VAL = Path(__file__).resolve().parents[2] / "shared/data/vegas-spectrograms/val.tar.gz"
 SECOND_COLOURS = [(230, 30, 30), (30, 230, 30), (30, 30, 230), (230, 230, 30)]

@@ -12,7 +12,7 @@ import soundfile
 
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, from_uint8
-from trainer.demo_data import (
+from trainer.data.demo_data import (
     DEMO_CLASSES,
     build_demo_store,
     clip_params,
@@ -21,7 +21,7 @@ from trainer.demo_data import (
     render_scene,
     write_demo_wav,
 )
-from trainer.store import Store, StoreWriter
+from trainer.data.store import Store, StoreWriter
 
 CFG = FrontEndConfig()
 

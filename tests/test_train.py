@@ -13,9 +13,9 @@ import torch
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from trainer.checkpoint import load_checkpoint
-from trainer.demo_data import build_demo_store
-from trainer.train_audio import AudioConfig, train_audio
-from trainer.train_gan import GanConfig, d_turn, train_gan
+from trainer.data.demo_data import build_demo_store
+from trainer.train.audio import AudioConfig, train_audio
+from trainer.train.gan import GanConfig, d_turn, train_gan
 
 TINY = {"width": 0.125, "batch_size": 8, "max_batches": 2}
 

@@ -9,13 +9,15 @@ from runtime.errors import run_cli
 
 COMMANDS = {
     "demo": ("trainer.demo", "build the demo set, train a small translator, write a run folder"),
-    "prepare": ("trainer.prepare", "build a dataset store (videos, s2i_data JPG/bin, demo)"),
-    "audio": ("trainer.train_audio", "train the audio autoencoder"),
-    "gan": ("trainer.train_gan", "train the generator and discriminator on a frozen encoder"),
-    "sample": ("trainer.sample", "translate the sounds of a split into images"),
-    "label": ("trainer.label", "serve the labelling page for generated images"),
-    "informativity": ("trainer.informativity", "train the per-class informativity classifiers"),
-    "evaluate": ("trainer.evaluate", "score a run's checkpoints and write the paper's reports"),
+    "prepare": ("trainer.data.prepare", "build a dataset store (videos, s2i_data JPG/bin, demo)"),
+    "audio": ("trainer.train.audio", "train the audio autoencoder"),
+    "gan": ("trainer.train.gan", "train the generator and discriminator on a frozen encoder"),
+    "sample": ("trainer.evaluate.sample", "translate the sounds of a split into images"),
+    "label": ("trainer.evaluate.label", "serve the labelling page for generated images"),
+    "informativity": ("trainer.evaluate.informativity", "train the per-class informativity "
+                      "classifiers"),
+    "evaluate": ("trainer.evaluate.report",
+                 "score a run's checkpoints and write the paper's reports"),
 }
 
 

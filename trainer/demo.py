@@ -25,14 +25,14 @@ import torch
 
 from runtime.config import add_dataclass_args, dataclass_from_args, save_config
 from runtime.errors import S2IError
-from trainer.autolabel import class_probabilities, train_real_classifier
 from trainer.checkpoint import load_checkpoint, load_translator
-from trainer.data import load_batch, open_split
-from trainer.demo_data import build_demo_store
-from trainer.store import Store
-from trainer.train_audio import AudioConfig, train_audio
-from trainer.train_common import image_grid, save_png, to_uint8_image, update_metrics
-from trainer.train_gan import GanConfig, train_gan
+from trainer.data.batches import load_batch, open_split
+from trainer.data.demo_data import build_demo_store
+from trainer.data.store import Store
+from trainer.evaluate.autolabel import class_probabilities, train_real_classifier
+from trainer.train.audio import AudioConfig, train_audio
+from trainer.train.common import image_grid, save_png, to_uint8_image, update_metrics
+from trainer.train.gan import GanConfig, train_gan
 
 
 @dataclass

@@ -20,8 +20,8 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, log_mel_batch, to_uint8
-from trainer.prepare_common import SPLITS, VEGAS_CLASSES, PrepareOptions, split_by_video
-from trainer.store import StoreWriter
+from trainer.data.prepare_common import SPLITS, VEGAS_CLASSES, PrepareOptions, split_by_video
+from trainer.data.store import StoreWriter
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 IMAGE_SIZE = 96

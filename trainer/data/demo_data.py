@@ -471,7 +471,7 @@ def build_demo_store(out_dir: str | Path, n_per_class_train: int = 240, n_val: i
     ``n_per_class_train``, ``n_val`` and ``n_test`` are clips PER CLASS; the set is
     balanced. Pseudo-video ``v`` uses seed ``(seed, v)``, so any split is reproducible.
     """
-    from trainer.store import StoreWriter  # local: store imports nothing from here
+    from trainer.data.store import StoreWriter  # local: store imports nothing from here
 
     cfg = front_end or FrontEndConfig()
     sizes = DemoSizes(n_per_class_train, n_val, n_test, windows_per_video)

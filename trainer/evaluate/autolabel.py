@@ -24,8 +24,8 @@ from torch import nn
 from tqdm import tqdm
 
 from runtime.errors import S2IError
-from trainer.label import INFORMATIVE, NON_INFORMATIVE, LabelBook
-from trainer.store import Store
+from trainer.data.store import Store
+from trainer.evaluate.label import INFORMATIVE, NON_INFORMATIVE, LabelBook
 
 
 class RealImageClassifier(nn.Module):

@@ -28,12 +28,12 @@ from tqdm import tqdm
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end
 from trainer.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from trainer.data import Batch, count_batches, epoch_batches, load_batch, open_split
+from trainer.data.batches import Batch, count_batches, epoch_batches, load_batch, open_split
+from trainer.data.store import Store
 from trainer.losses import MovingAverageAdversarialLoss, rc_target_loss
 from trainer.models import AudioEncoder, DenseGenerator, Discriminator, check_embedding_dim
-from trainer.store import Store
-from trainer.train_audio import parse
-from trainer.train_common import (
+from trainer.train.audio import parse
+from trainer.train.common import (
     Dist,
     RunWriter,
     check_batch_split,

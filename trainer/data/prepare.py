@@ -21,10 +21,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
-from trainer.prepare_common import PrepareOptions, check_fractions
-from trainer.prepare_s2i import build_from_bins, build_from_jpgs, is_archive
-from trainer.prepare_videos import VIDEO_SUFFIXES, build_from_videos
-from trainer.store import Store
+from trainer.data.prepare_common import PrepareOptions, check_fractions
+from trainer.data.prepare_s2i import build_from_bins, build_from_jpgs, is_archive
+from trainer.data.prepare_videos import VIDEO_SUFFIXES, build_from_videos
+from trainer.data.store import Store
 
 KINDS = ("auto", "demo", "videos", "jpg", "bin")
 
@@ -128,7 +128,7 @@ def build(sources: list[str], opts: PrepareOptions, kind: str = "auto") -> Store
     if opts.out.exists() and not opts.overwrite:
         raise S2IError(f"{opts.out} already exists; pass --overwrite to replace it")
     if found == "demo":
-        from trainer.demo_data import build_demo_store
+        from trainer.data.demo_data import build_demo_store
         build_demo_store(opts.out, opts.demo_train, opts.demo_val, opts.demo_test,
                          seed=opts.seed, windows_per_video=opts.demo_windows,
                          front_end=opts.front_end, progress=opts.progress, replace=True)

@@ -1,6 +1,6 @@
 """``python -m trainer label DIR``: a local web page to label generated images.
 
-The page (``trainer/static/label.html``) shows the images of a samples folder (written by
+The page (``trainer/evaluate/static/label.html``) shows the images of a samples folder (written by
 ``python -m trainer sample``) one after another, with the sound's class and the real frame
 when the store had one. Keys: ``i`` / right arrow = informative, ``n`` / left arrow =
 non-informative, ``u`` / Backspace = back one image and clear its label. Every label is
@@ -8,7 +8,7 @@ POSTed as it is given and written atomically to ``DIR/labels.json``, so a person
 at any time and go on later: the page reopens at the first unlabelled image.
 
 ``python -m trainer label DIR --auto --store S`` labels without a person (see
-``trainer.autolabel``), in the same file; labels a person gave are never replaced.
+``trainer.evaluate.autolabel``), in the same file; labels a person gave are never replaced.
 
 labels.json::
 
@@ -31,7 +31,7 @@ from urllib.parse import unquote
 
 from runtime.errors import S2IError
 from runtime.manifest import atomic_write_json, read_json
-from trainer.sample import read_index
+from trainer.evaluate.sample import read_index
 
 LABELS_FORMAT = "s2i-labels"
 LABELS_VERSION = 1
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
     if args.auto:
-        from trainer.autolabel import auto_label  # torch only needed here
+        from trainer.evaluate.autolabel import auto_label  # torch only needed here
         if not args.store:
             raise S2IError("--auto needs --store STORE (a store with real images)")
         summary = auto_label(args.folder, args.store, threshold=args.threshold,

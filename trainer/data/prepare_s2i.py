@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.manifest import sha256_file
-from trainer.prepare_common import (
+from trainer.data.prepare_common import (
     SEGMENT_NAME,
     SPLITS,
     VEGAS_CLASSES,
@@ -25,7 +25,7 @@ from trainer.prepare_common import (
     split_from_path,
     video_key,
 )
-from trainer.store import SplitWriter, StoreWriter
+from trainer.data.store import SplitWriter, StoreWriter
 
 SPEC_SHAPE = (128, 100)
 SPEC_BYTES = 128 * 100

@@ -40,9 +40,9 @@ from tqdm import tqdm
 from runtime.errors import S2IError
 from runtime.manifest import atomic_write_bytes, atomic_write_json
 from trainer.checkpoint import load_translator
-from trainer.informativity import informative_probability, load_classifiers
-from trainer.sample import check_compatible, list_snapshots, select_items, translate
-from trainer.store import Store
+from trainer.data.store import Store
+from trainer.evaluate.informativity import informative_probability, load_classifiers
+from trainer.evaluate.sample import check_compatible, list_snapshots, select_items, translate
 
 PIXEL_KEYS = ("pixel_loss", "train_pixel_loss", "loss_pixel", "g_pixel", "pixel")
 D_UPDATE_KEYS = ("d_updates", "d_steps", "discriminator_updates")
@@ -271,12 +271,12 @@ def auto_classifiers(runs: list[str | Path], store_path: str | Path, out: str | 
                      progress: bool = True) -> Path:
     """The whole labelling side without a person (demo set): sample the validation sounds
     with ``snapshots`` snapshots of each run, label them automatically
-    (``trainer.autolabel``), train the classifiers. Returns the classifiers folder.
+    (``trainer.evaluate.autolabel``), train the classifiers. Returns the classifiers folder.
 
     ``OUT/labels`` is reused when it exists (labels a person gave there are kept)."""
-    from trainer.autolabel import auto_label
-    from trainer.informativity import InformativityConfig, train_classifiers
-    from trainer.sample import write_samples
+    from trainer.evaluate.autolabel import auto_label
+    from trainer.evaluate.informativity import InformativityConfig, train_classifiers
+    from trainer.evaluate.sample import write_samples
 
     out = Path(out)
     labels_dir = out / "labels"
@@ -306,7 +306,7 @@ def _csv_text(header: list[str], rows: list[list[Any]]) -> bytes:
 
 def write_reports(report: dict[str, Any], out: str | Path) -> list[Path]:
     """JSON + CSV tables and the PNG figures; returns the files written."""
-    from trainer import evaluate_plots
+    from trainer.evaluate import plots as evaluate_plots
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,11 +22,10 @@ from runtime.config import add_dataclass_args, config_from_dict, dataclass_from_
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end
 from trainer.checkpoint import load_checkpoint, save_checkpoint
-from trainer.data import count_batches, epoch_batches, open_split
+from trainer.data.batches import count_batches, epoch_batches, open_split
+from trainer.data.store import Store
 from trainer.models import AudioAutoencoder, check_embedding_dim
-from trainer.probe import linear_probe_accuracy
-from trainer.store import Store
-from trainer.train_common import (
+from trainer.train.common import (
     Dist,
     RunWriter,
     check_batch_split,
@@ -41,6 +40,7 @@ from trainer.train_common import (
     unwrap,
     update_metrics,
 )
+from trainer.train.probe import linear_probe_accuracy
 
 
 @dataclass

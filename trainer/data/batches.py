@@ -14,7 +14,7 @@ import torch
 
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
-from trainer.store import SplitArrays, Store
+from trainer.data.store import SplitArrays, Store
 
 
 @dataclass

@@ -31,7 +31,7 @@ from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end, from_uint8
 from runtime.manifest import atomic_dir, atomic_write_json, read_json
 from trainer.checkpoint import Translator, find_checkpoint, load_checkpoint, load_translator
-from trainer.store import SplitArrays, Store
+from trainer.data.store import SplitArrays, Store
 
 SAMPLES_FORMAT = "s2i-samples"
 SAMPLES_VERSION = 1

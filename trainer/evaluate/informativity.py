@@ -32,10 +32,10 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.manifest import atomic_dir, atomic_write_json, manifest_format, read_json
-from trainer.autolabel import load_png, to_tensor
-from trainer.label import INFORMATIVE, read_labels
+from trainer.evaluate.autolabel import load_png, to_tensor
+from trainer.evaluate.label import INFORMATIVE, read_labels
+from trainer.evaluate.sample import read_index
 from trainer.models import InformativityClassifier
-from trainer.sample import read_index
 
 CLASSIFIERS_FORMAT = "s2i-informativity"
 CLASSIFIERS_VERSION = 1

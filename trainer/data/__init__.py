@@ -1,0 +1,1 @@
+"""Datasets: stores, sources (videos, s2i_data, demo) and batches."""

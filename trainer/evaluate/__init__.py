@@ -1,0 +1,1 @@
+"""Evaluation: sampling, labelling, informativity, the paper's reports."""

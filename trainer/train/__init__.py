@@ -1,0 +1,1 @@
+"""Training stages: the audio autoencoder and the GAN."""
