@@ -19,9 +19,9 @@ import threading
 import numpy as np
 import zmq
 
+from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import run_cli
 from runtime.protocol import connect, encode_audio
-from runtime.server import exit_code, log, stop_on_signals
 from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks

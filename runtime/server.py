@@ -10,14 +10,11 @@ source, or capture nodes over ZeroMQ PUSH/PULL.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import socket as socketlib
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +22,7 @@ import numpy as np
 import zmq
 
 from runtime.audio_io import StreamResampler
+from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig, log_mel
 from runtime.masks import draw_masks
@@ -43,10 +41,6 @@ from runtime.ring import AudioRing
 
 DEFAULT_EXPORT = "runs/demo/export"
 MIN_HOP_SECONDS = 0.05
-
-
-def log(message: str) -> None:
-    print(f"[s2i] {message}", file=sys.stderr, flush=True)
 
 
 class StatusLine:
@@ -317,37 +311,6 @@ class NetworkLoop:
 
 
 # --- shared CLI pieces ----------------------------------------------------------------------
-
-@contextlib.contextmanager
-def stop_on_signals() -> Iterator[threading.Event]:
-    """An event set by SIGINT/SIGTERM (so loops end cleanly); ``event.signal`` says which."""
-    stop = threading.Event()
-    stop.signal = None  # type: ignore[attr-defined]
-
-    def handler(signum: int, _frame: Any) -> None:
-        stop.signal = signum  # type: ignore[attr-defined]
-        stop.set()
-
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield stop
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def exit_code(stop: threading.Event) -> int:
-    signum = getattr(stop, "signal", None)
-    if signum == signal.SIGINT:
-        log("interrupted; shut down cleanly")
-        return 130
-    if signum == signal.SIGTERM:
-        log("terminated; shut down cleanly")
-    return 0
-
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and publishing")

@@ -13,6 +13,7 @@ import sys
 import zmq
 
 from runtime.audio_io import iter_audio_blocks
+from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
@@ -20,12 +21,9 @@ from runtime.protocol import Publisher
 from runtime.ring import AudioRing
 from runtime.server import (
     add_pipeline_args,
-    exit_code,
-    log,
     open_pipeline,
     run_file,
     run_ring,
-    stop_on_signals,
     wait_for_subscribers,
 )
 from runtime.sources import (

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from runtime.cli import exit_code, log, stop_on_signals
 from runtime.client import Subscriber
 from runtime.errors import S2IError, run_cli
 from runtime.manifest import atomic_write_bytes
 from runtime.protocol import DEFAULT_TOPIC, Frame
-from runtime.server import exit_code, log, stop_on_signals
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",

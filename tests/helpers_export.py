@@ -16,19 +16,25 @@ CLASSES = ["Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing"]
 
 
 def make_tiny_checkpoint(path: str | Path, width: float = 0.125, embedding_dim: int = 512,
-                         seed: int = 0, randomize_batchnorm: bool = True) -> Path:
+                         seed: int = 0, randomize_batchnorm: bool = True,
+                         input_sensitive: bool = False) -> Path:
     """A GAN checkpoint (ARCHITECTURE.md layout) of a freshly initialised translator.
 
     ``randomize_batchnorm`` gives every BatchNorm non-trivial running statistics and
-    affine parameters, so that folding them is really exercised.
+    affine parameters, so that folding them is really exercised. ``input_sensitive``
+    instead calibrates them on synthetic sounds (``trainer.calibrate``): the images then
+    change with the audio and with the masks by tens of grey levels, as a data-flow test needs.
     """
+    from trainer.calibrate import calibrate_batchnorm
     from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
 
     torch.manual_seed(seed)
     encoder = AudioEncoder(embedding_dim, width)
     generator = DenseGenerator(embedding_dim, width)
-    if randomize_batchnorm:
+    if input_sensitive:
+        calibrate_batchnorm(encoder, generator, seed)
+    elif randomize_batchnorm:
         for module in [*encoder.modules(), *generator.modules()]:
             if isinstance(module, torch.nn.BatchNorm2d):
                 with torch.no_grad():
@@ -41,12 +47,13 @@ def make_tiny_checkpoint(path: str | Path, width: float = 0.125, embedding_dim: 
 
 
 def make_tiny_export(out_dir: str | Path, width: float = 0.125, embedding_dim: int = 512,
-                     fp16: bool = False, seed: int = 0, fused: bool = False) -> Path:
+                     fp16: bool = False, seed: int = 0, fused: bool = False,
+                     input_sensitive: bool = False) -> Path:
     """Checkpoint + export into ``out_dir`` (the checkpoint goes to ``<out_dir>.ckpt.pt``);
     returns the export folder. About 5 s at width 0.125 (+5 s with ``fp16``)."""
     from export.translator import export_translator
 
     out_dir = Path(out_dir)
     checkpoint = make_tiny_checkpoint(out_dir.parent / f"{out_dir.name}.ckpt.pt", width,
-                                      embedding_dim, seed)
+                                      embedding_dim, seed, input_sensitive=input_sensitive)
     return export_translator(checkpoint, out_dir, fp16=fp16, fused=fused, tensorrt=False)
