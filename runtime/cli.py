@@ -1,4 +1,5 @@
-"""Pieces every console script shares: the log line, and SIGINT/SIGTERM as a stop event."""
+"""Pieces every console script shares: the log line (plain and rate-limited), and
+SIGINT/SIGTERM as a stop event."""
 
 from __future__ import annotations
 
@@ -6,12 +7,47 @@ import contextlib
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
 def log(message: str) -> None:
     print(f"[s2i] {message}", file=sys.stderr, flush=True)
+
+
+class RateLimitedLog:
+    """``log`` for lines that can repeat (one per bad message, per refused stream...).
+
+    Each ``key`` is logged at once the first time, then at most once per ``every_s``; the
+    next line that gets through says how many were held back. At most ``max_keys`` keys are
+    remembered (the oldest forgotten first), so hostile input cannot grow it.
+    """
+
+    def __init__(self, every_s: float = 10.0, max_keys: int = 256,
+                 sink: Callable[[str], None] = log,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s, self.max_keys, self.sink, self.clock = every_s, max_keys, sink, clock
+        self._keys: OrderedDict[str, tuple[float, int]] = OrderedDict()  # key -> (last, held)
+        self._lock = threading.Lock()
+
+    def __call__(self, key: str, message: str) -> bool:
+        """Log ``message`` unless ``key`` was logged less than ``every_s`` ago; True if
+        logged."""
+        now = self.clock()
+        with self._lock:
+            last, held = self._keys.get(key, (None, 0))
+            if last is not None and now - last < self.every_s:
+                self._keys[key] = (last, held + 1)
+                return False
+            self._keys[key] = (now, 0)
+            self._keys.move_to_end(key)
+            while len(self._keys) > self.max_keys:
+                self._keys.popitem(last=False)
+        more = f" ({held} more like this in the last {now - last:.0f} s)" if held else ""
+        self.sink(message + more)
+        return True
 
 
 @contextlib.contextmanager

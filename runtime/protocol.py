@@ -13,6 +13,8 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -180,12 +182,28 @@ def hello_message(topic: str, info: dict[str, Any]) -> list[bytes]:
 
 
 # --- audio between capture node and server --------------------------------------------------
+# Everything in an audio header is checked before any of it is used: a hostile message
+# (an absurd rate, a huge or inconsistent payload, a strange stream id) costs only itself,
+# and nothing downstream (soxr, the rings) ever sees an unchecked value.
+
+AUDIO_DTYPES = {"float32": "<f4", "int16": "<i2"}
+MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 192000
+MAX_AUDIO_CHANNELS = 32
+MAX_AUDIO_SECONDS = 2.0          # one message carries at most this much audio
+MAX_AUDIO_HEADER_BYTES = 2048
+MAX_AUDIO_PAYLOAD_BYTES = 4 * 1024 * 1024   # 2 s of 8 channels of float32 at 48 kHz is 3 MiB
+STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+NODE_ID = secrets.token_hex(8)   # this process's capture-node instance id (new every start)
+
 
 def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int,
-                 capture_time: float, channels: int = 1) -> list[bytes]:
+                 capture_time: float, channels: int = 1, node: str = NODE_ID) -> list[bytes]:
+    """``[b"audio", header, float32 samples]``; ``node`` tells the server which capture
+    process sends (two nodes claiming one stream id are told apart by it)."""
     header = {"kind": "audio", "protocol": PROTOCOL_VERSION, "stream": stream_id, "seq": seq,
               "sample_rate": int(sample_rate), "channels": int(channels), "dtype": "float32",
-              "capture_time": float(capture_time)}
+              "capture_time": float(capture_time), "node": node}
     data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
     return [AUDIO_TOPIC, json.dumps(header).encode(), data]
 
@@ -202,20 +220,62 @@ def _finite_number(header: dict[str, Any], key: str, default: Any = None) -> flo
     return number
 
 
+def _integer(header: dict[str, Any], key: str, low: int, high: int, default: Any = None) -> int:
+    number = _finite_number(header, key, default)
+    if not number.is_integer() or not low <= number <= high:
+        raise S2IError(f"audio message header {key!r} should be an integer in [{low}, {high}], "
+                       f"got {str(header.get(key, default))[:40]}")
+    return int(number)
+
+
+def _name(header: dict[str, Any], key: str, pattern: re.Pattern[str], default: str) -> str:
+    value = header.get(key, default)
+    if not isinstance(value, str) or not pattern.fullmatch(value):
+        raise S2IError(f"audio message header {key!r} should be 1-64 characters of "
+                       f"[A-Za-z0-9._-], got {str(value)[:70]!r}")
+    return value
+
+
 def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
+    """A checked audio message -> (normalised header, float32 samples ``[n, channels]``).
+
+    The header comes back with ``stream``, ``node`` (str), ``seq``, ``sample_rate``,
+    ``channels`` (int) and ``capture_time`` (float), each validated; anything wrong raises
+    one ``S2IError`` line naming the field and what was expected.
+    """
+    if len(parts) != 3 or parts[0] != AUDIO_TOPIC:
+        raise S2IError("not an S2I audio message ([b'audio', header, samples])")
+    if len(parts[1]) > MAX_AUDIO_HEADER_BYTES:
+        raise S2IError(f"audio message header of {len(parts[1])} bytes is over "
+                       f"{MAX_AUDIO_HEADER_BYTES}")
     header = decode_header(parts)
-    if parts[0] != AUDIO_TOPIC or len(parts) != 3 or header.get("dtype") != "float32":
-        raise S2IError("not an S2I audio message ([b'audio', header, float32 samples])")
-    for key in ("seq", "sample_rate", "capture_time"):
-        _finite_number(header, key)
-    channels = int(_finite_number(header, "channels", 1))
-    if len(parts[2]) % 4:
-        raise S2IError(f"audio message payload of {len(parts[2])} bytes is not float32 samples")
-    samples = np.frombuffer(parts[2], "<f4")
-    if channels < 1 or len(samples) % channels:
-        raise S2IError(f"audio message of {len(samples)} samples does not split into "
-                       f"{channels} channels")
-    return header, samples.reshape(-1, channels)
+    dtype = header.get("dtype")
+    if dtype not in AUDIO_DTYPES:
+        raise S2IError(f"audio message dtype should be one of {sorted(AUDIO_DTYPES)}, got "
+                       f"{str(dtype)[:20]!r}")
+    checked = {
+        "stream": _name(header, "stream", STREAM_ID_PATTERN, "capture"),
+        "node": _name(header, "node", NODE_ID_PATTERN, "unnamed"),
+        "seq": _integer(header, "seq", 0, 2**53),
+        "sample_rate": _integer(header, "sample_rate", MIN_AUDIO_RATE, MAX_AUDIO_RATE),
+        "channels": _integer(header, "channels", 1, MAX_AUDIO_CHANNELS, 1),
+        "capture_time": _finite_number(header, "capture_time"),
+        "dtype": dtype,
+    }
+    payload = parts[2]
+    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * checked["channels"]
+    cap = min(MAX_AUDIO_PAYLOAD_BYTES,
+              int(MAX_AUDIO_SECONDS * checked["sample_rate"]) * frame_bytes)
+    if len(payload) > cap:
+        raise S2IError(f"audio message payload of {len(payload)} bytes is over the cap of "
+                       f"{cap} ({MAX_AUDIO_SECONDS:g} s at its rate and channels)")
+    if len(payload) % frame_bytes:
+        raise S2IError(f"audio message payload of {len(payload)} bytes does not split into "
+                       f"{checked['channels']}-channel {dtype} frames")
+    samples = np.frombuffer(payload, AUDIO_DTYPES[dtype]).reshape(-1, checked["channels"])
+    if dtype == "int16":
+        samples = samples.astype(np.float32) / 32768.0
+    return dict(header, **checked), samples
 
 
 # --- sockets --------------------------------------------------------------------------------

@@ -17,15 +17,10 @@ from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
+from runtime.options import add_pipeline_args, open_pipeline
 from runtime.protocol import Publisher
 from runtime.ring import AudioRing
-from runtime.server import (
-    add_pipeline_args,
-    open_pipeline,
-    run_file,
-    run_ring,
-    wait_for_subscribers,
-)
+from runtime.server import wait_for_subscribers
 from runtime.sources import (
     Source,
     add_source_args,
@@ -33,6 +28,7 @@ from runtime.sources import (
     list_devices,
     open_live_source,
 )
+from runtime.stages import run_file, run_ring
 
 FLUSH_MS = 2000
 

@@ -249,8 +249,42 @@ def test_malformed_audio_messages_are_one_line_errors():
         with pytest.raises(S2IError, match=message) as info:
             decode_audio(with_header(text))
         assert "\n" not in str(info.value), text
-    with pytest.raises(S2IError, match="not float32 samples"):
+    with pytest.raises(S2IError, match="does not split into 1-channel float32 frames"):
         decode_audio([good[0], good[1], good[2][:-1]])
+
+
+def test_hostile_audio_headers_are_refused_before_use():
+    """The issue's hostile messages: each is one S2IError line, checked before any of its
+    values reaches soxr, a ring or the stream table."""
+    good = encode_audio("mic", 3, tone(0.05, 16000), 16000, 12.5)
+    header = json.loads(good[1])
+    decoded, samples = decode_audio(good)
+    assert decoded["stream"] == "mic" and decoded["node"] and samples.shape == (800, 1)
+
+    def message(payload: bytes = good[2], **changes) -> list[bytes]:
+        return [good[0], json.dumps(dict(header, **changes)).encode(), payload]
+
+    cases = [
+        (message(b"\x00" * 65536, sample_rate=1), "'sample_rate' should be an integer in"),
+        (message(sample_rate=1e20), "'sample_rate' should be an integer in"),
+        (message(sample_rate=16000.5), "'sample_rate' should be an integer in"),
+        (message(channels=33), "'channels' should be an integer in \\[1, 32\\]"),
+        (message(channels=0), "'channels' should be an integer in"),
+        (message(dtype="float64"), "dtype should be one of"),
+        (message(stream="x" * 65), "'stream' should be 1-64 characters"),
+        (message(stream="../etc"), "'stream' should be 1-64 characters"),
+        (message(stream=7), "'stream' should be 1-64 characters"),
+        (message(node="a b"), "'node' should be 1-64 characters"),
+        (message(seq=-1), "'seq' should be an integer"),
+        (message(b"\x00" * (4 * 32001)), "over the cap"),                 # > 2 s at 16 kHz
+        ([good[0], b" " * 4000 + good[1], good[2]], "header of 4"),
+    ]
+    for parts, words in cases:
+        with pytest.raises(S2IError, match=words) as info:
+            decode_audio(parts)
+        assert "\n" not in str(info.value)
+    pcm = message((np.array([16384, -32768], "<i2")).tobytes(), dtype="int16")
+    assert decode_audio(pcm)[1][:, 0].tolist() == [0.5, -1.0]
 
 
 def test_malformed_frames_are_one_line_errors_naming_the_frame():

@@ -109,7 +109,7 @@ def test_capture_and_generation_in_separate_processes(export, tmp_path):
         server.kill()
     assert "shut down cleanly" in server.stderr() and "Traceback" not in server.stderr()
     assert "ignoring a bad audio message" in server.stderr()
-    assert "capture node restarted" in server.stderr()
+    assert "went silent" in server.stderr()     # the restarted node took its stream back
 
 
 def test_pipeline_library_silence_clipping_and_seeds(export):
@@ -289,53 +289,72 @@ class SlowTranslator:
         return self.inner.generate(z, masks)
 
 
+def run_network_loop(pipeline, messages, done, timeout=60.0, **options):
+    """Start a NetworkLoop (ingress + stage threads), push ``messages`` to it, wait until
+    ``done(loop, published)``; returns (loop, published headers)."""
+    import threading
+
+    from runtime.protocol import Publisher
+    from runtime.server import NetworkLoop
+
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
+    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", **options)
+    published: list[dict] = []
+    publish = publisher.publish
+    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
+    push = ctx.socket(zmq.PUSH)
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    try:
+        push.connect(loop.address)
+        runner.start()
+        for parts in messages:
+            push.send_multipart(parts)
+        deadline = time.monotonic() + timeout
+        while not done(loop, published):
+            assert time.monotonic() < deadline, f"never done; published {published}"
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        runner.join(5)
+        push.close(linger=0)
+        publisher.close()
+        ctx.destroy(linger=0)
+    assert not runner.is_alive()
+    return loop, published
+
+
 def test_network_loop_skips_to_the_newest_window_when_the_model_is_slow(export):
     from runtime.backends import open_translator
-    from runtime.protocol import Publisher, encode_audio
-    from runtime.server import NetworkLoop, Pipeline
+    from runtime.pipeline import Pipeline
+    from runtime.protocol import encode_audio
 
     slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.3)
     pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
     rate, block, seconds = pipeline.sample_rate, pipeline.sample_rate // 20, 4
-    ctx = zmq.Context()
-    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
-    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*")
-    push = ctx.socket(zmq.PUSH)
-    published: list[dict] = []
-    publish = publisher.publish
-    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
-    try:
-        push.connect(loop.address)
-        audio = np.full(seconds * rate, 0.25, np.float32)
-        for seq, start in enumerate(range(0, len(audio), block)):   # 80 blocks of 50 ms at once
-            push.send_multipart(encode_audio("node", seq, audio[start:start + block], rate,
-                                             100.0 + start / rate))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            loop.step()
-            state = loop.streams.get("node")
-            if state is not None and state.ring.written == len(audio) \
-                    and state.next_total > state.ring.written:
-                break
-        else:
-            raise AssertionError(f"the loop never caught up; published {published}")
-    finally:
-        push.close(linger=0)
-        loop.close()
-        publisher.close()
-        ctx.term()
-    # One message per 50-ms block queued behind a slow model used to give a frame for every
-    # stale hop (13 here); now each pass drains the queue and publishes the newest window.
+    audio = np.full(seconds * rate, 0.25, np.float32)
+    messages = [encode_audio("node", seq, audio[start:start + block], rate, 100.0 + start / rate)
+                for seq, start in enumerate(range(0, len(audio), block))]   # 80 blocks at once
+
+    def caught_up(loop, published):
+        state = loop.ingress.streams.get("node")
+        return (state is not None and state.ring.written == len(audio)
+                and state.next_total > state.ring.written and len(published) == state.frames)
+
+    loop, published = run_network_loop(pipeline, messages, caught_up)
+    # 80 blocks queued behind a slow model: each batch takes the newest window of the stream;
+    # the stale hops in between are skipped and counted, never queued.
     assert len(published) == loop.frames == slow.windows <= 4
     assert [h["seq"] for h in published] == list(range(len(published)))
     assert published[-1]["position_s"] == seconds          # the newest audio, not a stale hop
-    assert loop.skipped == 13 - len(published)             # every hop published or skipped
+    assert loop.ingress.counters.skipped == 13 - len(published)   # every hop published or skipped
 
 
 def test_network_loop_logs_and_ignores_malformed_audio(export, capsys):
     from runtime.backends import open_translator
-    from runtime.protocol import Publisher, encode_audio
-    from runtime.server import NetworkLoop, Pipeline
+    from runtime.pipeline import Pipeline
+    from runtime.protocol import encode_audio
 
     pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), encoding="raw")
     rate = pipeline.sample_rate
@@ -347,23 +366,10 @@ def test_network_loop_logs_and_ignores_malformed_audio(export, capsys):
                        ("capture_time", "-Infinity"), ("sample_rate", "0")):
         malformed.append([b"audio", (json.dumps(header)[:-1] + f', "{key}": {value}}}').encode(),
                           good[2]])
-    ctx = zmq.Context()
-    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
-    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*")
-    push = ctx.socket(zmq.PUSH)
-    try:
-        push.connect(loop.address)
-        for parts in malformed + [good]:
-            push.send_multipart(parts)
-        deadline = time.monotonic() + 30
-        while loop.frames == 0 and time.monotonic() < deadline:
-            loop.step()
-    finally:
-        push.close(linger=0)
-        loop.close()
-        publisher.close()
-        ctx.term()
-    assert loop.bad_messages == len(malformed) and loop.frames == 1
+    loop, _ = run_network_loop(pipeline, malformed + [good],
+                               lambda loop, published: len(published) == 1)
+    assert loop.ingress.counters.bad_messages == len(malformed) and loop.frames == 1
     err = capsys.readouterr().err
-    assert err.count("ignoring a bad audio message") == 5 and "Traceback" not in err
+    assert "Traceback" not in err
     assert "should be a JSON object" in err and "'seq' should be a finite number" in err
+    assert "'sample_rate' should be an integer in [8000, 192000]" in err

@@ -1,0 +1,306 @@
+"""Where due windows come from: capture nodes over PULL, or one local ring buffer.
+
+``NetworkIngress`` owns the PULL socket (used only by its own thread, ``run``): it decodes and
+validates each audio message (``runtime.protocol.decode_audio``), resamples it into its
+stream's ring and marks the stream due when its next hop has arrived. ``RingIngress`` does
+the same for one ring fed by a local source (``s2i-stream``). Both hand out due windows with
+``take(max_batch, max_wait_s, stop)``: the newest window of each due stream, read when the
+batch is formed, so a stream that fell behind skips its stale hops (counted) instead of
+queueing them.
+
+Everything per stream is bounded: at most ``max_streams`` streams (a newcomer past that is
+refused, logged and counted), each with a fixed ring; an idle stream is forgotten after
+``idle_expiry_s`` and its memory returned (``runtime.memory``).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+
+from runtime import memory
+from runtime.audio_io import StreamResampler
+from runtime.cli import RateLimitedLog, log
+from runtime.errors import S2IError
+from runtime.pipeline import Window
+from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio
+from runtime.ring import AudioRing
+
+DEFAULT_MAX_STREAMS = 1024
+IDLE_EXPIRY_S = 30.0
+TAKEOVER_S = 0.5          # a stream's node silent this long may be replaced by another node
+PULL_RCVHWM = 1000
+MAX_DRAIN = 2000          # messages read per pass, so a flood cannot starve the rest
+POLL_MS = 20
+
+
+@dataclass
+class StreamState:
+    ring: AudioRing
+    resampler: StreamResampler
+    rate: int
+    channels: int
+    node: str
+    next_total: int
+    last_seq: int = -1
+    last_seen: float = field(default_factory=time.monotonic)
+    frames: int = 0           # windows handed out (the stream's next frame seq)
+    skipped: int = 0          # stale hops skipped
+
+
+@dataclass
+class IngressCounters:
+    messages: int = 0
+    bad_messages: int = 0
+    refused_streams: int = 0      # new streams past --max-streams
+    refused_duplicates: int = 0   # messages from a second node claiming a live stream id
+    restarts: int = 0
+    expired: int = 0
+    skipped: int = 0              # stale hops skipped, all streams
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class DueStreams:
+    """The streams whose next window is due, oldest first, shared by the ingress thread
+    (``mark``) and the batching stage (``wait_batch``)."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.due: OrderedDict[str, float] = OrderedDict()    # stream -> when it became due
+
+    def mark(self, sid: str, max_batch_hint: int = 1) -> None:
+        """Call with ``self.cond`` held."""
+        if sid not in self.due:
+            self.due[sid] = time.monotonic()
+            if len(self.due) == 1 or len(self.due) >= max_batch_hint:
+                self.cond.notify_all()
+
+    def wait_batch(self, max_batch: int, max_wait_s: float, stop: threading.Event
+                   ) -> list[tuple[str, float]]:
+        """Up to ``max_batch`` due streams, once ``max_batch`` are due or the oldest has
+        waited ``max_wait_s`` for company; [] when ``stop`` is set. Call with ``cond`` held."""
+        while not stop.is_set():
+            if self.due:
+                oldest = next(iter(self.due.values()))
+                left = oldest + max_wait_s - time.monotonic()
+                if len(self.due) >= max_batch or left <= 0:
+                    break
+                self.cond.wait(min(left, 0.1))
+            else:
+                self.cond.wait(0.1)
+        else:
+            return []
+        picked = []
+        while self.due and len(picked) < max_batch:
+            picked.append(self.due.popitem(last=False))
+        return picked
+
+
+class NetworkIngress:
+    """PULL audio from capture nodes (one ring per stream id); hands out due windows."""
+
+    def __init__(self, ctx: zmq.Context, bind_address: str, sample_rate: int, window: int,
+                 hop: int, max_streams: int = DEFAULT_MAX_STREAMS,
+                 idle_expiry_s: float = IDLE_EXPIRY_S, takeover_s: float = TAKEOVER_S) -> None:
+        if max_streams < 1:
+            raise S2IError(f"--max-streams must be at least 1, got {max_streams}")
+        self.sample_rate, self.window, self.hop = sample_rate, window, hop
+        self.max_streams, self.idle_expiry_s, self.takeover_s = \
+            max_streams, idle_expiry_s, takeover_s
+        self.pull = ctx.socket(zmq.PULL)
+        self.pull.setsockopt(zmq.LINGER, 0)
+        self.pull.setsockopt(zmq.RCVHWM, PULL_RCVHWM)
+        # A peer sending a part larger than any valid message is disconnected by libzmq.
+        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_AUDIO_PAYLOAD_BYTES + 4096)
+        bind(self.pull, bind_address, "audio input (PULL)")
+        self.address = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
+        self.streams: dict[str, StreamState] = {}
+        self.scheduler = DueStreams()
+        self.counters = IngressCounters()
+        self.max_batch_hint = 1
+        self.say = RateLimitedLog()
+        self._told_duplicates: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._next_expiry = time.monotonic() + 1.0
+        memory.pin_mmap_threshold()
+
+    # --- the ingress thread ------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        """Read, validate and file audio until ``stop``; closes the PULL socket at the end."""
+        try:
+            while not stop.is_set():
+                if self.pull.poll(POLL_MS, zmq.POLLIN):
+                    self.drain()
+                if time.monotonic() >= self._next_expiry:
+                    self.expire_idle()
+                    self._next_expiry = time.monotonic() + 1.0
+        finally:
+            self.pull.close(linger=0)
+
+    def drain(self, limit: int = MAX_DRAIN) -> int:
+        """Handle every pending message (at most ``limit``) without blocking."""
+        count = 0
+        while count < limit:
+            try:
+                parts = self.pull.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            self.handle(parts)
+            count += 1
+        return count
+
+    def handle(self, parts: list[bytes]) -> str | None:
+        """File one audio message into its stream's ring; returns the stream id, or None for
+        a message that was refused (logged, rate-limited, and counted)."""
+        self.counters.messages += 1
+        try:
+            header, samples = decode_audio(parts)
+        except S2IError as exc:
+            self.counters.bad_messages += 1
+            # One line per kind of fault (its text without numbers), rate-limited.
+            self.say("bad:" + re.sub(r"[0-9]+", "#", str(exc))[:60],
+                     f"ignoring a bad audio message: {exc}")
+            return None
+        state = self._state(header)
+        if state is None:
+            return None
+        mono = state.resampler.process(np.nan_to_num(samples, nan=0.0, posinf=1.0,
+                                                     neginf=-1.0))
+        sid = header["stream"]
+        with self.scheduler.cond:
+            if self.streams.get(sid) is not state:
+                return None     # expired meanwhile (cannot happen: same thread), be safe
+            state.ring.write(mono, header["capture_time"])
+            if state.ring.written >= state.next_total:
+                self.scheduler.mark(sid, self.max_batch_hint)
+        return sid
+
+    def _state(self, header: dict[str, Any]) -> StreamState | None:
+        sid, node, seq = header["stream"], header["node"], header["seq"]
+        rate, channels = header["sample_rate"], header["channels"]
+        now = time.monotonic()
+        state = self.streams.get(sid)
+        if state is not None and node != state.node:
+            if now - state.last_seen < self.takeover_s:
+                self._refuse_duplicate(sid, node, state.node)
+                return None
+            log(f"{sid}: now sent by node {node} (node {state.node} went silent)")
+        elif state is not None and (rate != state.rate or channels != state.channels
+                                    or seq <= state.last_seq):
+            self.counters.restarts += 1
+            self.say(f"restart:{sid}", f"{sid}: capture node restarted or changed format; "
+                                       "resetting its buffer")
+        elif state is not None:
+            state.last_seq, state.last_seen = seq, now
+            return state
+        elif len(self.streams) >= self.max_streams:
+            self.counters.refused_streams += 1
+            self.say("max-streams", f"refusing new stream {sid!r}: --max-streams "
+                                    f"{self.max_streams} streams are live "
+                                    f"({self.counters.refused_streams} refused so far)")
+            return None
+        fresh = StreamState(AudioRing(2 * self.window),
+                            StreamResampler(rate, self.sample_rate, channels),
+                            rate, channels, node, self.window, seq, now)
+        with self.scheduler.cond:
+            if state is not None:
+                fresh.frames = state.frames         # seq keeps rising for subscribers
+                self.scheduler.due.pop(sid, None)
+            self.streams[sid] = fresh
+        return fresh
+
+    def _refuse_duplicate(self, sid: str, node: str, owner: str) -> None:
+        self.counters.refused_duplicates += 1
+        key = (sid, node)
+        if key in self._told_duplicates:
+            return
+        self._told_duplicates[key] = None
+        while len(self._told_duplicates) > 1024:
+            self._told_duplicates.popitem(last=False)
+        log(f"refusing audio for stream {sid!r} from node {node}: node {owner} is already "
+            "sending that stream id (give each capture node its own --stream-id)")
+
+    def expire_idle(self) -> int:
+        """Forget streams silent for ``idle_expiry_s``; returns how many."""
+        now = time.monotonic()
+        with self.scheduler.cond:
+            gone = [s for s, st in self.streams.items()
+                    if now - st.last_seen > self.idle_expiry_s]
+            for sid in gone:
+                del self.streams[sid]
+                self.scheduler.due.pop(sid, None)
+        if gone:
+            self.counters.expired += len(gone)
+            memory.trim()
+        return len(gone)
+
+    # --- the batching stage -------------------------------------------------------------------
+
+    def take(self, max_batch: int, max_wait_s: float, stop: threading.Event) -> list[Window]:
+        """The newest window of up to ``max_batch`` due streams (waits for them)."""
+        self.max_batch_hint = max_batch
+        with self.scheduler.cond:
+            picked = self.scheduler.wait_batch(max_batch, max_wait_s, stop)
+            windows = []
+            for sid, due_time in picked:
+                state = self.streams.get(sid)
+                if state is not None:
+                    window = self._window(sid, state, due_time)
+                    if window is not None:
+                        windows.append(window)
+            return windows
+
+    def _window(self, sid: str, state: StreamState, due_time: float) -> Window | None:
+        latest = state.ring.latest(self.window)
+        if latest is None:
+            return None
+        audio, capture_time, written = latest
+        state.next_total += self.hop
+        while state.next_total <= written:      # late: skip stale hops, keep the newest
+            state.next_total += self.hop
+            state.skipped += 1
+            self.counters.skipped += 1
+        window = Window(sid, audio, capture_time, written / self.sample_rate, state.frames,
+                        due_time)
+        state.frames += 1
+        return window
+
+
+class RingIngress:
+    """One local ring (``s2i-stream``'s source) as a stream of due windows."""
+
+    def __init__(self, ring: AudioRing, stream_id: str, sample_rate: int, window: int,
+                 hop: int, finished: threading.Event | None = None) -> None:
+        self.ring, self.stream_id, self.finished = ring, stream_id, finished
+        self.sample_rate, self.window, self.hop = sample_rate, window, hop
+        self.next_total, self.frames, self.skipped = window, 0, 0
+        self.done = threading.Event()      # the source ended and every window was taken
+
+    def take(self, max_batch: int, max_wait_s: float, stop: threading.Event) -> list[Window]:
+        while not stop.is_set() and not self.done.is_set():
+            if self.ring.wait_for(self.next_total, timeout=0.05):
+                break
+            if self.ring.closed or (self.finished is not None and self.finished.is_set()
+                                    and self.ring.written < self.next_total):
+                self.done.set()
+        else:
+            return []
+        due_time = time.monotonic()
+        audio, capture_time, written = self.ring.latest(self.window)  # type: ignore[misc]
+        self.next_total += self.hop
+        while self.next_total <= written:
+            self.next_total += self.hop
+            self.skipped += 1
+        window = Window(self.stream_id, audio, capture_time, written / self.sample_rate,
+                        self.frames, due_time)
+        self.frames += 1
+        return [window]

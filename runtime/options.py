@@ -1,0 +1,78 @@
+"""Command-line options shared by ``s2i-stream`` and ``s2i-serve``: the model, publishing and
+batching, and opening the ``Pipeline`` they describe."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from runtime.errors import S2IError
+from runtime.pipeline import Pipeline
+from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
+
+DEFAULT_EXPORT = "runs/demo/export"
+# (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
+BATCHING_DEFAULTS = {"cpu": (64, 10.0), "gpu": (512, 5.0)}
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
+
+
+def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("model and publishing")
+    g.add_argument("--export", default=DEFAULT_EXPORT,
+                   help=f"export folder (default: {DEFAULT_EXPORT})")
+    g.add_argument("--backend", default="auto",
+                   help="auto | tensorrt | onnxruntime-cuda | onnxruntime-cpu (default: auto)")
+    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    g.add_argument("--hop", type=float, default=1.0,
+                   help="seconds between windows (1-s window; down to 0.25 or less)")
+    g.add_argument("--samples", type=int, default=1,
+                   help="K images per window, each with fresh dropout masks (default: 1)")
+    g.add_argument("--uncertainty", action="store_true",
+                   help="also send the per-pixel std across the K samples")
+    g.add_argument("--encoding", default="png", choices=ENCODINGS)
+    g.add_argument("--seed", type=int, default=None, help="seed for the dropout masks")
+    g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    g.add_argument("--pub", default="tcp://*:5556", help="PUB address to bind")
+    g.add_argument("--topic", default=DEFAULT_TOPIC)
+    g.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
+                   help="start only once N subscriptions have arrived (no frame is missed)")
+
+
+def add_batching_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("batching across streams")
+    cpu, gpu = BATCHING_DEFAULTS["cpu"], BATCHING_DEFAULTS["gpu"]
+    g.add_argument("--max-batch", type=int, default=None, metavar="B",
+                   help=f"most windows in one model call (default: {cpu[0]} on CPU, "
+                        f"{gpu[0]} on GPU backends)")
+    g.add_argument("--max-wait-ms", type=float, default=None, metavar="MS",
+                   help=f"how long a due window may wait for company (default: {cpu[1]:g} ms "
+                        f"on CPU, {gpu[1]:g} ms on GPU backends)")
+    g.add_argument("--encode-threads", type=int, default=2, metavar="N",
+                   help="threads encoding PNG payloads (default: 2)")
+
+
+def batching(args: argparse.Namespace, backend: str) -> tuple[int, float]:
+    """(max batch, max wait in seconds) from the options or the backend's defaults."""
+    default_batch, default_wait = BATCHING_DEFAULTS["gpu" if backend in GPU_BACKENDS else "cpu"]
+    max_batch = default_batch if args.max_batch is None else args.max_batch
+    wait_ms = default_wait if args.max_wait_ms is None else args.max_wait_ms
+    if max_batch < 1:
+        raise S2IError(f"--max-batch must be at least 1, got {max_batch}")
+    if not 0 <= wait_ms <= 1000:
+        raise S2IError(f"--max-wait-ms must be between 0 and 1000, got {wait_ms:g}")
+    if args.encode_threads < 1:
+        raise S2IError(f"--encode-threads must be at least 1, got {args.encode_threads}")
+    return max_batch, wait_ms / 1000
+
+
+def open_translator_from_args(args: argparse.Namespace) -> Any:
+    from runtime.backends import open_translator  # onnxruntime/TensorRT; never torch
+
+    return open_translator(args.export, backend=args.backend, precision=args.precision,
+                           threads=args.threads)
+
+
+def open_pipeline(args: argparse.Namespace) -> Pipeline:
+    return Pipeline(open_translator_from_args(args), samples=args.samples,
+                    hop_seconds=args.hop, uncertainty=args.uncertainty,
+                    encoding=args.encoding, seed=args.seed, topic=args.topic)

@@ -1,0 +1,223 @@
+"""The batched model step: windows from any streams -> features -> encoder -> K images each.
+
+``Pipeline.process_batch(windows)`` runs B windows (of one or many streams) through ONE
+encoder call on ``[B, 1, 128, 100]`` and ONE generator call on ``[B*K, D]`` with fresh masks
+per sample, and splits the results back into one ``Result`` per window (its own stream id,
+seq and position). The translator is only used through ``.manifest``, ``.dropout``,
+``.encode`` and ``.generate`` (``runtime.backends.Translator``), so a remote translator with
+the same interface drops in. ``process_window`` and ``message`` are the one-window library
+form (a batch of one).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import S2IError
+from runtime.frontend import FrontEndConfig, log_mel_batch
+from runtime.masks import draw_masks
+from runtime.protocol import (
+    DEFAULT_TOPIC,
+    ENCODINGS,
+    PROTOCOL_VERSION,
+    encode_frame,
+    images_to_uint8,
+    uncertainty_map,
+)
+
+MIN_HOP_SECONDS = 0.05
+
+
+@dataclass
+class Window:
+    """One due 1-s window of one stream."""
+
+    stream: str
+    audio: np.ndarray                 # [n_samples] float32 mono at the model rate
+    capture_time: float               # unix time of its last sample
+    position_s: float | None = None   # where it ends in its stream
+    seq: int | None = None            # the stream's frame number (None: the pipeline counts)
+    due_time: float = field(default_factory=time.monotonic)   # when it became due
+
+
+@dataclass
+class Result:
+    """The model's output for one window, ready to encode and publish."""
+
+    header: dict[str, Any]
+    images: np.ndarray                # [K, H, W, 3] uint8
+    uncertainty: np.ndarray | None    # [H, W] uint8
+
+
+@dataclass
+class Batch:
+    """Windows travelling through the stages together, with their features once computed."""
+
+    windows: list[Window]
+    features: np.ndarray | None = None
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Pipeline:
+    """One translator plus the per-window work: features, encoder, K generator samples."""
+
+    def __init__(self, translator: Any, samples: int = 1, hop_seconds: float = 1.0,
+                 uncertainty: bool = False, encoding: str = "png", seed: int | None = None,
+                 topic: str = DEFAULT_TOPIC) -> None:
+        manifest = translator.manifest
+        self.translator = translator
+        self.front_end = FrontEndConfig.from_dict(manifest["front_end"])
+        self.dropout = getattr(translator, "dropout", None) or manifest["dropout"]
+        self.samples, self.uncertainty, self.encoding = int(samples), uncertainty, encoding
+        self.topic = topic
+        if self.samples < 1:
+            raise S2IError(f"--samples must be at least 1, got {samples}")
+        if encoding not in ENCODINGS:
+            raise S2IError(f"--encoding must be one of {ENCODINGS}, got {encoding!r}")
+        if uncertainty and self.samples < 2:
+            raise S2IError("--uncertainty needs --samples 2 or more (std across samples)")
+        window = self.front_end.window_seconds
+        if not MIN_HOP_SECONDS <= hop_seconds <= window:
+            raise S2IError(f"--hop must be between {MIN_HOP_SECONDS} and the window "
+                           f"({window:g} s), got {hop_seconds}")
+        self.hop_seconds = float(hop_seconds)
+        self.window = self.front_end.n_samples
+        self.hop = int(round(hop_seconds * self.front_end.sample_rate))
+        self._check_encoder_input(manifest)
+        self.rng = np.random.default_rng(seed)
+        self._seq: dict[str, int] = {}     # library use only; servers number their streams
+        self.frames = 0
+
+    def _check_encoder_input(self, manifest: dict[str, Any]) -> None:
+        inputs = manifest.get("models", {}).get("encoder", {}).get("inputs") or []
+        if inputs:
+            shape = list(inputs[0].get("shape", []))[1:]
+            want = [1, self.front_end.n_mels, self.front_end.n_frames]
+            if shape and shape != want:
+                raise S2IError(f"export's encoder expects input {shape} but its front end "
+                               f"gives {want}; the manifest does not match the model")
+
+    @property
+    def sample_rate(self) -> int:
+        return self.front_end.sample_rate
+
+    @property
+    def backend(self) -> str:
+        return str(getattr(self.translator, "backend", "?"))
+
+    def info(self) -> dict[str, Any]:
+        """What the hello message tells subscribers about this stream."""
+        manifest = self.translator.manifest
+        return {"backend": self.backend,
+                "classes": manifest.get("classes", []), "samples": self.samples,
+                "window_s": self.front_end.window_seconds, "hop_s": self.hop_seconds,
+                "sample_rate": self.sample_rate, "encoding": self.encoding,
+                "uncertainty": self.uncertainty}
+
+    # --- the stages' work -------------------------------------------------------------------
+
+    def features(self, batch: Batch) -> Batch:
+        """Log-mel of every window at once (vectorised over the batch) -> ``[B,1,128,100]``."""
+        start = time.perf_counter()
+        audio = np.stack([w.audio for w in batch.windows]).astype(np.float32, copy=False)
+        # Silence and clipping are valid input; a broken source's NaN/inf must not stop us.
+        np.nan_to_num(audio, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+        batch.features = log_mel_batch(audio, self.front_end)[:, None]
+        batch.timings_ms["features"] = _ms(start)
+        return batch
+
+    def draw_masks(self, rows: int) -> list[np.ndarray]:
+        """Fresh MC-dropout masks for ``rows`` generator rows (one draw per layer)."""
+        return draw_masks(self.dropout, rows, self.rng)
+
+    def infer(self, batch: Batch, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
+        """One encoder call on ``[B,1,128,100]``, one generator call on ``[B*K, D]``;
+        returns ``[B*K, 3, H, W]`` in [-1, 1] (window-major: rows b*K .. b*K+K-1)."""
+        if batch.features is None:
+            self.features(batch)
+        start = time.perf_counter()
+        z = np.asarray(self.translator.encode(batch.features), np.float32)     # [B, D]
+        mid = time.perf_counter()
+        if self.samples > 1:
+            z = np.repeat(z, self.samples, axis=0)
+        if masks is None:
+            masks = self.draw_masks(z.shape[0])
+        out = np.asarray(self.translator.generate(z, masks))                  # [B*K, 3, H, W]
+        batch.timings_ms["encoder"] = round((mid - start) * 1000, 3)
+        batch.timings_ms["generator"] = _ms(mid)
+        return out
+
+    def split(self, batch: Batch, out: np.ndarray) -> list[Result]:
+        """The batch's output back into one ``Result`` per window, each with its own stream,
+        seq and position (images to uint8 in one vectorised step)."""
+        k = self.samples
+        images = images_to_uint8(out)                                  # [B*K, H, W, 3]
+        results = []
+        for i, window in enumerate(batch.windows):
+            rows = out[i * k:(i + 1) * k]
+            unc = uncertainty_map(rows) if self.uncertainty else None
+            results.append(Result(self._header(window, batch), images[i * k:(i + 1) * k], unc))
+        return results
+
+    def process_batch(self, windows: Sequence[Window],
+                      masks: Sequence[np.ndarray] | None = None) -> list[Result]:
+        """Features, encoder and generator of B windows in one call each; one Result per
+        window. ``masks`` (one ``[B*K, C_i]`` array per dropout layer) replaces the fresh
+        draw (tests compare a mixed batch with single windows under the same masks)."""
+        if not windows:
+            return []
+        batch = self.features(Batch(list(windows)))
+        return self.split(batch, self.infer(batch, masks))
+
+    def _header(self, window: Window, batch: Batch) -> dict[str, Any]:
+        seq = window.seq
+        if seq is None:
+            seq = self._seq.get(window.stream, 0)
+            self._seq[window.stream] = seq + 1
+        audio = window.audio
+        return {
+            "protocol": PROTOCOL_VERSION, "stream": window.stream, "seq": int(seq),
+            "capture_time": float(window.capture_time), "position_s": window.position_s,
+            "window_s": self.front_end.window_seconds, "hop_s": self.hop_seconds,
+            "sample_rate": self.sample_rate, "backend": self.backend,
+            "batch": len(batch.windows),
+            "rms": _finite(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))),
+            "peak": _finite(np.abs(audio).max()),
+            "timings_ms": {key: batch.timings_ms.get(key, 0.0)
+                           for key in ("features", "encoder", "generator")},
+        }
+
+    def encode(self, result: Result) -> list[bytes]:
+        """The multipart PUB message of one result (PNG or raw payloads)."""
+        return encode_frame(self.topic, result.header, result.images, result.uncertainty,
+                            self.encoding)
+
+    # --- one window (library form, a batch of one) ------------------------------------------
+
+    def process_window(self, audio: np.ndarray, capture_time: float, stream_id: str = "main",
+                       position_s: float | None = None
+                       ) -> tuple[dict[str, Any], np.ndarray, np.ndarray | None]:
+        """One 1-s window -> (header, K images uint8 [K,H,W,3], uncertainty [H,W] or None)."""
+        window = Window(stream_id, np.asarray(audio, np.float32), capture_time, position_s)
+        result = self.process_batch([window])[0]
+        return result.header, result.images, result.uncertainty
+
+    def message(self, audio: np.ndarray, capture_time: float, stream_id: str = "main",
+                position_s: float | None = None) -> list[bytes]:
+        window = Window(stream_id, np.asarray(audio, np.float32), capture_time, position_s)
+        self.frames += 1
+        return self.encode(self.process_batch([window])[0])
+
+
+def _ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 3)
+
+
+def _finite(value: Any) -> float:
+    number = float(value)
+    return number if np.isfinite(number) else 0.0

@@ -1,0 +1,264 @@
+"""The pipelined stages of the server and of ``s2i-stream``, joined by bounded queues.
+
+    source.take()  --[batch]-->  features  --q(1)-->  model  --q(2)-->  encode + publish
+    (due windows)                (log-mel,            (one encoder      (PNG in a small
+                                  vectorised)          + one generator   thread pool, then
+                                                       call per batch)   PUB in order)
+
+Each stage is a thread: the heavy work (NumPy FFTs, ONNX Runtime / TensorRT calls, zlib)
+releases the GIL. The queues hold at most one or two batches, so nothing queues without
+limit: while the model is busy, due streams gather in the source and form the next, larger
+batch (dynamic batching); a stream that falls behind has its stale hops skipped in the
+source. ``--max-batch`` caps a batch; ``--max-wait-ms`` is how long a due window may wait for
+company before its batch starts anyway.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from runtime.cli import RateLimitedLog, log
+from runtime.errors import first_line
+from runtime.pipeline import Batch, Pipeline, Result, Window
+from runtime.protocol import Publisher
+
+END = None                # sent down the queues when the source has ended
+STATUS_EVERY_S = 10.0
+
+
+class WindowSource(Protocol):
+    def take(self, max_batch: int, max_wait_s: float, stop: threading.Event
+             ) -> list[Window]: ...
+
+
+@dataclass
+class StageCounters:
+    batches: int = 0
+    frames: int = 0
+    failed_batches: int = 0
+    batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
+    busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
+        ("features", "model", "publish"), 0.0))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"batches": self.batches, "frames": self.frames,
+                "failed_batches": self.failed_batches,
+                "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
+                "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
+
+
+class Stages:
+    """Runs ``source`` -> features -> model -> encode + publish until ``stop`` or the
+    source's end. ``publisher`` is used only by the publishing thread once started."""
+
+    def __init__(self, pipeline: Pipeline, source: WindowSource, publisher: Publisher,
+                 max_batch: int = 1, max_wait_s: float = 0.0, encode_threads: int = 2,
+                 on_published: Callable[[Result], None] | None = None) -> None:
+        self.pipeline, self.source, self.publisher = pipeline, source, publisher
+        self.max_batch, self.max_wait_s = max(1, int(max_batch)), max(0.0, float(max_wait_s))
+        self.encode_threads = max(1, int(encode_threads))
+        self.on_published = on_published
+        self.counters = StageCounters()
+        self.say = RateLimitedLog()
+        self.features_q: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        self.publish_q: queue.Queue[list[Result] | None] = queue.Queue(maxsize=2)
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+        self.finished = threading.Event()    # the publisher has sent everything it will send
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def start(self, stop: threading.Event) -> None:
+        self.stop = stop
+        for name, target in (("features", self._features), ("model", self._model),
+                             ("publish", self._publish)):
+            thread = threading.Thread(target=self._guard, args=(target,), name=f"s2i-{name}",
+                                      daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    def _guard(self, target: Callable[[], None]) -> None:
+        try:
+            target()
+        except BaseException as exc:  # noqa: BLE001 - re-raised by wait() in the main thread
+            self.errors.append(exc)
+            self.stop.set()
+        finally:
+            if threading.current_thread().name == "s2i-publish":
+                self.finished.set()
+
+    def wait(self, stop: threading.Event, tick_s: float = 0.2,
+             on_tick: Callable[[], None] | None = None) -> None:
+        """Block until ``stop`` or the end of the source; raises a stage's error."""
+        while not stop.wait(tick_s) and not self.finished.is_set():
+            if on_tick is not None:
+                on_tick()
+        if self.errors:
+            raise self.errors[0]
+
+    def join(self, timeout_s: float = 0.8) -> bool:
+        """Wait for the stage threads (they see ``stop`` within ~0.1 s unless inside a model
+        call); True if all ended."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+    def _put(self, q: queue.Queue[Any], item: Any) -> bool:
+        """Blocking put that gives up when ``stop`` is set (a bounded queue's back-pressure)."""
+        while not self.stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _get(self, q: queue.Queue[Any]) -> tuple[bool, Any]:
+        while not self.stop.is_set():
+            try:
+                return True, q.get(timeout=0.1)
+            except queue.Empty:
+                if threading.current_thread().name == "s2i-publish":
+                    self.publisher.poll_subscriptions()
+        return False, None
+
+    # --- the stages -----------------------------------------------------------------------
+
+    def _features(self) -> None:
+        while not self.stop.is_set():
+            windows = self.source.take(self.max_batch, self.max_wait_s, self.stop)
+            if not windows:
+                if getattr(self.source, "done", None) is not None and self.source.done.is_set():
+                    self._put(self.features_q, END)
+                    return
+                continue
+            start = time.perf_counter()
+            batch = self.pipeline.features(Batch(windows))
+            self.counters.busy_s["features"] += time.perf_counter() - start
+            if not self._put(self.features_q, batch):
+                return
+
+    def _model(self) -> None:
+        while True:
+            ok, batch = self._get(self.features_q)
+            if not ok:
+                return
+            if batch is END:
+                self._put(self.publish_q, END)
+                return
+            start = time.perf_counter()
+            try:
+                results = self.pipeline.split(batch, self.pipeline.infer(batch))
+            except Exception as exc:  # noqa: BLE001 - one failed batch costs only itself
+                self.counters.failed_batches += 1
+                self.say("model", f"a batch of {len(batch.windows)} window(s) failed in the "
+                                  f"model: {first_line(exc, with_type=True)}")
+                continue
+            finally:
+                self.counters.busy_s["model"] += time.perf_counter() - start
+            self.counters.batches += 1
+            self.counters.batch_sizes[len(batch.windows)] += 1
+            if not self._put(self.publish_q, results):
+                return
+
+    def _publish(self) -> None:
+        pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="s2i-encode") \
+            if self.encode_threads > 1 and self.pipeline.encoding == "png" else None
+        try:
+            while True:
+                ok, results = self._get(self.publish_q)
+                if not ok or results is END:
+                    return
+                start = time.perf_counter()
+                if pool is not None and len(results) > 1:
+                    messages = list(pool.map(self.pipeline.encode, results))
+                else:
+                    messages = [self.pipeline.encode(r) for r in results]
+                for result, parts in zip(results, messages, strict=True):
+                    self.publisher.publish(parts)
+                    self.counters.frames += 1
+                    if self.on_published is not None:
+                        self.on_published(result)
+                self.counters.busy_s["publish"] += time.perf_counter() - start
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StatusLine:
+    """A one-line summary on stderr every ``every_s`` seconds while frames flow."""
+
+    def __init__(self, every_s: float = STATUS_EVERY_S) -> None:
+        self.every_s, self.last = every_s, None
+        self._next = time.monotonic() + every_s
+
+    def update(self, result: Result) -> None:
+        self.last = result.header
+        if time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.every_s
+        h = result.header
+        t = h.get("timings_ms", {})
+        log(f"last frame: seq {h.get('seq')} of {h.get('stream')} in a batch of "
+            f"{h.get('batch', 1)}, " + ", ".join(f"{k} {v:.1f} ms" for k, v in t.items())
+            + f", capture->model done "
+            f"{1000 * (time.time() - h['capture_time']):.0f} ms, peak {h.get('peak', 0):.2f}")
+
+
+def run_stages(pipeline: Pipeline, source: WindowSource, publisher: Publisher,
+               stop: threading.Event, max_batch: int = 1, max_wait_s: float = 0.0,
+               encode_threads: int = 1) -> Stages:
+    """Run the stages in threads until ``stop`` or the source's end; returns them (for their
+    counters). The calling thread only waits."""
+    status = StatusLine()
+    stages = Stages(pipeline, source, publisher, max_batch, max_wait_s, encode_threads,
+                    on_published=status.update)
+    local_stop = threading.Event()
+    stages.start(local_stop)
+    try:
+        stages.wait(stop)
+    finally:
+        local_stop.set()
+        stages.join(5.0)
+    return stages
+
+
+# --- the single-stream drivers (s2i-stream, benchmarks) --------------------------------------
+
+def run_ring(pipeline: Pipeline, publisher: Publisher, ring: Any, stop: threading.Event,
+             stream_id: str = "main", finished: threading.Event | None = None) -> int:
+    """Every hop, the newest window of a live ring, through the same stages as the server
+    (a batch of one stream); skips ahead (never queues) when late. Returns frames published."""
+    from runtime.ingress import RingIngress
+
+    source = RingIngress(ring, stream_id, pipeline.sample_rate, pipeline.window, pipeline.hop,
+                         finished)
+    stages = run_stages(pipeline, source, publisher, stop)
+    if source.skipped:
+        log(f"{stream_id}: skipped {source.skipped} late hops (the model is slower than the hop)")
+    return stages.counters.frames
+
+
+def run_file(pipeline: Pipeline, publisher: Publisher, path: str, stop: threading.Event,
+             stream_id: str = "main") -> int:
+    """Every window of a file, as fast as the model allows; returns the frames published."""
+    from runtime.sources import file_windows
+
+    count = 0
+    for window, end in file_windows(path, pipeline.sample_rate, pipeline.window, pipeline.hop):
+        if stop.is_set():
+            break
+        # A file's window is "captured" when it has been decoded; position_s says where.
+        result = pipeline.process_batch([Window(stream_id, window, time.time(),
+                                                end / pipeline.sample_rate)])[0]
+        publisher.publish(pipeline.encode(result))
+        count += 1
+    return count
