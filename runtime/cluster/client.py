@@ -1,0 +1,260 @@
+"""``ClusterTranslator``: the front's side of the S2I Serve deployment.
+
+It has the interface of ``runtime.backends.Translator`` (``manifest``, ``dropout``,
+``embedding_dim``, ``encode``, ``generate``, ``translate``, ``translate_window``) plus
+``translate_samples`` (B windows, K masks each) which the batched pipeline uses: ONE call per
+batch through a Serve ``DeploymentHandle`` held by a bridge process (runtime.cluster.bridge).
+
+Faults never raise out of the front's loop as anything but ``ClusterUnavailable`` (an
+``S2IError``): the windows of that call are dropped and counted by the caller, and the stream
+goes on. When the bridge or the cluster is lost, the client logs one line, reconnects in the
+background with backoff (1, 2, 4 ... 30 s) and logs again when the cluster is back.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from multiprocessing.connection import Connection
+from typing import Any
+
+import numpy as np
+
+from runtime.cli import log
+from runtime.cluster.wire import check_images, check_info, make_request, parse_cluster
+from runtime.errors import S2IError
+
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """A TCP connect to ``HOST:PORT`` first: an unreachable head is one line in seconds, not
+    a minute of Ray retrying (``auto`` finds a local cluster itself and is not checked)."""
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        if address != "auto":
+            raise S2IError(f"Ray address {address!r}: expected HOST:PORT, ray://HOST:PORT or auto")
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout_s).close()
+    except OSError as exc:
+        raise S2IError(f"cannot reach the Ray cluster at {address}: "
+                       f"{exc.strerror or type(exc).__name__} (is `ray start --head` running "
+                       "there, and is the port open to this machine?)") from None
+
+
+class ClusterUnavailable(S2IError):
+    """The call's windows were not translated (cluster lost, reconnecting, or a replica failed
+    twice); the caller drops them and goes on."""
+
+
+class _Bridge:
+    """One bridge child process and its pipe."""
+
+    def __init__(self, address: str, app: str, call_timeout_s: float) -> None:
+        # A fresh interpreter (not a fork of a process holding zmq/ORT threads, and not a
+        # multiprocessing spawn that re-imports the front's __main__), joined by a socket pair.
+        ours, theirs = socket.socketpair()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runtime.cluster.bridge", str(theirs.fileno()), address, app,
+             str(call_timeout_s)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            # Ray's own C++ warnings (reconnect attempts...) would flood the front's log; the
+            # bridge reports what matters over the pipe. S2I_RAY_DEBUG=1 keeps them.
+            stdout=None if os.environ.get("S2I_RAY_DEBUG") else subprocess.DEVNULL,
+            stderr=None if os.environ.get("S2I_RAY_DEBUG") else subprocess.DEVNULL)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.info: dict[str, Any] | None = None
+        self.started = time.monotonic()
+
+    def poll_ready(self, timeout: float) -> dict[str, Any] | None:
+        """The deployment's info once connected; None while connecting; S2IError on failure."""
+        if self.info is not None:
+            return self.info
+        try:
+            if not self.conn.poll(timeout):
+                if self.process.poll() is not None:
+                    raise S2IError("the Ray bridge process exited while connecting")
+                return None
+            kind, value = self.conn.recv()
+        except (EOFError, OSError) as exc:
+            raise S2IError("the Ray bridge process exited while connecting") from exc
+        if kind != "ready":
+            raise S2IError(str(value))
+        self.info = value
+        return value
+
+    def call(self, method: str, payload: Any, timeout: float) -> tuple[str, Any]:
+        try:
+            self.conn.send((method, payload))
+            if not self.conn.poll(timeout):
+                return "lost", f"no answer from the Ray bridge within {timeout:g} s"
+            return self.conn.recv()
+        except (EOFError, OSError, BrokenPipeError):
+            return "lost", "the Ray bridge process exited (cluster connection lost)"
+
+    def close(self) -> None:
+        try:
+            self.conn.send(None)
+        except (OSError, ValueError):
+            pass
+        try:
+            self.process.wait(5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        self.conn.close()
+
+
+class ClusterTranslator:
+    """A ``Translator`` whose model runs in a Ray Serve deployment."""
+
+    def __init__(self, address: str, app: str, call_timeout_s: float = 30.0,
+                 connect_timeout_s: float = 60.0) -> None:
+        self.address, self.app = address, app
+        self.call_timeout_s = float(call_timeout_s)
+        self.where = f"Ray cluster {address} application '{app}'"
+        check_reachable(address)
+        self._bridge: _Bridge | None = _Bridge(address, app, self.call_timeout_s)
+        deadline = time.monotonic() + connect_timeout_s
+        try:
+            info = None
+            while info is None:
+                if time.monotonic() > deadline:
+                    raise S2IError(f"cannot reach the Ray cluster at {address} within "
+                                   f"{connect_timeout_s:g} s")
+                info = self._bridge.poll_ready(0.2)
+            info = check_info(info, self.where)
+        except BaseException:
+            self._bridge.close()
+            raise
+        self.info = info
+        self.manifest: dict[str, Any] = info["manifest"]
+        self.dropout: list[dict[str, Any]] = list(self.manifest["dropout"])
+        self.embedding_dim = int(self.manifest["embedding_dim"])
+        self.precision = str(info.get("precision", "fp32"))
+        self.backend = f"ray:{app}/{info.get('backend', '?')}"
+        self.calls = self.dropped_calls = self.reconnects = 0
+        self._failures = 0
+        self._retry_at = 0.0
+
+    def __repr__(self) -> str:
+        return f"ClusterTranslator({self.address}/{self.app}, backend={self.backend!r})"
+
+    # --- the connection ------------------------------------------------------------------
+
+    def _lost(self, why: str) -> ClusterUnavailable:
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None
+        delay = BACKOFF_S[min(self._failures, len(BACKOFF_S) - 1)]
+        self._failures += 1
+        self._retry_at = time.monotonic() + delay
+        log(f"cluster {self.address}/{self.app} lost ({why}); windows are dropped until it "
+            f"is back; reconnecting in {delay:g} s")
+        return ClusterUnavailable(f"cluster {self.address}/{self.app} unavailable: {why}")
+
+    def _ready_bridge(self) -> _Bridge:
+        """The connected bridge, or ClusterUnavailable while (re)connecting in the background."""
+        if self._bridge is None:
+            if time.monotonic() < self._retry_at:
+                raise ClusterUnavailable(f"cluster {self.address}/{self.app} unavailable; "
+                                         "reconnecting")
+            try:
+                check_reachable(self.address, timeout_s=0.5)
+            except S2IError as exc:
+                raise self._lost(str(exc)) from None
+            self._bridge = _Bridge(self.address, self.app, self.call_timeout_s)
+        bridge = self._bridge
+        try:
+            info = bridge.poll_ready(0)
+        except S2IError as exc:
+            raise self._lost(str(exc)) from None
+        if info is None:
+            if time.monotonic() - bridge.started > 120:
+                raise self._lost("connecting took over 120 s")
+            raise ClusterUnavailable(f"cluster {self.address}/{self.app}: reconnecting")
+        if bridge.info is not self.info:
+            try:
+                check_info(info, self.where)
+            except S2IError as exc:
+                raise self._lost(str(exc)) from None
+            if info["manifest"] != self.manifest:
+                raise self._lost("the application now serves a different export; restart "
+                                 "this front")
+            self.info = info
+            self.reconnects += 1
+            self._failures = 0
+            log(f"cluster {self.address}/{self.app} is back (replica {info.get('replica')}); "
+                "streams resume")
+        return bridge
+
+    def _call(self, method: str, payload: Any) -> Any:
+        bridge = self._ready_bridge()
+        self.calls += 1
+        kind, value = bridge.call(method, payload, self.call_timeout_s + 15)
+        if kind == "ok":
+            return value
+        if kind == "lost":
+            raise self._lost(str(value))
+        if kind == "dropped":
+            self.dropped_calls += 1
+            raise ClusterUnavailable(f"cluster call dropped: {value}")
+        raise S2IError(f"{self.where} rejected the request: {value}")
+
+    def close(self) -> None:
+        if self._bridge is not None:
+            self._bridge.close()
+            self._bridge = None
+
+    def __enter__(self) -> ClusterTranslator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- the Translator interface ----------------------------------------------------------
+
+    def translate_samples(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray],
+                          samples: int) -> np.ndarray:
+        """B windows ``[B,1,128,100]`` and masks ``[B*K, C_i]`` -> images ``[B*K,3,96,96]``
+        (window-major), in one call."""
+        request = make_request(spectrogram, masks, samples)
+        rows = request["spectrogram"].shape[0] * int(samples)
+        return check_images(self._call("translate", request), rows)
+
+    def translate(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+        return self.translate_samples(spectrogram, masks, 1)
+
+    def translate_window(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        samples = masks[0].shape[0] if masks and isinstance(masks[0], np.ndarray) else 0
+        if samples < 1 or np.shape(spectrogram)[0] != 1:
+            raise S2IError("translate_window() takes one window and [K, C_i] masks")
+        images = self.translate_samples(spectrogram, masks, samples)
+        return images, images.mean(0, keepdims=True), images.std(0, keepdims=True)
+
+    def encode(self, spectrogram: np.ndarray) -> np.ndarray:
+        """Embeddings computed remotely (a call of its own: prefer ``translate_samples``)."""
+        z = self._call("encode", make_request(spectrogram, [], 1)["spectrogram"])
+        if not isinstance(z, np.ndarray) or z.shape != (len(spectrogram), self.embedding_dim):
+            raise S2IError(f"{self.where} sent embeddings of the wrong shape")
+        return z
+
+    def generate(self, embedding: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
+        """Images from embeddings computed remotely (a call of its own)."""
+        request = {"embedding": np.ascontiguousarray(embedding, dtype=np.float32),
+                   "masks": [np.ascontiguousarray(m, dtype=np.float32) for m in masks]}
+        return check_images(self._call("generate", request), len(embedding))
+
+
+def open_cluster_translator(cluster: str, call_timeout_s: float = 30.0,
+                            connect_timeout_s: float = 60.0) -> ClusterTranslator:
+    """``--cluster ADDRESS[/APP]`` -> a connected ClusterTranslator (one-line S2IError if the
+    cluster or the application cannot be reached)."""
+    address, app = parse_cluster(cluster)
+    return ClusterTranslator(address, app, call_timeout_s, connect_timeout_s)

@@ -1,0 +1,148 @@
+"""The translator as a Ray Serve deployment on a real two-node Ray cluster on this machine:
+parity with the local backend (input-sensitive model, same masks), batching across fronts,
+bad requests, a stream through ``s2i-serve --cluster``, a replica killed mid-stream, the
+cluster lost and back, an unreachable cluster. One cluster (head + a worker node whose
+``s2i_worker`` resource holds both replicas) is shared by the module."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip install 's2i[cluster]')")
+serve = pytest.importorskip("ray.serve",
+                            reason="ray[serve] is not installed (pip install 's2i[cluster]')")
+
+from runtime.backends import open_translator  # noqa: E402
+from runtime.cluster import open_cluster_translator  # noqa: E402
+from runtime.errors import S2IError  # noqa: E402
+from runtime.frontend import FrontEndConfig, log_mel  # noqa: E402
+from runtime.masks import draw_masks  # noqa: E402
+
+APP = "s2i"
+CONFIG = Path(__file__).parents[1] / "deploy" / "serve.yaml"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    from helpers_export import make_tiny_export
+    from ray.cluster_utils import Cluster
+
+    from runtime.cluster.deployment import S2ITranslator
+
+    export = make_tiny_export(tmp_path_factory.mktemp("cluster") / "export", width=0.125,
+                              embedding_dim=64, input_sensitive=True)
+    head = Cluster(initialize_head=True,
+                   head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        # A second node with its own resources: the replicas can only run there, so every
+        # call really crosses from the front's node to another raylet.
+        head.add_node(num_cpus=2, resources={"s2i_worker": 2})
+        ray.init(address=head.address, logging_level="ERROR", log_to_driver=False)
+        serve.start(proxy_location="Disabled")
+        app = S2ITranslator.options(
+            num_replicas=2, ray_actor_options={"num_cpus": 0, "resources": {"s2i_worker": 1}},
+            user_config={"max_batch_size": 8, "batch_wait_timeout_s": 0.005},
+        ).bind(str(export), "onnxruntime-cpu", "fp32", 1)
+        serve.run(app, name=APP, route_prefix=None)
+        yield SimpleNamespace(address=head.address, export=export, head=head,
+                              spec=f"{head.address}/{APP}")
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            head.shutdown()
+
+
+def features(export, seconds: list[float], seed: int = 0) -> np.ndarray:
+    """One distinct sound per window (tones and noise), as the front computes them."""
+    front_end = FrontEndConfig.from_dict(open_translator(export).manifest["front_end"])
+    rng = np.random.default_rng(seed)
+    t = np.arange(front_end.n_samples) / front_end.sample_rate
+    windows = []
+    for i, freq in enumerate(seconds):
+        audio = 0.4 * np.sin(2 * np.pi * freq * t) + 0.1 * (i % 2) * rng.standard_normal(t.size)
+        windows.append(log_mel(audio.astype(np.float32), front_end)[None])
+    return np.stack(windows).astype(np.float32)
+
+
+def local_images(translator, spec: np.ndarray, masks, samples: int) -> np.ndarray:
+    return translator.generate(np.repeat(translator.encode(spec), samples, axis=0), masks)
+
+
+def test_serve_config_file_is_a_valid_serve_config():
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from runtime.cluster.deployment import DEPLOYMENT
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load(CONFIG.read_text()))
+    app = config.applications[0]
+    assert app.name == APP and app.import_path == "runtime.cluster.deployment:build_app"
+    assert app.deployments[0].name == DEPLOYMENT
+    assert app.deployments[0].ray_actor_options.num_gpus == 1
+
+
+def test_cluster_translator_matches_the_local_backend(cluster):
+    local = open_translator(cluster.export, backend="onnxruntime-cpu")
+    spec = features(cluster.export, [220.0, 660.0, 1500.0, 3000.0])
+    samples = 3
+    masks = draw_masks(local.dropout, len(spec) * samples, np.random.default_rng(7))
+    want = local_images(local, spec, masks, samples)
+    with open_cluster_translator(cluster.spec) as remote:
+        assert remote.manifest == local.manifest and remote.dropout == local.dropout
+        assert remote.backend == f"ray:{APP}/onnxruntime-cpu"
+        got = remote.translate_samples(spec, masks, samples)
+        one = remote.translate_window(spec[:1], [m[:samples] for m in masks])
+        with pytest.raises(S2IError, match="rejected the request: .*mask"):
+            remote.translate_samples(spec, [m[:2] for m in masks], samples)
+        again = remote.translate_samples(spec[1:2], [m[3:6] for m in masks], samples)
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(one[0], want[:samples], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(again, want[3:6], rtol=0, atol=1e-5)
+    # The model is input-sensitive: other windows, other masks give other pictures, so a
+    # mix-up of rows could not pass the comparison above.
+    grey = (want + 1) * 127.5
+    assert np.abs(grey[0] - grey[samples]).mean() > 5        # another sound
+    assert np.abs(grey[0] - grey[1]).mean() > 2              # other masks, same sound
+
+
+def test_fronts_calling_at_once_are_batched_and_each_gets_its_own(cluster):
+    local = open_translator(cluster.export, backend="onnxruntime-cpu")
+    fronts = 3
+    specs = [features(cluster.export, [300.0 * (i + 1), 5000.0 / (i + 1)], seed=i)
+             for i in range(fronts)]
+    masks = [draw_masks(local.dropout, 4, np.random.default_rng(10 + i)) for i in range(fronts)]
+    results: dict[int, np.ndarray] = {}
+    translators = [open_cluster_translator(cluster.spec) for _ in range(fronts)]
+    try:
+        def front(i: int) -> None:
+            for _ in range(5):
+                results[i] = translators[i].translate_samples(specs[i], masks[i], 2)
+
+        threads = [threading.Thread(target=front, args=(i,)) for i in range(fronts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+    finally:
+        for t in translators:
+            t.close()
+    for i in range(fronts):
+        np.testing.assert_allclose(results[i], local_images(local, specs[i], masks[i], 2),
+                                   rtol=0, atol=1e-5)
+
+
+def test_unreachable_cluster_is_one_line(cluster):
+    start = time.monotonic()
+    with pytest.raises(S2IError, match="cannot reach the Ray cluster at 127.0.0.1:1"):
+        open_cluster_translator("127.0.0.1:1/s2i")
+    with pytest.raises(S2IError, match="serves no S2I application 'nope'"):
+        open_cluster_translator(f"{cluster.address}/nope")
+    assert time.monotonic() - start < 60
