@@ -65,6 +65,7 @@ def fit_run(store: Store, run: Path, embedding_dim: int, epochs: int, seed: int 
         history["pixel_loss"].append(total / len(z))
         history["d_updates"].append(int(epoch % 3 == 0))
         state = {"stage": "gan", "embedding_dim": embedding_dim, "width": WIDTH,
+                 "generator_transitions": generator.transition_widths,
                  "front_end": store.front_end.to_dict(), "classes": store.classes,
                  "config": {"n_gd": 3, "n_gd_unit": "epoch"}, "epoch": epoch,
                  "step": epoch * 50,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -33,8 +35,8 @@ def test_layer_counts_match_the_paper() -> None:
 def test_full_size_shapes_and_parameter_counts() -> None:
     torch.manual_seed(0)
     encoder, generator = AudioEncoder(512), DenseGenerator(512)
-    assert 16e6 < count_parameters(encoder) < 18e6          # paper: about 17 M
-    assert 36e6 < count_parameters(generator) < 38.5e6      # paper: about 37 M
+    assert count_parameters(encoder) == 16_672_912
+    assert count_parameters(generator) == 38_644_137        # the authors' transition widths
     encoder.eval()
     generator.eval()
     with torch.no_grad():
@@ -42,7 +44,23 @@ def test_full_size_shapes_and_parameter_counts() -> None:
         image = generator(z)
     assert z.shape == (2, 512) and z.abs().max() <= 1
     assert image.shape == (2, 3, 96, 96) and image.abs().max() <= 1
-    assert generator.mask_channels == [512, 512, 304, 192, 144, 96]
+    assert generator.mask_channels == [512, 512, 352, 224, 160, 112]
+
+
+def test_transition_widths_official_and_older_variant() -> None:
+    """Transition k >= 1 outputs the last width of the block before it (official); the older
+    variant (the next block's first width) stays loadable. Checked at a tiny width, where both
+    follow the scaled block widths, and by counting the full-size variant's parameters."""
+    official, older = DenseGenerator(64, 0.125), DenseGenerator(64, 0.125, "next-block")
+    assert official.mask_channels == [64, 64, 44, 28, 20, 14]
+    assert older.mask_channels == [64, 64, 38, 24, 18, 12]
+    for gen in (official, older):
+        outs = [t[0].out_channels for t in gen.transitions][:6]
+        assert outs == gen.mask_channels
+        assert [b.layer1[0].in_channels for b in gen.blocks] == gen.mask_channels
+    assert count_parameters(DenseGenerator(512, transitions="next-block")) == 37_234_777
+    with pytest.raises(ValueError, match="official"):
+        DenseGenerator(64, 0.125, "wide")
 
 
 @pytest.mark.parametrize("dim", EMBEDDING_SIZES)
@@ -114,3 +132,21 @@ def test_wrong_number_of_masks_is_refused() -> None:
     gen, z = generator_and_z()
     with pytest.raises(ValueError, match="6 masks"):
         gen(z, gen.ones_masks(4)[:5])
+
+
+def test_checkpoints_keep_their_transition_widths(tmp_path: Path) -> None:
+    from trainer.checkpoint import (
+        load_checkpoint,
+        load_translator,
+        save_checkpoint,
+        save_untrained_translator,
+    )
+    encoder = AudioEncoder(64, 0.125)
+    for kind in ("official", "next-block"):
+        path = save_untrained_translator(tmp_path / f"{kind}.pt", encoder,
+                                         DenseGenerator(64, 0.125, kind), 64, 0.125, "test")
+        assert load_translator(path).generator.transition_widths == kind
+    state = load_checkpoint(tmp_path / "next-block.pt")
+    del state["generator_transitions"]                   # written before the key existed
+    save_checkpoint(tmp_path / "old.pt", state)
+    assert load_translator(tmp_path / "old.pt").generator.mask_channels[2] == 38

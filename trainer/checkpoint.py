@@ -82,6 +82,12 @@ class Translator:
         return [str(c) for c in self.state.get("classes", [])]
 
 
+def generator_transitions(state: dict[str, Any]) -> str:
+    """The generator's transition widths in a GAN checkpoint; checkpoints written before the
+    setting existed (2026-12-02) all used ``next-block``."""
+    return str(state.get("generator_transitions", "next-block"))
+
+
 def load_translator(path: str | Path) -> Translator:
     """A GAN checkpoint (a file, or a run folder -> its ``gan_last.pt``) as ready networks;
     anything missing or not fitting is one ``S2IError`` line naming the checkpoint."""
@@ -97,7 +103,9 @@ def load_translator(path: str | Path) -> Translator:
     try:
         dim, width = int(state["embedding_dim"]), float(state.get("width", 1.0))
         encoder_width = float(state.get("encoder_width", width))  # the encoder may be wider
-        encoder, generator = AudioEncoder(dim, encoder_width), DenseGenerator(dim, width)
+        transitions = generator_transitions(state)
+        encoder = AudioEncoder(dim, encoder_width)
+        generator = DenseGenerator(dim, width, transitions)
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise S2IError(f"GAN checkpoint {path} is broken: {first_line(exc, with_type=True)} "
                        "(expected embedding_dim, width and encoder/generator weights)") from exc
@@ -106,7 +114,8 @@ def load_translator(path: str | Path) -> Translator:
         generator.load_state_dict(models["generator"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise S2IError(f"checkpoint {path} does not match the networks for D={dim}, "
-                       f"width={width} (encoder width {encoder_width}): "
+                       f"width={width} (encoder width {encoder_width}, {transitions} "
+                       f"generator transitions): "
                        f"{first_line(exc, with_type=True)}") from exc
     return Translator(path, encoder.eval(), generator.eval(), state)
 
@@ -119,6 +128,7 @@ def save_untrained_translator(path: str | Path, encoder: AudioEncoder, generator
     path = Path(path)
     save_checkpoint(path, {
         "stage": "gan", "embedding_dim": embedding_dim, "width": width,
+        "generator_transitions": generator.transition_widths,
         "front_end": FrontEndConfig().to_dict(), "classes": list(classes),
         "config": {"note": note}, "epoch": 0, "step": 0,
         "models": {"encoder": encoder.state_dict(), "generator": generator.state_dict()},

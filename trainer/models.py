@@ -26,6 +26,12 @@ GENERATOR_BLOCKS: tuple[tuple[int, int, int], ...] = (
 GENERATOR_TRANSITIONS: tuple[tuple[int, int, int], ...] = (
     (2, 1, 0), (3, 1, 0), (3, 1, 0), (4, 2, 1), (4, 2, 1), (4, 2, 1), (4, 2, 1),
 )
+# What transition k (k >= 1) outputs. "official" (the authors' code): the channel count of the
+# LAST layer of the block before it (512, 512, 352, 224, 160, 112 at width 1; 38,644,137
+# parameters at D = 512). "next-block" (this project before 2026-12-02): the first width of the
+# block after it (512, 512, 304, 192, 144, 96; 37,234,777 parameters). Transition 0 outputs
+# the first block's width in both.
+GENERATOR_TRANSITION_WIDTHS: tuple[str, ...] = ("official", "next-block")
 DROPOUT_P: tuple[float, ...] = (0.15, 0.13, 0.11, 0.09, 0.07, 0.05)
 DISCRIMINATOR_CHANNELS: tuple[int, ...] = (96, 192, 192, 208, 224, 240) + (256,) * 6
 EMBEDDING_SIZES: tuple[int, ...] = (128, 256, 512, 1024, 2048)
@@ -139,6 +145,20 @@ class DenseBlock(nn.Module):
         return torch.cat([x1, x2, x3], 1)
 
 
+def check_transition_widths(transitions: str) -> str:
+    if transitions not in GENERATOR_TRANSITION_WIDTHS:
+        raise ValueError(f"generator transitions must be one of {GENERATOR_TRANSITION_WIDTHS}, "
+                         f"got '{transitions}'")
+    return transitions
+
+
+def transition_channels(blocks: list[tuple[int, ...]], transitions: str) -> list[int]:
+    """Output channels of transitions 0..5 (= the sizes of the six dropout masks)."""
+    if check_transition_widths(transitions) == "next-block":
+        return [b[0] for b in blocks]
+    return [blocks[0][0]] + [b[-1] for b in blocks[:-1]]
+
+
 class DenseGenerator(nn.Module):
     """``[B, D]`` embedding (+ optional channel masks) -> ``[B, 3, 96, 96]`` image in [-1, 1].
 
@@ -146,25 +166,29 @@ class DenseGenerator(nn.Module):
     (``DROPOUT_P``) follows transitions 0..5 and stays on at test time (``mc_dropout``).
     A mask is a float ``[B, C]`` tensor of 0 or ``1/(1-p)``; pass ``masks`` to supply them
     from outside (the exported graph takes them as inputs), or leave it None to draw them.
+    ``transitions`` picks the transition widths (``GENERATOR_TRANSITION_WIDTHS``); the default
+    is the authors' code.
     """
 
-    def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
+    def __init__(self, embedding_dim: int = 512, width: float = 1.0,
+                 transitions: str = "official") -> None:
         super().__init__()
         check_embedding_dim(embedding_dim)
         self.embedding_dim = embedding_dim
+        self.transition_widths = check_transition_widths(transitions)
         blocks = [tuple(scaled(c, width) for c in b) for b in GENERATOR_BLOCKS]
+        self.mask_channels: list[int] = transition_channels(blocks, transitions)
         self.transitions = nn.ModuleList()
         self.blocks = nn.ModuleList()
         in_ch = embedding_dim
         for i, (kernel, stride, padding) in enumerate(GENERATOR_TRANSITIONS):
             final = i == len(GENERATOR_TRANSITIONS) - 1
-            out_ch = 3 if final else blocks[i][0]
+            out_ch = 3 if final else self.mask_channels[i]
             self.transitions.append(_deconv(in_ch, out_ch, kernel, stride, padding, final))
             if not final:
                 block = DenseBlock(out_ch, blocks[i])  # type: ignore[arg-type]
                 self.blocks.append(block)
                 in_ch = block.out_channels
-        self.mask_channels: list[int] = [b[0] for b in blocks]
         self.dropout_p: list[float] = list(DROPOUT_P)
         self.mc_dropout = True
         xavier_init(self)

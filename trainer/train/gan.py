@@ -27,11 +27,22 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end
-from trainer.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from trainer.checkpoint import (
+    find_checkpoint,
+    generator_transitions,
+    load_checkpoint,
+    save_checkpoint,
+)
 from trainer.data.batches import Batch, count_batches, epoch_batches, load_batch, open_split
 from trainer.data.store import Store
 from trainer.losses import MovingAverageAdversarialLoss, rc_target_loss
-from trainer.models import AudioEncoder, DenseGenerator, Discriminator, check_embedding_dim
+from trainer.models import (
+    AudioEncoder,
+    DenseGenerator,
+    Discriminator,
+    check_embedding_dim,
+    check_transition_widths,
+)
 from trainer.train.audio import parse
 from trainer.train.common import (
     Dist,
@@ -57,6 +68,8 @@ class GanConfig:
     run_dir: str = "runs/gan"
     embedding_dim: int | None = None    # None: the encoder's D
     width: float = 1.0
+    generator_transitions: str = field(default="official", metadata={
+        "help": "transition widths: 'official' (the authors' code) or 'next-block' (older runs)"})
     epochs: int = 4000
     batch_size: int = 64
     lr: float = 0.1
@@ -81,6 +94,7 @@ class GanConfig:
             raise ValueError(f"n_gd must be >= 1, got {self.n_gd}")
         if self.embedding_dim is not None:
             check_embedding_dim(self.embedding_dim)
+        check_transition_widths(self.generator_transitions)
         check_positive(self, "epochs", "batch_size", "ma_window", "snapshot_every", "width",
                        "lr", "grid_sounds", "grid_mc_samples")
 
@@ -120,7 +134,8 @@ class GanTrainer:
         seed_everything(cfg.seed)
         self.encoder, self.encoder_info = load_frozen_encoder(cfg, self.store, world.device)
         dim = self.encoder_info["embedding_dim"]
-        self.generator = DenseGenerator(dim, cfg.width).to(world.device)
+        self.generator = DenseGenerator(dim, cfg.width, cfg.generator_transitions
+                                        ).to(world.device)
         self.discriminator = Discriminator(dim, cfg.width).to(world.device)
         self.opt_g = torch.optim.SGD(self.generator.parameters(), cfg.lr, cfg.momentum)
         self.opt_d = torch.optim.SGD(self.discriminator.parameters(), cfg.lr, cfg.momentum)
@@ -136,6 +151,7 @@ class GanTrainer:
     def state(self) -> dict[str, Any]:
         return {"stage": "gan", "embedding_dim": self.encoder_info["embedding_dim"],
                 "width": self.cfg.width, "encoder_width": self.encoder_info["width"],
+                "generator_transitions": self.cfg.generator_transitions,
                 "front_end": self.store.front_end.to_dict(), "classes": self.store.classes,
                 "config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "step": self.step,
                 "models": {"encoder": self.encoder.state_dict(),
@@ -152,6 +168,10 @@ class GanTrainer:
         state = load_checkpoint(last, stage="gan", embedding_dim=self.encoder_info["embedding_dim"],
                                 front_end=self.store.front_end, width=self.cfg.width)
         check_same_store(state, last, self.store)
+        if generator_transitions(state) != self.cfg.generator_transitions:
+            raise S2IError(f"{last} has '{generator_transitions(state)}' generator transitions, "
+                           f"not '{self.cfg.generator_transitions}'; pass "
+                           f"--generator-transitions {generator_transitions(state)}")
         # the frozen encoder the run was trained with, even if its audio run trained on since
         self.encoder.load_state_dict(state["models"]["encoder"])
         self.generator.load_state_dict(state["models"]["generator"])
