@@ -32,6 +32,11 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--encoding", default="png", choices=ENCODINGS)
     g.add_argument("--seed", type=int, default=None, help="seed for the dropout masks")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
+    g.add_argument("--cluster", default=None, metavar="ADDRESS[/APP]",
+                   help="run the model in a Ray Serve deployment instead of here: the Ray "
+                        "address (HEAD:6379, or auto) and application name (default s2i); "
+                        "--export/--backend/--precision/--threads are then the deployment's "
+                        "(deploy/serve.yaml, docs/SCALING.md)")
     g.add_argument("--pub", default="tcp://*:5556", help="PUB address to bind")
     g.add_argument("--topic", default=DEFAULT_TOPIC)
     g.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
@@ -66,6 +71,10 @@ def batching(args: argparse.Namespace, backend: str) -> tuple[int, float]:
 
 
 def open_translator_from_args(args: argparse.Namespace) -> Any:
+    if getattr(args, "cluster", None):
+        from runtime.cluster.client import open_cluster_translator  # ray only in its bridge
+
+        return open_cluster_translator(args.cluster)
     from runtime.backends import open_translator  # onnxruntime/TensorRT; never torch
 
     return open_translator(args.export, backend=args.backend, precision=args.precision,

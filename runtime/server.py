@@ -81,7 +81,8 @@ class NetworkLoop:
         sizes = self.stages.counters.batch_sizes
         mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
         log(f"{c['streams']} streams, {c['frames']} frames in {c['batches']} batches "
-            f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['bad_messages']} bad "
+            f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['dropped_windows']} windows "
+            f"dropped (model failures), {c['bad_messages']} bad "
             f"messages, {c['refused_streams']} streams refused, {c['refused_duplicates']} "
             f"duplicate-node messages refused")
 
@@ -100,6 +101,13 @@ class NetworkLoop:
         if c["skipped"]:
             log(f"skipped {c['skipped']} late hops (the model is slower than the hop)")
         return ended
+
+
+def close_translator(pipeline: Pipeline) -> None:
+    """Release what the translator holds beyond this process (a cluster connection)."""
+    close = getattr(pipeline.translator, "close", None)
+    if callable(close):
+        close()
 
 
 def wait_for_subscribers(publisher: Publisher, count: int, stop: threading.Event) -> None:
@@ -143,6 +151,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             log(f"published {loop.frames} frames")
             code = exit_code(stop)
     finally:
+        close_translator(pipeline)
         if ended:
             if publisher is not None:
                 publisher.close()

@@ -43,6 +43,7 @@ class StageCounters:
     batches: int = 0
     frames: int = 0
     failed_batches: int = 0
+    dropped_windows: int = 0          # windows of failed batches (not published)
     batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("features", "model", "publish"), 0.0))
@@ -50,6 +51,7 @@ class StageCounters:
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "frames": self.frames,
                 "failed_batches": self.failed_batches,
+                "dropped_windows": self.dropped_windows,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
 
@@ -159,8 +161,10 @@ class Stages:
                 results = self.pipeline.split(batch, self.pipeline.infer(batch))
             except Exception as exc:  # noqa: BLE001 - one failed batch costs only itself
                 self.counters.failed_batches += 1
+                self.counters.dropped_windows += len(batch.windows)
                 self.say("model", f"a batch of {len(batch.windows)} window(s) failed in the "
-                                  f"model: {first_line(exc, with_type=True)}")
+                                  f"model and was dropped ({self.counters.dropped_windows} "
+                                  f"so far): {first_line(exc, with_type=True)}")
                 continue
             finally:
                 self.counters.busy_s["model"] += time.perf_counter() - start

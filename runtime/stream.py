@@ -20,7 +20,7 @@ from runtime.manifest import load_export_manifest
 from runtime.options import add_pipeline_args, open_pipeline
 from runtime.protocol import Publisher
 from runtime.ring import AudioRing
-from runtime.server import wait_for_subscribers
+from runtime.server import close_translator, wait_for_subscribers
 from runtime.sources import (
     Source,
     add_source_args,
@@ -49,9 +49,13 @@ def stream_main(argv: list[str] | None = None) -> int:
         print("\n".join(list_devices()) or "no input devices")
         return 0
     kind = chosen_source(args)
-    # Cheap checks first, so a bad file or device fails before the models load.
-    front_end = FrontEndConfig.from_dict(
-        load_export_manifest(args.export, verify_hashes=False)["front_end"])
+    pipeline = None
+    if args.cluster:   # the export lives with the deployment: its manifest comes from there
+        pipeline = open_pipeline(args)
+        front_end = pipeline.front_end
+    else:              # cheap checks first, so a bad file or device fails before models load
+        front_end = FrontEndConfig.from_dict(
+            load_export_manifest(args.export, verify_hashes=False)["front_end"])
     ring = AudioRing(front_end.n_samples * 4)
     source: Source | None = None
     offline = kind == "file" and not args.realtime
@@ -65,7 +69,8 @@ def stream_main(argv: list[str] | None = None) -> int:
     publisher = None
     linger_ms = 0
     try:
-        pipeline = open_pipeline(args)
+        if pipeline is None:
+            pipeline = open_pipeline(args)
         with stop_on_signals() as stop:
             publisher = Publisher(ctx, args.pub, args.topic, pipeline.info())
             log(f"publishing on {publisher.address} (backend {pipeline.info()['backend']}, "
@@ -88,6 +93,8 @@ def stream_main(argv: list[str] | None = None) -> int:
             source.stop()
         raise
     finally:
+        if pipeline is not None:
+            close_translator(pipeline)
         if publisher is not None:
             publisher.close(linger_ms)
         ctx.destroy(linger=0)   # closes any socket left open; closed ones keep their linger

@@ -7,7 +7,8 @@ and the child it spawned)::
 
     child -> parent  ("ready", info) | ("fatal", line)        once, after connecting
     parent -> child  (method, payload) | None (quit)
-    child -> parent  ("ok", value) | ("error", line) | ("dropped", line)
+    child -> parent  ("ok", value) | ("retried", (value, line)) | ("error", line)
+                     | ("dropped", line)
 
 A call whose replica dies is retried once (Serve routes it to a live replica); a second
 failure is reported as ``dropped``. A call the replica rejects (``S2IError``) is an ``error``.
@@ -75,9 +76,10 @@ def _call(handle: Any, method: str, payload: Any, timeout_s: float) -> tuple[str
 
     target = handle if method == "translate" else getattr(handle, method)
     failure = ""
-    for _attempt in range(2):
+    for attempt in range(2):
         try:
-            return "ok", target.remote(payload).result(timeout_s=timeout_s)
+            value = target.remote(payload).result(timeout_s=timeout_s)
+            return ("retried", (value, failure)) if attempt else ("ok", value)
         except S2IError as exc:     # the replica rejected the request: not worth a retry
             cause = getattr(exc, "cause", None)     # Ray wraps it in a RayTaskError subclass
             return "error", first_line(cause if isinstance(cause, BaseException) else exc)

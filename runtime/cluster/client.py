@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.cli import log
+from runtime.cli import RateLimitedLog, log
 from runtime.cluster.wire import check_images, check_info, make_request, parse_cluster
 from runtime.errors import S2IError
 
@@ -138,7 +138,8 @@ class ClusterTranslator:
         self.embedding_dim = int(self.manifest["embedding_dim"])
         self.precision = str(info.get("precision", "fp32"))
         self.backend = f"ray:{app}/{info.get('backend', '?')}"
-        self.calls = self.dropped_calls = self.reconnects = 0
+        self.calls = self.dropped_calls = self.retried_calls = self.reconnects = 0
+        self._say = RateLimitedLog()
         self._failures = 0
         self._retry_at = 0.0
 
@@ -199,10 +200,18 @@ class ClusterTranslator:
         kind, value = bridge.call(method, payload, self.call_timeout_s + 15)
         if kind == "ok":
             return value
+        if kind == "retried":
+            value, why = value
+            self.retried_calls += 1
+            self._say("retried", f"cluster {self.address}/{self.app}: a replica failed "
+                                 f"({why}); the batch was retried once and went through")
+            return value
         if kind == "lost":
             raise self._lost(str(value))
         if kind == "dropped":
             self.dropped_calls += 1
+            self._say("dropped", f"cluster {self.address}/{self.app}: a batch was dropped "
+                                 f"({value}); the stream goes on")
             raise ClusterUnavailable(f"cluster call dropped: {value}")
         raise S2IError(f"{self.where} rejected the request: {value}")
 
