@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-command set-up for development and CI: system packages, a venv in .venv, S2I with
-# its test, training, microphone and Ray cluster extras. CPU-only: torch is pinned to the
-# CPU build.
+# its CPU ONNX Runtime ([cpu]), test, training, microphone and Ray cluster extras.
+# CPU-only: torch is pinned to the CPU build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -20,4 +20,4 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv
-.venv/bin/python -m pip install -q torch==2.13.0 -e '.[dev,mic,cluster]'
+.venv/bin/python -m pip install -q torch==2.13.0 -e '.[cpu,dev,mic,cluster]'

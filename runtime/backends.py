@@ -13,10 +13,26 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
+from runtime.cli import log
 from runtime.errors import S2IError, first_line
+from runtime.gpu_env import (
+    _cudart,
+    cuda_device_info,
+    cuda_provider_reason,
+    import_onnxruntime,
+    preload_cuda_libraries,
+    tensorrt_unavailable_reason,
+)
 from runtime.manifest import load_export_manifest
+
+try:
+    import onnxruntime as ort
+except ImportError:   # neither [cpu] nor [gpu] installed: _ort() says so when it is needed
+    ort = None
+
+__all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_backends",
+           "open_translator", "tensorrt_unavailable_reason"]
 
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 PRECISIONS = ("fp32", "fp16")
@@ -25,63 +41,19 @@ SPECTROGRAM_TAIL = (1, 128, 100)
 
 # --- what is available here ----------------------------------------------------------------
 
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
-    return cudart
-
-
-def cuda_device_info() -> dict[str, Any]:
-    """GPU name and CUDA runtime/driver versions via cuda-python; ``{"error": ...}`` when
-    there is no usable CUDA GPU (or cuda-python is missing)."""
-    try:
-        cudart = _cudart()
-    except ImportError:
-        return {"error": "cuda-python is not installed (pip install cuda-python; TensorRT "
-                         "needs it here to find the GPU and hold device buffers)"}
-    try:
-        err, count = cudart.cudaGetDeviceCount()
-        if int(err) != 0 or count < 1:
-            return {"error": f"no CUDA device ({err})"}
-        err, props = cudart.cudaGetDeviceProperties(0)
-        _, runtime_version = cudart.cudaRuntimeGetVersion()
-        _, driver_version = cudart.cudaDriverGetVersion()
-    except Exception as exc:  # e.g. libcudart or the driver cannot be loaded
-        return {"error": f"CUDA unusable ({first_line(exc, with_type=True)})"}
-    ok = int(err) == 0
-    name = props.name if ok else "?"
-    if isinstance(name, bytes):
-        name = name.decode(errors="replace")
-    return {"gpu": str(name).rstrip("\x00"), "cuda_runtime": _cuda_version(runtime_version),
-            "cuda_driver": _cuda_version(driver_version),
-            "compute_capability": f"{props.major}.{props.minor}" if ok else "?"}
-
-
-def _cuda_version(code: int) -> str:
-    return f"{code // 1000}.{(code % 1000) // 10}"
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT can run here, else one line saying why not."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return "the tensorrt Python package is not installed (pip install tensorrt cuda-python)"
-    info = cuda_device_info()
-    if info.get("error"):
-        return f"TensorRT cannot run here: {info['error']}"
-    return None
+def _ort() -> Any:
+    """onnxruntime (imported on first use: an install without it still gets one clear line)."""
+    global ort
+    if ort is None:
+        ort = import_onnxruntime()
+    return ort
 
 
 def _unavailable_reason(backend: str) -> str | None:
     if backend == "tensorrt":
         return tensorrt_unavailable_reason()
-    if backend == "onnxruntime-cuda" and \
-            "CUDAExecutionProvider" not in ort.get_available_providers():
-        return ("ONNX Runtime has no CUDAExecutionProvider here "
-                "(install onnxruntime-gpu and run on a CUDA machine)")
+    if backend == "onnxruntime-cuda":
+        return cuda_provider_reason(_ort())
     return None
 
 
@@ -98,6 +70,10 @@ def list_backends() -> list[dict[str, Any]]:
 
 class _OrtModel:
     def __init__(self, path: Path, provider: str, threads: int | None) -> None:
+        ort = _ort()
+        preload = None
+        if provider == "CUDAExecutionProvider":
+            preload = preload_cuda_libraries(ort)  # pip-installed CUDA/cuDNN, found without torch
         options = ort.SessionOptions()
         options.log_severity_level = 3
         if threads:
@@ -114,8 +90,11 @@ class _OrtModel:
             raise S2IError(f"ONNX Runtime cannot load {path}: {first_line(exc)}") \
                 from exc
         if self.session.get_providers()[0] != provider:
+            hint = ("; its CUDA/cuDNN libraries did not load (CUDA major of onnxruntime-gpu vs "
+                    "the driver, nvidia-* pip packages" + (f"; {preload}" if preload else "")
+                    + ")") if provider == "CUDAExecutionProvider" else ""
             raise S2IError(f"ONNX Runtime could not use {provider} for {path.name} "
-                           f"(got {self.session.get_providers()})")
+                           f"(got {self.session.get_providers()}){hint}")
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def input_shapes(self) -> dict[str, list[Any]]:
@@ -238,6 +217,7 @@ class Translator:
         self._encoder = encoder
         self._generator = generator
         self._fused = fused
+        self.fallbacks: list[str] = []    # auto: why better backends were passed over
 
     def __repr__(self) -> str:
         return (f"Translator({self.export_dir}, backend={self.backend!r}, "
@@ -386,19 +366,29 @@ def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, 
                        f"is {dim}; re-export")
 
 
-def _pick_backend(manifest: dict[str, Any], precision: str) -> str:
+def _auto_candidates(manifest: dict[str, Any], precision: str) -> list[str]:
+    """``auto``'s order: TensorRT where the export has engines for ``precision``, then ONNX
+    Runtime CUDA where the provider is listed, then ONNX Runtime CPU (always last)."""
     suffix = ("_fp16" if precision == "fp16" else "") + "_trt"
-    if f"encoder{suffix}" in manifest["models"] and tensorrt_unavailable_reason() is None:
-        return "tensorrt"
-    if _unavailable_reason("onnxruntime-cuda") is None:
-        return "onnxruntime-cuda"
-    return "onnxruntime-cpu"
+    candidates = []
+    if f"encoder{suffix}" in manifest["models"]:
+        reason = tensorrt_unavailable_reason()
+        if reason is None:
+            candidates.append("tensorrt")
+        else:
+            log(f"auto: export has TensorRT engines but {reason}")
+    if "CUDAExecutionProvider" in _ort().get_available_providers():
+        candidates.append("onnxruntime-cuda")
+    return [*candidates, "onnxruntime-cpu"]
 
 
 def open_translator(export_dir: str | Path, backend: str = "auto", precision: str = "fp32",
                     threads: int | None = None) -> Translator:
-    """Load an export on ``backend`` (``auto``: TensorRT if engines, TensorRT and a GPU exist,
-    else ONNX Runtime CUDA if available, else ONNX Runtime CPU)."""
+    """Load an export on ``backend``. ``auto`` tries TensorRT (export with engines, TensorRT
+    and a GPU present), then ONNX Runtime CUDA (provider listed), then ONNX Runtime CPU: a
+    backend that is listed but fails to load (e.g. the CUDA provider cannot find its
+    libraries) is logged with its reason and the next one is tried; the reasons are kept
+    in ``Translator.fallbacks``."""
     export_dir = Path(export_dir)
     if backend != "auto" and backend not in BACKENDS:
         raise S2IError(f"unknown backend '{backend}'; expected auto or one of "
@@ -406,11 +396,29 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
     if precision not in PRECISIONS:
         raise S2IError(f"unknown precision '{precision}'; expected fp32 or fp16")
     manifest = load_export_manifest(export_dir)
-    if backend == "auto":
-        backend = _pick_backend(manifest, precision)
-    reason = _unavailable_reason(backend)
-    if reason:
-        raise S2IError(f"backend {backend} is not available: {reason}")
+    if backend != "auto":
+        reason = _unavailable_reason(backend)
+        if reason:
+            raise S2IError(f"backend {backend} is not available: {reason}")
+        return _open(export_dir, manifest, backend, precision, threads)
+    fallbacks: list[str] = []
+    candidates = _auto_candidates(manifest, precision)
+    for i, candidate in enumerate(candidates):
+        try:
+            translator = _open(export_dir, manifest, candidate, precision, threads)
+        except S2IError as exc:
+            if i == len(candidates) - 1:
+                raise
+            fallbacks.append(f"{candidate}: {exc}")
+            log(f"auto: {candidate} failed to load, falling back to {candidates[i + 1]}: {exc}")
+            continue
+        translator.fallbacks = fallbacks
+        return translator
+    raise AssertionError("unreachable: onnxruntime-cpu is always a candidate")
+
+
+def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: str,
+          threads: int | None) -> Translator:
     dim, masks = _manifest_specs(manifest, export_dir)     # its form, before loading models
     tensorrt = backend == "tensorrt"
     loaded: dict[str, tuple[str, Any]] = {}
