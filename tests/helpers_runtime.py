@@ -20,12 +20,13 @@ BIN = Path(sys.executable).parent
 
 
 def tiny_export(tmp_path_factory) -> Path:
-    """One tiny export (width 0.125) per session, shared by the runtime test files."""
+    """One tiny input-sensitive export (width 0.125) per session, shared by the runtime test
+    files (its images change with the audio, so a data-flow mix-up cannot pass unseen)."""
     from helpers_export import make_tiny_export
 
     export = tmp_path_factory.getbasetemp() / "runtime-tiny-export"
     if not (export / "manifest.json").is_file():
-        make_tiny_export(export, width=0.125, embedding_dim=64)
+        make_tiny_export(export, width=0.125, embedding_dim=64, input_sensitive=True)
     return export
 
 
@@ -42,11 +43,14 @@ class CLI:
     """A console script (``s2i-stream`` ...) run as a subprocess; stderr read by a thread."""
 
     def __init__(self, script: str, *args: str, env: dict[str, str] | None = None,
-                 stdin: int | None = None) -> None:
+                 stdin: int | None = None, code: str | None = None) -> None:
+        """``code``: run ``python -c code *args`` instead (a script with test doubles)."""
         exe = BIN / script
         module = {"s2i-stream": "runtime.stream", "s2i-serve": "runtime.server",
                   "s2i-capture": "runtime.capture", "s2i-view": "runtime.view"}[script]
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", module]
+        if code is not None:
+            command = [sys.executable, "-c", code]
         self.env = dict(env or os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
         self.process = subprocess.Popen(command + list(args), env=self.env, stdin=stdin,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -1,0 +1,276 @@
+"""s2i-serve as a multi-stream server (issue 11), with the input-sensitive tiny export:
+batching across streams keeps every stream's own image, seq and position; hostile audio
+messages cost only themselves; --max-streams and duplicate stream ids are refused and told;
+SIGTERM ends the server within a second, also while it is blocked."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+import zmq
+from helpers_runtime import CLI, tiny_export
+
+from runtime.client import Subscriber
+from runtime.protocol import encode_audio
+
+ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"
+RATE = 16000
+
+
+@pytest.fixture(scope="module")
+def export(tmp_path_factory):
+    return tiny_export(tmp_path_factory)
+
+
+def sounds() -> list[np.ndarray]:
+    t = np.arange(RATE) / RATE
+    tones = [0.5 * np.sin(2 * np.pi * f * t) for f in (220, 1500, 5000)]
+    noise = np.random.default_rng(1).standard_normal(RATE) * 0.3
+    return [np.asarray(a, np.float32) for a in (*tones, noise)]
+
+
+def test_a_mixed_batch_gives_each_stream_its_own_image(export):
+    from runtime.backends import open_translator
+    from runtime.pipeline import Pipeline, Window
+
+    k = 2
+    pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), samples=k,
+                        uncertainty=True, seed=0)
+    windows = [Window(f"s{i}", audio, 100.0 + i, 1.0 + i, seq=10 * i)
+               for i, audio in enumerate(sounds())]
+    masks = pipeline.draw_masks(len(windows) * k)
+    mixed = pipeline.process_batch(windows, masks)
+    for i, window in enumerate(windows):
+        alone = pipeline.process_batch([window], [m[i * k:(i + 1) * k] for m in masks])[0]
+        np.testing.assert_array_equal(mixed[i].images, alone.images)
+        np.testing.assert_array_equal(mixed[i].uncertainty, alone.uncertainty)
+        h = mixed[i].header
+        assert (h["stream"], h["seq"], h["position_s"], h["capture_time"], h["batch"]) == \
+            (f"s{i}", 10 * i, 1.0 + i, 100.0 + i, len(windows))
+    # The model is input-sensitive: a mix-up between streams could not pass unseen.
+    for i in range(1, len(windows)):
+        diff = np.abs(mixed[i].images.astype(int) - mixed[0].images.astype(int)).mean()
+        assert diff > 10, f"stream {i} looks like stream 0 ({diff:.1f} grey levels apart)"
+
+
+class SlowTranslator:
+    """A real translator whose generator call takes ``delay`` seconds more."""
+
+    def __init__(self, inner, delay: float) -> None:
+        self.inner, self.delay, self.calls = inner, delay, []
+        self.manifest, self.backend, self.dropout = inner.manifest, "slow", inner.dropout
+
+    def encode(self, features):
+        return self.inner.encode(features)
+
+    def generate(self, z, masks):
+        self.calls.append(len(z))
+        time.sleep(self.delay)
+        return self.inner.generate(z, masks)
+
+
+def test_streams_keep_their_seq_and_positions_under_batching(export):
+    from runtime.backends import open_translator
+    from runtime.pipeline import Pipeline
+    from runtime.protocol import Publisher
+    from runtime.server import NetworkLoop
+
+    slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.15)
+    pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
+    streams, block, seconds = [f"cam-{i}" for i in range(5)], RATE // 20, 3
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
+    published: list[dict] = []
+    publish = publisher.publish
+    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
+    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", max_batch=8,
+                       max_wait_s=0.02)
+    stop = threading.Event()
+    runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
+    push = ctx.socket(zmq.PUSH)
+    push.connect(loop.address)
+    runner.start()
+    try:
+        for seq, start in enumerate(range(0, seconds * RATE, block)):   # paced 4x real time
+            for sid, audio in zip(streams, sounds() + sounds(), strict=False):
+                push.send_multipart(encode_audio(sid, seq, audio[:block], RATE,
+                                                 100.0 + (start + block) / RATE))
+            time.sleep(block / RATE / 4)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            states = [loop.ingress.streams.get(s) for s in streams]
+            if all(st is not None and st.next_total > st.ring.written for st in states) \
+                    and len(published) == sum(st.frames for st in states):
+                break
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        runner.join(5)
+        push.close(linger=0)
+        publisher.close()
+        ctx.destroy(linger=0)
+    assert max(h["batch"] for h in published) > 1, "no batch mixed streams"
+    assert max(slow.calls) > 1
+    for sid in streams:
+        mine = [h for h in published if h["stream"] == sid]
+        assert [h["seq"] for h in mine] == list(range(len(mine))) and len(mine) >= 2, sid
+        positions = [h["position_s"] for h in mine]
+        assert positions == sorted(set(positions)) and positions[-1] == seconds, sid
+
+
+class GoodStream(threading.Thread):
+    """A paced capture node (its own PUSH socket) sending one stream in 50-ms blocks."""
+
+    def __init__(self, address: str, stream: str) -> None:
+        super().__init__(daemon=True)
+        self.address, self.stream, self.stop = address, stream, threading.Event()
+
+    def run(self) -> None:
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(self.address)
+        audio, block, seq = sounds()[1], RATE // 20, 0
+        start = time.monotonic()
+        while not self.stop.is_set():
+            chunk = audio[(seq * block) % RATE:][:block]
+            push.send_multipart(encode_audio(self.stream, seq, chunk, RATE, time.time(),
+                                             node="good-node"))
+            seq += 1
+            time.sleep(max(0.0, start + seq * block / RATE - time.monotonic()))
+        push.close(linger=0)
+        ctx.term()
+
+
+def assert_still_serving(sub: Subscriber, stream: str, what: str, within: float = 1.0) -> None:
+    """A frame of ``stream`` made after this moment arrives within ``within`` seconds."""
+    sent = time.time()
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        frame = sub.receive(max(0.01, deadline - time.monotonic()))
+        if frame is not None and frame.header["stream"] == stream \
+                and frame.header["capture_time"] >= sent:
+            return
+    raise AssertionError(f"after {what}, no new frame of {stream} within {within:g} s")
+
+
+def hostile_messages(good: list[bytes]) -> dict[str, list[list[bytes]]]:
+    header = json.loads(good[1])
+
+    def edited(payload: bytes = good[2], **changes) -> list[bytes]:
+        return [b"audio", json.dumps(dict(header, **changes)).encode(), payload]
+
+    return {
+        "sample_rate 1 with a 64 KB payload": [edited(b"\x00" * 65536, sample_rate=1)],
+        "sample_rate 1e20": [edited(sample_rate=1e20)],
+        "not JSON, deep JSON, a huge header": [
+            [b"audio", b"\xff not json", good[2]], [b"audio", b"[" * 1500, good[2]],
+            [b"audio", b" " * 100000, good[2]]],
+        "5,000 distinct stream ids": [edited(stream=f"flood-{i}", node="flood")
+                                      for i in range(5000)],
+    }
+
+
+def test_hostile_messages_cost_only_themselves(export):
+    server = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
+                 "--pub", "tcp://127.0.0.1:*", "--hop", "0.25", "--encoding", "raw",
+                 "--max-streams", "16")
+    good_stream = None
+    ctx = zmq.Context()
+    try:
+        audio_address, pub_address = server.wait_line(f"serving on {ADDRESS} -> {ADDRESS}").groups()
+        with Subscriber(pub_address) as sub:
+            sub.wait_ready(20)
+            good_stream = GoodStream(audio_address, "good")
+            good_stream.start()
+            assert_still_serving(sub, "good", "starting", within=10)   # its first 1-s window
+            hostile = ctx.socket(zmq.PUSH)
+            hostile.connect(audio_address)
+            good = encode_audio("other", 0, np.zeros(800, np.float32), RATE, time.time())
+            for what, messages in hostile_messages(good).items():
+                for parts in messages:
+                    hostile.send_multipart(parts)
+                assert_still_serving(sub, "good", what)
+            # A second capture node claims the live stream id: refused and told once.
+            for seq in range(20):
+                hostile.send_multipart(encode_audio("good", seq, np.zeros(800, np.float32),
+                                                    RATE, time.time(), node="intruder"))
+                time.sleep(0.02)
+            assert_still_serving(sub, "good", "a second node claiming its stream id")
+            # A part over any valid size: libzmq drops that connection, nobody else.
+            hostile.send_multipart([b"audio", b"{}", b"\x00" * (6 * 1024 * 1024)])
+            assert_still_serving(sub, "good", "an oversized message")
+            hostile.close(linger=0)
+            good_stream.stop.set()
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait(10) == 0, server.stderr()
+            assert time.monotonic() - started < 1.0, "SIGTERM took over a second"
+    finally:
+        if good_stream is not None:
+            good_stream.stop.set()
+        ctx.destroy(linger=0)
+        server.kill()
+    err = server.stderr()
+    assert "Traceback" not in err and "shut down cleanly" in err
+    assert "'sample_rate' should be an integer in [8000, 192000]" in err
+    assert err.count("refusing new stream") == 1 and "--max-streams 16" in err
+    assert err.count("refusing audio for stream 'good' from node intruder") == 1
+    assert err.count("ignoring a bad audio message") <= 6      # one line per kind of fault
+
+
+SLOW_SERVER = """
+import sys, time
+import runtime.options as options
+real = options.open_translator_from_args
+
+class Blocking:
+    def __init__(self, inner):
+        self.inner, self.manifest, self.dropout = inner, inner.manifest, inner.dropout
+        self.backend = "blocking"
+    def encode(self, features):
+        return self.inner.encode(features)
+    def generate(self, z, masks):
+        print("[s2i] test: model call started", file=sys.stderr, flush=True)
+        time.sleep(60)
+
+options.open_translator_from_args = lambda args: Blocking(real(args))
+from runtime.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_ends_the_server_within_a_second_in_every_state(export):
+    def stop_within_a_second(cli: CLI) -> None:
+        started = time.monotonic()
+        cli.signal(signal.SIGTERM)
+        code = cli.wait(10)
+        took = time.monotonic() - started
+        assert code == 0 and took < 1.0, f"exit {code} after {took:.2f} s:\n{cli.stderr()}"
+
+    common = ["--export", str(export), "--bind", "tcp://127.0.0.1:*", "--pub",
+              "tcp://127.0.0.1:*", "--encoding", "raw"]
+    waiting = CLI("s2i-serve", *common, "--wait-subscribers", "1")       # blocked on subscribers
+    try:
+        waiting.wait_line("waiting for 1 subscriber")
+        stop_within_a_second(waiting)
+    finally:
+        waiting.kill()
+    cli = CLI("s2i-serve", *common, code=SLOW_SERVER)
+    try:
+        address = cli.wait_line(f"serving on {ADDRESS}").group(1)
+        ctx = zmq.Context()
+        push = ctx.socket(zmq.PUSH)
+        push.connect(address)
+        push.send_multipart(encode_audio("s", 0, sounds()[0], RATE, time.time()))
+        cli.wait_line("model call started")                               # blocked in the model
+        stop_within_a_second(cli)
+        push.close(linger=0)
+        ctx.term()
+    finally:
+        cli.kill()
+    assert "still busy at shutdown" in cli.stderr()
