@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,11 @@ import numpy as np
 from runtime.errors import S2IError
 
 FRONT_END_VERSION = 1
+SUPPORTED_VERSIONS = (FRONT_END_VERSION,)
+# generic bounds (any sensible front end fits; they only keep the arithmetic meaningful)
+SAMPLE_RATE_RANGE = (1000, 768000)
+MAX_WINDOW_SECONDS = 60.0
+MAX_N_FFT = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -50,11 +56,45 @@ class FrontEndConfig:
     db_max: float = 20.0
 
     def __post_init__(self) -> None:
+        """Range-check every setting (a hand-edited store, checkpoint or export manifest may
+        hold anything): one ``S2IError`` line naming the setting, its value and the range."""
+        if isinstance(self.version, bool) or not isinstance(self.version, int) \
+                or self.version not in SUPPORTED_VERSIONS:
+            raise S2IError(f"front end: version {self.version!r} is not supported; this S2I "
+                           f"reads version {', '.join(map(str, SUPPORTED_VERSIONS))}")
+        _integer(self, "sample_rate", *SAMPLE_RATE_RANGE)
+        _number(self, "window_seconds", 0.0, MAX_WINDOW_SECONDS, low_open=True)
+        _number(self, "frame_ms", 0.0, 1000.0 * MAX_WINDOW_SECONDS, low_open=True)
+        _number(self, "hop_ms", 0.0, 1000.0 * MAX_WINDOW_SECONDS, low_open=True)
+        _integer(self, "n_fft", 2, MAX_N_FFT)
+        _integer(self, "n_mels", 1, MAX_N_FFT // 2 + 1)
+        _number(self, "fmin", 0.0, self.sample_rate / 2)
+        if self.fmax is not None:
+            _number(self, "fmax", 0.0, self.sample_rate / 2, low_open=True)
+        _number(self, "amin", 0.0, 1.0, low_open=True)
+        _number(self, "db_min", -1000.0, 1000.0)
+        _number(self, "db_max", -1000.0, 1000.0)
+        if self.hop_length < 1 or self.win_length < 2:
+            raise S2IError(f"front end: frame_ms {self.frame_ms} / hop_ms {self.hop_ms} give "
+                           f"{self.win_length}-sample frames and {self.hop_length}-sample hops at "
+                           f"{self.sample_rate} Hz; expected at least 2 and 1 samples")
+        if self.hop_length > self.win_length:
+            raise S2IError(f"front end: hop_ms ({self.hop_ms}) must not exceed frame_ms "
+                           f"({self.frame_ms}): frames would leave gaps")
         if self.win_length > self.n_fft:
             raise S2IError(f"front end: frame of {self.win_length} samples is longer than "
-                           f"n_fft={self.n_fft}")
+                           f"n_fft={self.n_fft}; expected n_fft >= the frame length")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise S2IError(f"front end: n_mels={self.n_mels} exceeds the {self.n_fft // 2 + 1} "
+                           f"frequency bins of n_fft={self.n_fft}")
+        if self.fmin >= self.f_max:
+            raise S2IError(f"front end: fmin ({self.fmin}) must be below fmax ({self.f_max}); "
+                           f"expected 0 <= fmin < fmax <= sample_rate/2 = {self.sample_rate / 2}")
         if self.db_max <= self.db_min:
             raise S2IError(f"front end: db_max ({self.db_max}) must exceed db_min ({self.db_min})")
+        if self.n_samples < self.win_length:
+            raise S2IError(f"front end: window of {self.n_samples} samples is shorter than one "
+                           f"{self.win_length}-sample frame")
         if self.n_samples % self.hop_length:
             raise S2IError(f"front end: window of {self.n_samples} samples is not a whole "
                            f"number of {self.hop_length}-sample hops")
@@ -87,7 +127,11 @@ class FrontEndConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FrontEndConfig:
+    def from_dict(cls, data: Any) -> FrontEndConfig:
+        """A config from its ``to_dict`` form, checked (``S2IError`` on anything else)."""
+        if not isinstance(data, dict):
+            raise S2IError(f"front-end config should be an object of settings, got "
+                           f"{type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -98,6 +142,28 @@ class FrontEndConfig:
     def fingerprint(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def _integer(cfg: FrontEndConfig, name: str, low: int, high: int) -> None:
+    value = getattr(cfg, name)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise S2IError(f"front end: {name} must be an integer in [{low}, {high}], got "
+                       f"{value!r}")
+
+
+def _number(cfg: FrontEndConfig, name: str, low: float, high: float,
+            low_open: bool = False) -> None:
+    """A finite real in [low, high] (or (low, high]); ints become floats (one canonical
+    form, so that fingerprints of equal configs are equal)."""
+    value = getattr(cfg, name)
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) \
+        and math.isfinite(value) and (low < value if low_open else low <= value) \
+        and value <= high
+    if not ok:
+        bracket = "(" if low_open else "["
+        raise S2IError(f"front end: {name} must be a number in {bracket}{low:g}, {high:g}], "
+                       f"got {value!r}")
+    object.__setattr__(cfg, name, float(value))
 
 
 def check_same_front_end(expected: FrontEndConfig | dict[str, Any],

@@ -419,7 +419,7 @@ def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     from trainer.checkpoint import load_translator
 
     good = make_tiny_checkpoint(tmp_path / "good.pt", width=WIDTH, embedding_dim=16)
-    state = {k: v for k, v in torch.load(good, weights_only=False).items()
+    state = {k: v for k, v in torch.load(good, weights_only=True).items()
              if k not in ("format", "version")}
     broken = {"no_dim": {k: v for k, v in state.items() if k != "embedding_dim"},
               "bad_dim": {**state, "embedding_dim": "sixteen"},

@@ -267,7 +267,7 @@ def test_full_size_translator_parity(tmp_path: Path) -> None:
 def test_broken_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "gan_last.pt"
     bad.write_bytes(b"not a checkpoint at all")
-    with pytest.raises(S2IError, match="unreadable") as info:
+    with pytest.raises(S2IError, match="no S2I sha256 seal") as info:
         export_translator(bad, tmp_path / "out", tensorrt=False)
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
@@ -275,7 +275,7 @@ def test_broken_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_mismatched_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
-    state = torch.load(checkpoint, weights_only=False)
+    state = torch.load(checkpoint, weights_only=True)
     state["width"] = 0.25          # weights are for width 0.125
     save_checkpoint(tmp_path / "wrong.pt", {k: v for k, v in state.items()
                                             if k not in ("format", "version")})

@@ -1,8 +1,23 @@
-"""Checkpoints: one dict per file, written atomically, validated on load."""
+"""Checkpoints: one dict per file, written atomically, sealed, validated on load.
+
+Safe to open whatever their origin (docs/TRAINING.md, "Checkpoints"):
+
+* Files are read with ``torch.load(weights_only=True)``, PyTorch's restricted unpickler: it
+  builds only tensors and plain containers (dict, list, tuple, str, int, float, bool, None)
+  and refuses every other global, so a crafted file cannot run code.
+* Every file is sealed with the sha256 of all its bytes, kept in the zip archive comment
+  that ends a ``torch.save`` file (``s2i-sha256:<hex>``; plain ``torch.load`` still opens
+  it). The seal is checked before anything is unpickled: a flipped byte anywhere is one
+  error line naming the file.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import io
+import re
+import struct
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,15 +31,89 @@ from runtime.manifest import atomic_write_bytes
 from trainer.models import AudioEncoder, DenseGenerator
 
 CHECKPOINT_FORMAT = "s2i-checkpoint"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2   # 2: sealed with a sha256, plain data only (weights_only loading)
+_SEAL_PREFIX = b"s2i-sha256:"
+_SEAL_LENGTH = len(_SEAL_PREFIX) + 64
+_END_OF_ZIP = b"PK\x05\x06"  # the zip end-of-central-directory record: 22 bytes + comment
+
+
+def _check_plain(value: Any, where: str) -> None:
+    """Only what ``weights_only`` loading builds: fail when saving, not when resuming."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _check_plain(key, where)
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif not (value is None or isinstance(value, (torch.Tensor, str, bool, int, float))):
+        raise TypeError(f"checkpoint entry {where} is a {type(value).__module__}."
+                        f"{type(value).__qualname__}; a checkpoint holds only tensors, dicts, "
+                        "lists, tuples, str, int, float, bool and None")
+
+
+def seal(data: bytes) -> bytes:
+    """``torch.save`` bytes -> the same zip archive with ``s2i-sha256:<hex>`` as its comment
+    (the hash of every byte before the comment's length field)."""
+    if data[-22:-18] != _END_OF_ZIP or data[-2:] != b"\0\0":
+        raise RuntimeError("torch.save wrote no plain zip archive; cannot seal the checkpoint")
+    comment = _SEAL_PREFIX + hashlib.sha256(data[:-2]).hexdigest().encode()
+    return data[:-2] + struct.pack("<H", len(comment)) + comment
+
+
+def check_seal(path: Path, chunk: int = 1 << 20) -> None:
+    """Recompute a checkpoint's sha256 and compare it with its seal (one ``S2IError`` line)."""
+    size = path.stat().st_size
+    tail = 2 + _SEAL_LENGTH
+    with open(path, "rb") as f:
+        if size < 22 + _SEAL_LENGTH:
+            end = b""
+        else:
+            f.seek(size - 22 - _SEAL_LENGTH)
+            end = f.read()
+        if end[:4] != _END_OF_ZIP or end[-tail:-_SEAL_LENGTH] != struct.pack("<H", _SEAL_LENGTH) \
+                or not end[-_SEAL_LENGTH:].startswith(_SEAL_PREFIX):
+            raise S2IError(f"checkpoint {path} carries no S2I sha256 seal (damaged, or not "
+                           "written by `python -m trainer` of S2I checkpoint version "
+                           f"{CHECKPOINT_VERSION}); refused")
+        digest = hashlib.sha256()
+        f.seek(0)
+        left = size - tail
+        while left > 0 and (block := f.read(min(chunk, left))):
+            digest.update(block)
+            left -= len(block)
+    if digest.hexdigest().encode() != end[-64:]:
+        raise S2IError(f"checkpoint {path} is damaged: its bytes do not match the sha256 it "
+                       "was sealed with (changed after it was written); use another checkpoint")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
-    """Write ``state`` (stage, models, config, ...) atomically; adds format and version."""
-    state = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **state}
+    """Write ``state`` (stage, models, config, ...) atomically and sealed, with format and
+    version (any of these in ``state`` are replaced). Only tensors and plain data."""
+    body = {k: v for k, v in state.items() if k not in ("format", "version")}
+    body = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **body}
+    _check_plain(body, "state")
     buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    torch.save(body, buffer)
+    atomic_write_bytes(path, seal(buffer.getvalue()))
+
+
+def read_state(path: Path) -> Any:
+    """``torch.load`` with the restricted unpickler (nothing but tensors and plain data is
+    built; no seal check); every failure one ``S2IError`` line."""
+    try:
+        with warnings.catch_warnings():   # old pickle protocols warn; the answer is the same
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a damaged or foreign file
+        refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if refused or "Weights only load failed" in str(exc):
+            what = f" ({refused.group(1)})" if refused else ""
+            raise S2IError(f"checkpoint {path} holds objects other than tensors and plain "
+                           f"data{what}; refused (S2I never unpickles code). Expected a "
+                           "file written by `python -m trainer`") from exc
+        raise S2IError(f"checkpoint {path} is unreadable ({type(exc).__name__}); "
+                       "expected a file written by `python -m trainer`") from exc
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None,
@@ -37,16 +126,17 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
         path = find_checkpoint(path, stage or "gan")
     if not path.is_file():
         raise S2IError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises many types for a damaged file
-        raise S2IError(f"checkpoint {path} is unreadable ({type(exc).__name__}); "
-                       "expected a file written by `python -m trainer`") from exc
+    check_seal(path)
+    state = read_state(path)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise S2IError(f"{path} is not an S2I checkpoint")
     if state.get("version") != CHECKPOINT_VERSION:
         raise S2IError(f"{path} has checkpoint version {state.get('version')}, "
                        f"expected {CHECKPOINT_VERSION}")
+    try:
+        checked = FrontEndConfig.from_dict(state.get("front_end"))
+    except S2IError as exc:
+        raise S2IError(f"checkpoint {path}: {exc}") from exc
     if stage is not None and state.get("stage") != stage:
         raise S2IError(f"{path} is a '{state.get('stage')}' checkpoint, expected '{stage}'")
     if embedding_dim is not None and state.get("embedding_dim") != embedding_dim:
@@ -56,7 +146,7 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
         raise S2IError(f"{path} was trained with --width {state.get('width')}, but --width "
                        f"{width} was given; use the same width or another run folder")
     if front_end is not None:
-        check_same_front_end(front_end, state["front_end"], f"checkpoint {path}")
+        check_same_front_end(front_end, checked, f"checkpoint {path}")
     return state
 
 
