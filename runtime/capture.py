@@ -20,8 +20,15 @@ import numpy as np
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
-from runtime.errors import run_cli
+from runtime.errors import S2IError, run_cli
 from runtime.protocol import connect, encode_audio
+from runtime.security import (
+    HandshakeWatch,
+    add_client_security_args,
+    check_address,
+    client_keys,
+    warn_if_open,
+)
 from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
@@ -91,11 +98,14 @@ def capture_main(argv: list[str] | None = None) -> int:
                         help="sample rate sent to the server (default: 16000)")
     parser.add_argument("--stream-id", default=f"capture-{socketlib.gethostname()}",
                         help="stream id; keep it across restarts (default: capture-HOSTNAME)")
+    add_client_security_args(parser)
     args = parser.parse_args(argv)
     if args.list_devices:
         print("\n".join(list_devices()) or "no input devices")
         return 0
     chosen_source(args)
+    check_address(args.connect, "audio output (--connect)")
+    keys = client_keys(args)
     blocks = BlockQueue()
     source = open_live_source(args, blocks.put, args.send_rate)  # a file is always paced
     ctx = zmq.Context()
@@ -103,13 +113,20 @@ def capture_main(argv: list[str] | None = None) -> int:
     push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
     push.setsockopt(zmq.IMMEDIATE, 1)         # no server connected -> drop, don't queue
     linger = 0
+    watch = None
     try:
+        if keys is not None:
+            keys.apply(push)
+        watch = HandshakeWatch(push, args.connect, curve=keys is not None)
         connect(push, args.connect, "audio output (PUSH)")
+        warn_if_open(args.connect, "audio", curve=keys is not None, bound=False)
         with stop_on_signals() as stop:
             source.start()
             log(f"capturing {source.name} -> {args.connect} as stream {args.stream_id!r}")
             sender = AudioSender(push, args.stream_id, args.send_rate)
             while not stop.is_set():
+                if failure := watch.poll():
+                    raise S2IError(failure)
                 item = blocks.get(timeout=0.1)
                 if item is not None:
                     sender.send(*item)
@@ -125,6 +142,8 @@ def capture_main(argv: list[str] | None = None) -> int:
             return exit_code(stop)
     finally:
         source.stop()
+        if watch is not None:
+            watch.close()
         push.close(linger=linger)
         ctx.destroy(linger=0)   # closes any socket left open; closed ones keep their linger
 

@@ -31,6 +31,7 @@ from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
 from runtime.pipeline import Window
 from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio
+from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
 from runtime.ring import AudioRing
 
 DEFAULT_MAX_STREAMS = 1024
@@ -110,7 +111,8 @@ class NetworkIngress:
 
     def __init__(self, ctx: zmq.Context, bind_address: str, sample_rate: int, window: int,
                  hop: int, max_streams: int = DEFAULT_MAX_STREAMS,
-                 idle_expiry_s: float = IDLE_EXPIRY_S, takeover_s: float = TAKEOVER_S) -> None:
+                 idle_expiry_s: float = IDLE_EXPIRY_S, takeover_s: float = TAKEOVER_S,
+                 security: ServerSecurity | None = None) -> None:
         if max_streams < 1:
             raise S2IError(f"--max-streams must be at least 1, got {max_streams}")
         self.sample_rate, self.window, self.hop = sample_rate, window, hop
@@ -121,7 +123,10 @@ class NetworkIngress:
         self.pull.setsockopt(zmq.RCVHWM, PULL_RCVHWM)
         # A peer sending a part larger than any valid message is disconnected by libzmq.
         self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_AUDIO_PAYLOAD_BYTES + 4096)
+        if security is not None:
+            security.secure(self.pull, NODES_DOMAIN)   # CURVE: only allowed capture nodes
         bind(self.pull, bind_address, "audio input (PULL)")
+        warn_if_open(bind_address, "audio input (PULL)", curve=security is not None)
         self.address = self.pull.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.streams: dict[str, StreamState] = {}
         self.scheduler = DueStreams()

@@ -37,7 +37,9 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                         "address (HEAD:6379, or auto) and application name (default s2i); "
                         "--export/--backend/--precision/--threads are then the deployment's "
                         "(deploy/serve.yaml, docs/SCALING.md)")
-    g.add_argument("--pub", default="tcp://*:5556", help="PUB address to bind")
+    g.add_argument("--pub", default="tcp://127.0.0.1:5556",
+                   help="PUB address to bind (default: tcp://127.0.0.1:5556, this machine "
+                        "only; e.g. tcp://0.0.0.0:5556 opens it to the network)")
     g.add_argument("--topic", default=DEFAULT_TOPIC)
     g.add_argument("--wait-subscribers", type=int, default=0, metavar="N",
                    help="start only once N subscriptions have arrived (no frame is missed)")

@@ -23,6 +23,7 @@ import numpy as np
 import zmq
 
 from runtime.errors import S2IError
+from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 1
 DEFAULT_TOPIC = "s2i"
@@ -283,7 +284,11 @@ def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
 def bind(socket: zmq.Socket, address: str, what: str) -> None:
     """Bind, or close the socket and raise a one-line error (a context can then terminate)."""
     try:
+        check_address(address, what)
         socket.bind(address)
+    except S2IError:
+        socket.close(linger=0)
+        raise
     except zmq.ZMQError as exc:
         socket.close(linger=0)
         raise S2IError(f"cannot bind the {what} socket to {address}: {exc}") from exc
@@ -292,7 +297,11 @@ def bind(socket: zmq.Socket, address: str, what: str) -> None:
 def connect(socket: zmq.Socket, address: str, what: str) -> None:
     """Connect, or close the socket and raise a one-line error."""
     try:
+        check_address(address, what)
         socket.connect(address)
+    except S2IError:
+        socket.close(linger=0)
+        raise
     except zmq.ZMQError as exc:
         socket.close(linger=0)
         raise S2IError(f"cannot connect the {what} socket to {address}: {exc} "
@@ -322,13 +331,16 @@ class Publisher:
     """
 
     def __init__(self, ctx: zmq.Context, address: str, topic: str, info: dict[str, Any],
-                 sndhwm: int = PUB_SNDHWM) -> None:
+                 sndhwm: int = PUB_SNDHWM, security: ServerSecurity | None = None) -> None:
         self.topic, self.info = topic, info
         self.socket = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.setsockopt(zmq.SNDHWM, sndhwm)
         _report_all_subscriptions(self.socket)
+        if security is not None:
+            security.secure(self.socket, SUBSCRIBERS_DOMAIN)
         bind(self.socket, address, "publisher")
+        warn_if_open(address, "publisher (PUB)", curve=security is not None)
         self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.subscribers = 0
         self.sent = 0

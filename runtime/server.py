@@ -32,6 +32,12 @@ from runtime.options import (
 )
 from runtime.pipeline import MIN_HOP_SECONDS, Pipeline, Window
 from runtime.protocol import Publisher
+from runtime.security import (
+    ServerSecurity,
+    add_server_security_args,
+    check_address,
+    server_security,
+)
 from runtime.stages import Stages, StatusLine, run_file, run_ring
 
 __all__ = ["DEFAULT_EXPORT", "MIN_HOP_SECONDS", "NetworkLoop", "Pipeline", "Window",
@@ -48,10 +54,11 @@ class NetworkLoop:
     def __init__(self, pipeline: Pipeline, publisher: Publisher, ctx: zmq.Context,
                  bind_address: str, max_batch: int = 64, max_wait_s: float = 0.01,
                  max_streams: int = DEFAULT_MAX_STREAMS, idle_expiry_s: float = IDLE_EXPIRY_S,
-                 encode_threads: int = 2) -> None:
+                 encode_threads: int = 2, security: ServerSecurity | None = None) -> None:
         self.pipeline, self.publisher = pipeline, publisher
         self.ingress = NetworkIngress(ctx, bind_address, pipeline.sample_rate, pipeline.window,
-                                      pipeline.hop, max_streams, idle_expiry_s)
+                                      pipeline.hop, max_streams, idle_expiry_s,
+                                      security=security)
         self.address = self.ingress.address
         self.status = StatusLine()
         self.stages = Stages(pipeline, self.ingress, publisher, max_batch, max_wait_s,
@@ -122,8 +129,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="s2i-serve", description="Generation server: PULL audio from s2i-capture nodes, "
                                        "publish generated images on PUB.")
-    parser.add_argument("--bind", default="tcp://*:5555",
-                        help="address to PULL audio on (default: tcp://*:5555)")
+    parser.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                        help="address to PULL audio on (default: tcp://127.0.0.1:5555, this "
+                             "machine only; e.g. tcp://0.0.0.0:5555 opens it)")
     parser.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
                         help=f"most live streams; newcomers past it are refused "
                              f"(default: {DEFAULT_MAX_STREAMS})")
@@ -131,17 +139,22 @@ def serve_main(argv: list[str] | None = None) -> int:
                         help=f"forget a stream silent this long (default: {IDLE_EXPIRY_S:g} s)")
     add_pipeline_args(parser)
     add_batching_args(parser)
+    add_server_security_args(parser, nodes=True)
     args = parser.parse_args(argv)
+    check_address(args.bind, "audio input (--bind)")
+    check_address(args.pub, "publisher (--pub)")
     pipeline = open_pipeline(args)
     max_batch, max_wait_s = batching(args, pipeline.backend)
     ctx = zmq.Context()
-    publisher = loop = None
+    publisher = loop = security = None
     ended = True
     try:
         with stop_on_signals() as stop:
-            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info())
+            security = server_security(args, ctx)
+            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
             loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
-                               args.max_streams, args.idle_expiry, args.encode_threads)
+                               args.max_streams, args.idle_expiry, args.encode_threads,
+                               security=security)
             log(f"serving on {loop.address} -> {publisher.address} "
                 f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
                 f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
@@ -155,6 +168,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         if ended:
             if publisher is not None:
                 publisher.close()
+            if security is not None:
+                security.close()
             ctx.destroy(linger=0)   # closes any socket left open
     if not ended:
         # A model call is still running (a huge batch on a slow backend): nothing it holds

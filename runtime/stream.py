@@ -20,6 +20,7 @@ from runtime.manifest import load_export_manifest
 from runtime.options import add_pipeline_args, open_pipeline
 from runtime.protocol import Publisher
 from runtime.ring import AudioRing
+from runtime.security import add_server_security_args, check_address, server_security
 from runtime.server import close_translator, wait_for_subscribers
 from runtime.sources import (
     Source,
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "generated images on a ZeroMQ PUB socket.")
     add_source_args(parser)
     add_pipeline_args(parser)
+    add_server_security_args(parser, nodes=False)
     parser.add_argument("--stream-id", default="main", help="stream id in the headers")
     return parser
 
@@ -49,6 +51,7 @@ def stream_main(argv: list[str] | None = None) -> int:
         print("\n".join(list_devices()) or "no input devices")
         return 0
     kind = chosen_source(args)
+    check_address(args.pub, "publisher (--pub)")
     pipeline = None
     if args.cluster:   # the export lives with the deployment: its manifest comes from there
         pipeline = open_pipeline(args)
@@ -66,13 +69,14 @@ def stream_main(argv: list[str] | None = None) -> int:
     else:
         source = open_live_source(args, ring.write, front_end.sample_rate)
     ctx = zmq.Context()
-    publisher = None
+    publisher = security = None
     linger_ms = 0
     try:
+        security = server_security(args, ctx)
         if pipeline is None:
             pipeline = open_pipeline(args)
         with stop_on_signals() as stop:
-            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info())
+            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
             log(f"publishing on {publisher.address} (backend {pipeline.info()['backend']}, "
                 f"hop {pipeline.hop_seconds:g} s, {pipeline.samples} sample(s) per window)")
             wait_for_subscribers(publisher, args.wait_subscribers, stop)
@@ -97,6 +101,8 @@ def stream_main(argv: list[str] | None = None) -> int:
             close_translator(pipeline)
         if publisher is not None:
             publisher.close(linger_ms)
+        if security is not None:
+            security.close()
         ctx.destroy(linger=0)   # closes any socket left open; closed ones keep their linger
 
 

@@ -26,6 +26,7 @@ from runtime.client import Subscriber
 from runtime.errors import S2IError, run_cli
 from runtime.manifest import atomic_write_bytes
 from runtime.protocol import DEFAULT_TOPIC, Frame
+from runtime.security import add_client_security_args, client_keys, is_loopback
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
@@ -152,12 +153,14 @@ def view_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = never)")
     parser.add_argument("--newest-only", action="store_true",
                         help="skip queued frames and show the newest (slow clients)")
+    add_client_security_args(parser)
     args = parser.parse_args(argv)
     if args.out is None and args.web is None:
         raise S2IError("nothing to do: give --out DIR and/or --web PORT")
+    keys = client_keys(args)
     latest = LatestFrame()
     httpd = None
-    subscriber = Subscriber(args.connect, args.topic, newest_only=args.newest_only)
+    subscriber = Subscriber(args.connect, args.topic, newest_only=args.newest_only, keys=keys)
     try:
         if args.out is not None:
             try:
@@ -175,6 +178,9 @@ def view_main(argv: list[str] | None = None) -> int:
             threading.Thread(target=httpd.serve_forever, name="s2i-view-web",
                              daemon=True).start()
             log(f"view at http://{args.host}:{httpd.server_address[1]}/")
+            if not is_loopback(f"tcp://{args.host}:1"):
+                log(f"warning: the page on {args.host} is open to the network, without "
+                    "authentication or encryption")
         with stop_on_signals() as stop:
             received = bad = 0
             while not stop.is_set() and (args.count <= 0 or received < args.count):

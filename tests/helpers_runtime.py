@@ -17,6 +17,8 @@ import numpy as np
 import soundfile as sf
 
 BIN = Path(sys.executable).parent
+SCRIPTS = {"s2i-stream": "runtime.stream", "s2i-serve": "runtime.server",
+           "s2i-capture": "runtime.capture", "s2i-view": "runtime.view", "s2i-keys": "runtime.keys"}
 
 
 def tiny_export(tmp_path_factory) -> Path:
@@ -25,6 +27,16 @@ def tiny_export(tmp_path_factory) -> Path:
     from helpers_export import make_tiny_export
 
     export = tmp_path_factory.getbasetemp() / "runtime-tiny-export"
+    if not (export / "manifest.json").is_file():
+        make_tiny_export(export, width=0.125, embedding_dim=64, input_sensitive=True)
+    return export
+
+
+def sensitive_export(tmp_path_factory) -> Path:
+    """One tiny INPUT-SENSITIVE export per session (images change with the audio)."""
+    from helpers_export import make_tiny_export
+
+    export = tmp_path_factory.getbasetemp() / "runtime-sensitive-export"
     if not (export / "manifest.json").is_file():
         make_tiny_export(export, width=0.125, embedding_dim=64, input_sensitive=True)
     return export
@@ -46,8 +58,7 @@ class CLI:
                  stdin: int | None = None, code: str | None = None) -> None:
         """``code``: run ``python -c code *args`` instead (a script with test doubles)."""
         exe = BIN / script
-        module = {"s2i-stream": "runtime.stream", "s2i-serve": "runtime.server",
-                  "s2i-capture": "runtime.capture", "s2i-view": "runtime.view"}[script]
+        module = SCRIPTS[script]
         command = [str(exe)] if exe.exists() else [sys.executable, "-m", module]
         if code is not None:
             command = [sys.executable, "-c", code]
@@ -118,8 +129,7 @@ class CLI:
 def run_cli(script: str, *args: str, env: dict[str, str] | None = None,
             timeout: float = 60.0) -> subprocess.CompletedProcess:
     exe = BIN / script
-    module = {"s2i-stream": "runtime.stream", "s2i-serve": "runtime.server",
-              "s2i-capture": "runtime.capture", "s2i-view": "runtime.view"}[script]
+    module = SCRIPTS[script]
     command = [str(exe)] if exe.exists() else [sys.executable, "-m", module]
     return subprocess.run(command + list(args), env=env, capture_output=True, text=True,
                           timeout=timeout)
