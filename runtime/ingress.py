@@ -31,8 +31,8 @@ from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
 from runtime.pipeline import Window
 from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio
-from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
 from runtime.ring import AudioRing
+from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
 
 DEFAULT_MAX_STREAMS = 1024
 IDLE_EXPIRY_S = 30.0
