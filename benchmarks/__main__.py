@@ -10,6 +10,7 @@ from runtime.errors import run_cli
 COMMANDS = {
     "store": ("benchmarks.store_bench", "build a store from train.tar.gz; load random batches"),
     "latency": ("benchmarks.latency", "per-window latency of the streaming translator"),
+    "serve": ("benchmarks.serve_bench", "streams the real s2i-serve holds (batched, paced load)"),
 }
 
 

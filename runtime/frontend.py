@@ -238,18 +238,29 @@ def _check_audio(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     return audio
 
 
+CHUNK_WINDOWS = 4     # windows per FFT pass: larger passes fall out of cache (3-5x slower)
+
+
 def log_mel_batch(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     """``[B, n_samples]`` mono float audio -> ``[B, n_mels, n_frames]`` float32 in [-1, 1]."""
     audio = _check_audio(audio, cfg)
     if audio.ndim == 1:
         audio = audio[None]
+    if len(audio) <= CHUNK_WINDOWS:
+        return _log_mel_rows(audio, cfg)
+    return np.concatenate([_log_mel_rows(audio[i:i + CHUNK_WINDOWS], cfg)
+                           for i in range(0, len(audio), CHUNK_WINDOWS)])
+
+
+def _log_mel_rows(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     window, fbank = _tables(cfg)
     padded = np.pad(audio, ((0, 0), (cfg.pad, cfg.pad)), mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.win_length, axis=1)
     frames = frames[:, :: cfg.hop_length][:, : cfg.n_frames]          # [B, T, win]
     spectrum = np.fft.rfft(frames * window, n=cfg.n_fft, axis=-1)     # [B, T, bins]
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
-    mel = np.einsum("mf,btf->bmt", fbank, power)                      # [B, mels, T]
+    # One BLAS matrix product (an einsum here took ~7 of a window's ~11 ms; benchmarks serve).
+    mel = np.matmul(power, fbank.T).transpose(0, 2, 1)               # [B, mels, T]
     db = 10.0 * np.log10(np.maximum(mel, cfg.amin))
     scaled = (np.clip(db, cfg.db_min, cfg.db_max) - cfg.db_min) / (cfg.db_max - cfg.db_min)
     return (scaled * 2.0 - 1.0)[:, ::-1, :].astype(np.float32)

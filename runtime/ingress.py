@@ -135,7 +135,6 @@ class NetworkIngress:
         self.say = RateLimitedLog()
         self._told_duplicates: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_expiry = time.monotonic() + 1.0
-        memory.pin_mmap_threshold()
 
     # --- the ingress thread ------------------------------------------------------------------
 

@@ -1,9 +1,8 @@
 """Giving freed per-stream memory back to the system (glibc; a no-op elsewhere).
 
-glibc serves large blocks (a stream's ring buffer) with mmap, but raises that threshold each
-time such a block is freed, so after the first expiry new rings come from the heap, whose
-freed middle is rarely returned: the issue's 5,000 expired streams kept ~700 MB. Pinning the
-threshold keeps big blocks in mmap (freed = returned); ``trim`` hands back free heap pages.
+A stream's ring and resampler are freed when it expires, but glibc keeps freed heap pages
+for reuse: the issue's 5,000 expired streams left the server ~700 MB larger for good.
+``trim`` (glibc ``malloc_trim``) hands every free page of every arena back to the system.
 """
 
 from __future__ import annotations
@@ -11,9 +10,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 from typing import Any
-
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 64 * 1024
 
 _libc: Any = None
 
@@ -23,16 +19,10 @@ def _glibc() -> Any:
     if _libc is None:
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-            _libc = libc if hasattr(libc, "malloc_trim") and hasattr(libc, "mallopt") else False
+            _libc = libc if hasattr(libc, "malloc_trim") else False
         except OSError:
             _libc = False
     return _libc
-
-
-def pin_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
-    """Serve every block of ``nbytes`` or more by mmap (returned to the system when freed)."""
-    libc = _glibc()
-    return bool(libc) and bool(libc.mallopt(M_MMAP_THRESHOLD, int(nbytes)))
 
 
 def trim() -> None:

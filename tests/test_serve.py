@@ -274,3 +274,36 @@ def test_sigterm_ends_the_server_within_a_second_in_every_state(export):
     finally:
         cli.kill()
     assert "still busy at shutdown" in cli.stderr()
+
+
+def test_expired_streams_give_their_memory_back():
+    from runtime import memory
+    from runtime.ingress import NetworkIngress
+
+    if not memory._glibc():
+        pytest.skip("not glibc: malloc_trim is not available to return freed memory")
+
+    def rss_mb() -> float:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        pytest.skip("no /proc/self/status here")
+
+    ctx = zmq.Context()
+    ingress = NetworkIngress(ctx, "tcp://127.0.0.1:*", RATE, RATE, RATE, max_streams=1000,
+                             idle_expiry_s=0.0)
+    try:
+        block = np.zeros(800, np.float32)
+        before = rss_mb()
+        for i in range(1500):                     # 1,000 held, 500 refused
+            ingress.handle(encode_audio(f"s{i}", 0, block, 44100, time.time()))
+        assert len(ingress.streams) == 1000 and ingress.counters.refused_streams == 500
+        peak = rss_mb()
+        time.sleep(0.01)
+        assert ingress.expire_idle() == 1000 and not ingress.streams
+        after = rss_mb()
+    finally:
+        ingress.pull.close(linger=0)
+        ctx.term()
+    assert peak - before > 50, f"1,000 streams should take memory ({before:.0f} -> {peak:.0f} MB)"
+    assert after - before < 0.25 * (peak - before), f"{before:.0f} -> {peak:.0f} -> {after:.0f} MB"

@@ -1,0 +1,435 @@
+"""``python -m benchmarks serve``: how many real-time streams the real ``s2i-serve`` holds.
+
+One run starts the real server process (``python -m runtime.server``), a subscriber process
+that counts every frame (raw ZeroMQ SUB, headers only) and one load process that plays N
+paced capture streams over tcp://127.0.0.1, each on its own real PUSH socket, in 50-ms blocks
+like ``s2i-capture``, their starts spread over one hop. Per N it records frames delivered /
+expected (every stream), hops skipped, end-to-end latency (capture stamp of a window's last
+sample -> frame received) p50/p99, the batch-size histogram, the per-stage split, the
+server's RSS and CPU and the load process's CPU. N is held when every stream gets >= 99% of
+its frames and p99 <= the hop. In the same run it measures the batched-step ceiling of the
+same backend (``benchmarks.throughput.max_streams``: features + encoder + generator of S
+windows in one call, p99 within the hop).
+
+``--before DIR`` also runs a second server from another checkout (e.g. the server before
+issue 11: ``git worktree add /tmp/s2i-before 5fcb5bd``) with the same load, side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import queue
+import re
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks import report
+from runtime.errors import S2IError
+
+DEFAULT_OUT = Path(__file__).parent / "results"
+BLOCK_S = 0.05
+SERVING = re.compile(r"serving on (tcp://\S+) -> (tcp://\S+)")
+SKIPPED = re.compile(r"skipped (\d+) late hops")
+STAGES = ("features", "encoder", "generator", "encoding")
+
+
+# --------------------------------------------------------------------------- the export
+
+
+def sensitive_export(out_dir: Path, width: float, embedding_dim: int, seed: int = 0) -> Path:
+    """An untrained translator whose images depend on the input (BatchNorm statistics
+    calibrated on synthetic sounds, ``trainer.calibrate``), exported to ONNX; reused when
+    ``out_dir`` already holds one."""
+    if (out_dir / "manifest.json").is_file():
+        return out_dir
+    import torch
+
+    from export.translator import export_translator
+    from trainer.calibrate import calibrate_batchnorm
+    from trainer.checkpoint import save_untrained_translator
+    from trainer.models import AudioEncoder, DenseGenerator
+
+    torch.manual_seed(seed)
+    encoder, generator = AudioEncoder(embedding_dim, width), DenseGenerator(embedding_dim, width)
+    calibrate_batchnorm(encoder, generator, seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = save_untrained_translator(
+        out_dir.parent / f"{out_dir.name}.ckpt.pt", encoder, generator, embedding_dim, width,
+        "benchmarks.serve: untrained, input-sensitive, for timing only")
+    return export_translator(checkpoint, out_dir, fused=False, tensorrt=False)
+
+
+# --------------------------------------------------------------------------- load and subscriber
+
+
+def load_process(address: str, streams: int, seconds: float, hop_s: float, rate: int,
+                 prefix: str, protocol: int | None, out: Any) -> None:
+    """N paced capture streams, one PUSH socket each, starts spread over one hop."""
+    import zmq
+
+    from runtime.protocol import encode_audio
+
+    ctx = zmq.Context()
+    sockets = []
+    for _ in range(streams):
+        push = ctx.socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 50)
+        push.setsockopt(zmq.LINGER, 0)
+        push.connect(address)
+        sockets.append(push)
+    block = int(rate * BLOCK_S)
+    t = np.arange(rate * 2) / rate
+    sounds = [(0.4 * np.sin(2 * np.pi * (200 + 37 * i) * t)).astype(np.float32)
+              for i in range(min(streams, 64))]
+    blocks_per_stream = int(round(seconds / BLOCK_S))
+    cpu0 = os.times()
+    start = time.time() + 0.5
+    # (due time, stream) for every block; streams start at i/N of a hop.
+    events = sorted((start + i * hop_s / streams + (b + 1) * BLOCK_S, i, b)
+                    for i in range(streams) for b in range(blocks_per_stream))
+    unsent = 0
+    for due, i, b in events:
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        sound = sounds[i % len(sounds)]
+        offset = (b * block) % (len(sound) - block)
+        parts = encode_audio(f"{prefix}{i}", b, sound[offset:offset + block], rate, due,
+                             node=f"load-{prefix}{i}")
+        if protocol is not None:      # an older server reads only its own protocol number
+            header = json.loads(parts[1])
+            header["protocol"] = protocol
+            parts[1] = json.dumps(header).encode()
+        try:
+            sockets[i].send_multipart(parts, zmq.NOBLOCK)
+        except zmq.Again:
+            unsent += 1
+    cpu1 = os.times()
+    for push in sockets:
+        push.close(linger=0)
+    ctx.term()
+    out.put({"cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 3),
+             "wall_s": round(time.time() - start, 3), "unsent": unsent,
+             "late_s": round(max(0.0, time.time() - events[-1][0]), 3)})
+
+
+def subscriber_process(address: str, out: Any, stop: Any) -> None:
+    """Every frame's header: (stream, seq, capture time, received, batch, timings)."""
+    import zmq
+
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 100000)
+    sub.setsockopt(zmq.SUBSCRIBE, b"")
+    sub.connect(address)
+    ready = False
+    frames: list[tuple[Any, ...]] = []
+    while not stop.is_set():
+        if not sub.poll(100, zmq.POLLIN):
+            continue
+        while True:
+            try:
+                parts = sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            received = time.time()
+            header = json.loads(parts[1])
+            if header.get("kind") == "hello":
+                if not ready:
+                    out.put(("ready",))
+                    ready = True
+                continue
+            t = header.get("timings_ms", {})
+            frames.append((header["stream"], int(header["seq"]), float(header["capture_time"]),
+                           received, int(header.get("batch", 1)),
+                           tuple(float(t.get(k, 0.0)) for k in STAGES)))
+    sub.close(linger=0)
+    ctx.term()
+    out.put(("frames", frames))
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Server:
+    """The real s2i-serve process, its stderr read by a thread."""
+
+    def __init__(self, export: Path, pythonpath: Path, hop_s: float, extra: list[str]) -> None:
+        env = dict(os.environ, PYTHONPATH=str(pythonpath), PYTHONUNBUFFERED="1")
+        command = [sys.executable, "-m", "runtime.server", "--export", str(export),
+                   "--backend", "onnxruntime-cpu", "--bind", "tcp://127.0.0.1:*",
+                   "--pub", "tcp://127.0.0.1:*", "--hop", str(hop_s), "--samples", "1",
+                   "--wait-subscribers", "1", *extra]
+        self.command = command
+        self.process = subprocess.Popen(command, env=env, cwd=str(pythonpath),
+                                        stderr=subprocess.PIPE, text=True)
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.lines.put(line.rstrip("\n"))
+
+    def wait_line(self, regex: re.Pattern[str], timeout_s: float = 300) -> re.Match[str]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            self.log.append(line)
+            if match := regex.search(line):
+                return match
+        raise S2IError("s2i-serve did not start: " + " | ".join(self.log[-5:]))
+
+    def drain_log(self) -> list[str]:
+        while True:
+            try:
+                self.log.append(self.lines.get_nowait())
+            except queue.Empty:
+                return self.log
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024, 1)
+        return float("nan")
+
+    def cpu_s(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], seconds: float,
+               hop_s: float, rate: int, protocol: int | None, extra: list[str],
+               grace_s: float) -> dict[str, Any]:
+    """Every N of ``counts`` against one server process; stops after the first N not held."""
+    spawn = mp.get_context("spawn")
+    server = Server(export, pythonpath, hop_s, extra)
+    rows: list[dict[str, Any]] = []
+    try:
+        audio_address, pub_address = server.wait_line(SERVING).groups()
+        frames_q, stop = spawn.Queue(), spawn.Event()
+        sub = spawn.Process(target=subscriber_process, args=(pub_address, frames_q, stop),
+                            daemon=True)
+        sub.start()
+        if frames_q.get(timeout=120)[0] != "ready":
+            raise S2IError("benchmark subscriber never saw the server's hello")
+        for n in counts:
+            # A fresh subscriber per N would cost a handshake; frames are split by prefix.
+            prefix = f"n{n}-"
+            cpu0, load_q = server.cpu_s(), spawn.Queue()
+            load = spawn.Process(target=load_process, daemon=True,
+                                 args=(audio_address, n, seconds, hop_s, rate, prefix,
+                                       protocol, load_q))
+            load.start()
+            load_stats = load_q.get(timeout=seconds + 120)
+            load.join(10)
+            time.sleep(grace_s)
+            cpu1, rss = server.cpu_s(), server.rss_mb()
+            row = {"streams": n, "load": load_stats, "server_rss_mb": rss,
+                   "server_cpu_s": round(cpu1 - cpu0, 2)}
+            rows.append(row)
+            print(f"[{label}] N={n}: sent; server RSS {rss} MB, CPU {cpu1 - cpu0:.1f} s, "
+                  f"load CPU {load_stats['cpu_s']} s", file=sys.stderr, flush=True)
+        stop.set()
+        kind, frames = frames_q.get(timeout=120)
+        sub.join(10)
+    finally:
+        code = server.stop()
+    log = server.drain_log()
+    skipped = [int(m.group(1)) for line in log if (m := SKIPPED.search(line))]
+    expected = int((seconds - 1.0) / hop_s + 1e-9) + 1   # windows ending at 1 s, 1 s + hop, ...
+    for row in rows:
+        summarize_row(row, [f for f in frames if f[0].startswith(f"n{row['streams']}-")],
+                      expected, hop_s)
+    return {"label": label, "command": " ".join(server.command), "exit_code": code,
+            "skipped_hops_total": sum(skipped), "rows": rows,
+            "log_tail": [line for line in log if "Traceback" in line or "error" in line][-5:]}
+
+
+def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: int,
+                  hop_s: float) -> None:
+    n = row["streams"]
+    per_stream: dict[str, list[tuple[Any, ...]]] = {}
+    for f in frames:
+        per_stream.setdefault(f[0], []).append(f)
+    delivered = [len(per_stream.get(f"n{n}-{i}", [])) for i in range(n)]
+    e2e = [(f[3] - f[2]) * 1000 for f in frames]
+    lat = report.summarize(e2e) if e2e else {"p50": float("nan"), "p99": float("nan")}
+    by_batch: dict[int, int] = {}
+    for f in frames:
+        by_batch[f[4]] = by_batch.get(f[4], 0) + 1
+    batches = {str(b): round(c / b, 1) for b, c in sorted(by_batch.items())}   # batch counts
+    stages = {k: round(float(np.mean([f[5][j] for f in frames])), 2) if frames else 0.0
+              for j, k in enumerate(STAGES)}
+    stages["queues_and_transport"] = round(float(np.mean(e2e)) - sum(stages.values()), 2) \
+        if e2e else 0.0
+    fractions = [d / expected for d in delivered]
+    row.update({
+        "expected_per_stream": expected, "delivered": sum(delivered),
+        "expected": expected * n, "min_stream_fraction": round(min(fractions), 4),
+        "delivered_fraction": round(sum(delivered) / (expected * n), 4),
+        "skipped_or_lost": expected * n - sum(delivered),
+        "e2e_p50_ms": round(lat["p50"], 1), "e2e_p99_ms": round(lat["p99"], 1),
+        "batch_histogram": batches, "stage_mean_ms": stages,
+        "held": bool(min(fractions) >= 0.99 and lat["p99"] <= hop_s * 1000),
+    })
+
+
+# --------------------------------------------------------------------------- the ceiling
+
+
+def ceiling(export: Path, hop_s: float, time_cap_s: float) -> dict[str, Any]:
+    from benchmarks.throughput import max_streams
+    from runtime.backends import open_translator
+    from runtime.frontend import FrontEndConfig
+
+    translator = open_translator(export, backend="onnxruntime-cpu")
+    cfg = FrontEndConfig.from_dict(translator.manifest["front_end"])
+    rng = np.random.default_rng(0)
+    windows = (rng.standard_normal((16, cfg.n_samples)) * 0.3).astype(np.float32)
+    result = max_streams(translator, windows, cfg, k=1, budget_s=hop_s, reps=10,
+                         time_cap_s=time_cap_s, bisect_steps=2)
+    return {"streams": result["streams"], "curve": result["curve"]}
+
+
+# --------------------------------------------------------------------------- report
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    lines = ["| server | N | delivered | worst stream | p50 ms | p99 ms | batches (size: count) "
+             "| stages ms (feat/enc/gen/png/queue) | RSS MB | server CPU s | load CPU s | held |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        for r in run["rows"]:
+            s = r["stage_mean_ms"]
+            hist = ", ".join(f"{b}: {c:g}" for b, c in list(r["batch_histogram"].items())[:6])
+            lines.append(
+                f"| {run['label']} | {r['streams']} | {r['delivered_fraction']:.1%} | "
+                f"{r['min_stream_fraction']:.0%} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
+                f"| {hist} | {s['features']:.1f}/{s['encoder']:.1f}/{s['generator']:.1f}/"
+                f"{s['encoding']:.1f}/{s['queues_and_transport']:.0f} | {r['server_rss_mb']:.0f} "
+                f"| {r['server_cpu_s']:.1f} | {r['load']['cpu_s']:.1f} | "
+                f"{'yes' if r['held'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def plot(runs: list[dict[str, Any]], path: Path, hop_s: float, ceiling_n: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    for run in runs:
+        n = [r["streams"] for r in run["rows"]]
+        a.plot(n, [r["e2e_p99_ms"] for r in run["rows"]], "o-", label=run["label"])
+        b.plot(n, [r["min_stream_fraction"] for r in run["rows"]], "o-", label=run["label"])
+    for ax in (a, b):
+        ax.axvline(ceiling_n, color="grey", ls=":", label=f"batched-step ceiling ({ceiling_n})")
+        ax.set_xlabel("streams N (hop 1 s, K = 1)")
+        ax.legend()
+    a.axhline(hop_s * 1000, color="red", ls="--", lw=0.8)
+    a.set_ylabel("end-to-end p99 (ms)")
+    b.axhline(0.99, color="red", ls="--", lw=0.8)
+    b.set_ylabel("delivered fraction, worst stream")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def held(run: dict[str, Any]) -> int:
+    return max([r["streams"] for r in run["rows"] if r["held"]], default=0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks serve",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--export", type=Path, default=None,
+                        help="export folder (default: build an untrained input-sensitive one "
+                             "of --width/--dim under --work)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/s2i-serve-bench"))
+    parser.add_argument("--width", type=float, default=1.0)
+    parser.add_argument("--dim", type=int, default=512)
+    parser.add_argument("--streams", default="", help="N values, e.g. 4,8,16 (default: "
+                        "fractions of the measured ceiling)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="load per N (default: 12)")
+    parser.add_argument("--hop", type=float, default=1.0)
+    parser.add_argument("--before", type=Path, default=None,
+                        help="a checkout of an older server to run side by side")
+    parser.add_argument("--before-protocol", type=int, default=1,
+                        help="protocol number the older server reads (default: 1)")
+    parser.add_argument("--server-args", default="", help="extra s2i-serve options (new server)")
+    parser.add_argument("--ceiling-cap", type=float, default=6.0,
+                        help="seconds per batch size when measuring the ceiling")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: tiny model, N 1,2, 3-s loads, no plot")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--name", default=None, help="results file stem (default: serve-<host>)")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.width, args.dim, args.seconds, args.ceiling_cap = 0.125, 64, 3.0, 1.0
+        args.streams = args.streams or "1,2"
+    export = args.export or sensitive_export(
+        args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
+    from runtime.frontend import FrontEndConfig
+    from runtime.manifest import load_export_manifest
+
+    rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
+    top = ceiling(export, args.hop, args.ceiling_cap)
+    print(f"batched-step ceiling: {top['streams']} streams", file=sys.stderr, flush=True)
+    if args.streams:
+        counts = [int(n) for n in args.streams.split(",")]
+    else:
+        c = max(2, top["streams"])
+        counts = sorted({max(1, round(c * f)) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1)})
+    here = Path(__file__).resolve().parents[1]
+    runs = []
+    servers = [("after", here, None, args.server_args.split())]
+    if args.before is not None:
+        servers.insert(0, ("before", args.before.resolve(), args.before_protocol, []))
+    for label, path, protocol, extra in servers:
+        runs.append(run_server(label, export, path, counts, args.seconds, args.hop, rate,
+                               protocol, extra, grace_s=2.0 * args.hop + 1.0))
+    result = {
+        "benchmark": "serve", "machine": report.machine_info(), "versions": report.versions(),
+        "note": "2 CPU cores shared with other engineers' jobs while measuring; compare rows "
+                "of one run, not across runs",
+        "export": str(export), "width": args.width, "embedding_dim": args.dim,
+        "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds,
+        "ceiling": top, "runs": runs,
+        "held": {run["label"]: held(run) for run in runs},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = args.name or ("serve-quick" if args.quick
+                         else f"serve-{report.machine_slug(result['machine'])}")
+    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
+    md = (f"Batched-step ceiling: {top['streams']} streams. Held (>= 99% to every stream, "
+          f"p99 <= {args.hop * 1000:.0f} ms): "
+          + ", ".join(f"{k} {v}" for k, v in result["held"].items()) + "\n\n" + table(runs))
+    (args.out / f"{stem}.md").write_text(md + "\n")
+    if not args.quick:
+        plot(runs, args.out / f"{stem}.png", args.hop, top["streams"])
+    print(md)
+    return 0
