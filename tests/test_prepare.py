@@ -138,8 +138,9 @@ def test_prepare_demo(tmp_path: Path) -> None:
 def test_prepare_videos(video_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "videos"
     assert prepare_main([str(video_root), "--out", str(out), "--fractions", "0.5", "0.25",
-                         "0.25", "--workers", "2", "--quiet"]) == 0
+                         "0.25", "--workers", "2", "--quiet", "--no-balance"]) == 0
     store = Store(out, verify_checksums=True)
+    assert "balanced" not in store.manifest                          # opted out
     assert store.classes == ["Baby cry", "Dog", "Water flowing"]   # paper order first
     assert store.has_images
     skipped = store.manifest["skipped"]
@@ -165,9 +166,11 @@ def test_prepare_videos(video_root: Path, tmp_path: Path) -> None:
 
 def test_prepare_videos_balanced(video_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "balanced"
-    assert prepare_main([str(video_root), "--out", str(out), "--balance", "--max-seconds", "2",
+    # balanced by default (the paper's equal segments per class)
+    assert prepare_main([str(video_root), "--out", str(out), "--max-seconds", "2",
                          "--classes", "Dog", "Water flowing", "--workers", "1", "--quiet"]) == 0
     store = Store(out)
+    assert "balanced" in store.manifest
     assert store.classes == ["Dog", "Water flowing"]
     for name in store.splits:
         counts = store.manifest["splits"][name]["per_class"]

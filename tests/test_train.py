@@ -78,6 +78,35 @@ def test_gan_updates_d_once_per_n_gd_batches(store: Path, audio_run: Path,
     assert all("rc_fake" in h and "pixel_loss" in h for h in history)
 
 
+def test_paper_schedule_skips_the_two_epochs_after_each_d_update(store: Path, audio_run: Path,
+                                                                 tmp_path: Path) -> None:
+    """The paper preset snapshots every epoch, so the evaluation's "skip the 2 epochs after a D
+    update" rule fires on a real run (D in epoch 5 -> snapshots 6 and 7 skipped); the run's
+    metrics say what a D update was."""
+    import dataclasses
+    import json
+
+    from trainer.evaluate.report import discriminator_update_epochs, skipped_after_d
+    from trainer.evaluate.sample import list_snapshots
+    from trainer.presets import apply_preset
+
+    cfg = apply_preset(GanConfig(store=str(store), encoder=str(audio_run), run_dir=str(tmp_path)),
+                       "paper")
+    cfg = dataclasses.replace(cfg, epochs=7, **{**TINY, "max_batches": 1})
+    history = train_gan(cfg)
+    assert [h["d_updates"] > 0 for h in history] == [False] * 4 + [True, False, False]
+    paths = list_snapshots(tmp_path)
+    epochs = [load_checkpoint(p)["epoch"] for p in paths]
+    assert epochs == list(range(1, 8))
+    d_epochs, source = discriminator_update_epochs(load_checkpoint(paths[-1]), epochs, None)
+    assert d_epochs == {5} and "5 generator epochs" in source
+    skipped = skipped_after_d(epochs, d_epochs, 2)
+    assert [e for e, s in zip(epochs, skipped, strict=True) if s] == [6, 7]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())["gan"]
+    assert metrics["d_update"]["unit"] == "epoch" and metrics["d_update"]["n_gd"] == 5
+    assert metrics["preset"] == "paper"
+
+
 def test_frozen_encoder_does_not_change(store: Path, audio_run: Path, tmp_path: Path) -> None:
     train_gan(GanConfig(store=str(store), encoder=str(audio_run), run_dir=str(tmp_path), epochs=1,
                         **TINY))

@@ -65,8 +65,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--kind", choices=KINDS, default="auto", help="source kind (default: auto)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing store at --out")
     p.add_argument("--seed", type=int, default=0, help="seed for splits, balancing, demo")
-    p.add_argument("--balance", action="store_true",
-                   help="equal items per class in each split (the paper's balancing)")
+    p.add_argument("--balance", action=argparse.BooleanOptionalAction, default=None,
+                   help="equal items per class in each split, as the paper does (default: on "
+                        "for videos; off for the authors' JPG/bin sets, balanced at the source)")
     p.add_argument("--split", default=None,
                    help="JPG/bin: put every input in this split (default: from folder/file "
                         "names train|val|test, data_/val_/test_batch)")
@@ -125,6 +126,8 @@ def build(sources: list[str], opts: PrepareOptions, kind: str = "auto") -> Store
         raise S2IError(f"the sources are of different kinds ({', '.join(sorted(kinds))}); "
                        "build one store per kind")
     found = kinds.pop()
+    if opts.balance is None:   # the paper balances classes; its published sets already are
+        opts.balance = found == "videos"
     if opts.out.exists() and not opts.overwrite:
         raise S2IError(f"{opts.out} already exists; pass --overwrite to replace it")
     if found == "demo":

@@ -26,7 +26,7 @@ class PrepareOptions:
     out: Path
     overwrite: bool = False
     seed: int = 0
-    balance: bool = False
+    balance: bool | None = None                  # None: on for videos, off for JPG/bin/demo
     split: str | None = None                     # force one split for JPG/bin inputs
     resplit: bool = False                        # JPG/bin: ignore folder names, split by video
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)

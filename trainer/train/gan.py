@@ -43,7 +43,8 @@ from trainer.models import (
     check_embedding_dim,
     check_transition_widths,
 )
-from trainer.train.audio import parse
+from trainer.presets import preset_overrides
+from trainer.train.audio import PRESET_HELP, parse
 from trainer.train.common import (
     Dist,
     RunWriter,
@@ -64,6 +65,7 @@ from trainer.train.common import (
 @dataclass
 class GanConfig:
     store: str = ""
+    preset: str = field(default="", metadata={"help": PRESET_HELP})
     encoder: str = field(default="", metadata={"help": "audio run folder or audio checkpoint"})
     run_dir: str = "runs/gan"
     embedding_dim: int | None = None    # None: the encoder's D
@@ -75,7 +77,7 @@ class GanConfig:
     lr: float = 0.1
     momentum: float = 0.5
     adv_lambda: float = 0.1
-    ma_window: int = 10                 # k of Eq. 5
+    ma_window: int = 10                 # k of Eq. 5: not in the paper (ours; docs/FIDELITY.md)
     n_gd: int = 5
     n_gd_unit: str = "epoch"            # "epoch" or "batch"
     r_max: float = 1.0
@@ -88,6 +90,7 @@ class GanConfig:
     grid_mc_samples: int = 6
 
     def __post_init__(self) -> None:
+        preset_overrides(GanConfig, self.preset)
         if self.n_gd_unit not in ("epoch", "batch"):
             raise ValueError(f"n_gd_unit must be 'epoch' or 'batch', got '{self.n_gd_unit}'")
         if self.n_gd < 1:
@@ -102,6 +105,13 @@ class GanConfig:
 def d_turn(cfg: GanConfig, epoch: int, step: int) -> bool:
     """Whether D is updated now; ``epoch`` and ``step`` are 1-based counters."""
     return (epoch if cfg.n_gd_unit == "epoch" else step) % cfg.n_gd == 0
+
+
+def d_update_description(cfg: GanConfig) -> dict[str, Any]:
+    """What a D update was in this run, for its metrics and reports."""
+    unit = "epochs" if cfg.n_gd_unit == "epoch" else "batches"
+    return {"n_gd": cfg.n_gd, "unit": cfg.n_gd_unit,
+            "text": f"D trained once per {cfg.n_gd} generator {unit}"}
 
 
 def load_frozen_encoder(cfg: GanConfig, store: Store, device: torch.device
@@ -306,7 +316,9 @@ def train_gan(cfg: GanConfig, resume: bool = False) -> list[dict[str, Any]]:
             save_config(cfg, Path(cfg.run_dir) / "config_gan.json")
         history = trainer.fit()
         if world.is_main:
-            update_metrics(Path(cfg.run_dir), "gan", {"epochs": cfg.epochs, "history": history})
+            update_metrics(Path(cfg.run_dir), "gan", {
+                "epochs": cfg.epochs, "preset": cfg.preset or None,
+                "d_update": d_update_description(cfg), "history": history})
         return history
     finally:
         teardown_distributed()
