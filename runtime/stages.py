@@ -30,6 +30,7 @@ from runtime.pipeline import Batch, Pipeline, Result, Window
 from runtime.protocol import Publisher
 
 END = None                # sent down the queues when the source has ended
+BUDGET_HOPS = 0.4         # a batch's model time stays within this many hops
 STATUS_EVERY_S = 10.0
 
 
@@ -65,11 +66,18 @@ class Stages:
                  on_published: Callable[[Result], None] | None = None) -> None:
         self.pipeline, self.source, self.publisher = pipeline, source, publisher
         self.max_batch, self.max_wait_s = max(1, int(max_batch)), max(0.0, float(max_wait_s))
+        # A batch should take at most this long in the model (latency stays near two of
+        # them); the cap follows the measured model time per window.
+        self.budget_s = BUDGET_HOPS * pipeline.hop_seconds
+        self.per_window_s: float | None = None
         self.encode_threads = max(1, int(encode_threads))
         self.on_published = on_published
         self.counters = StageCounters()
         self.say = RateLimitedLog()
         self.features_q: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
+        # The next batch is formed only once the model has taken the previous one: windows
+        # are read from the rings as late as possible and at most one batch waits.
+        self.model_free = threading.Semaphore(1)
         self.publish_q: queue.Queue[list[Result] | None] = queue.Queue(maxsize=2)
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
@@ -113,6 +121,19 @@ class Stages:
             thread.join(max(0.0, deadline - time.monotonic()))
         return not any(t.is_alive() for t in self.threads)
 
+    def batch_limit(self) -> int:
+        """``max_batch``, lowered so that one batch fits the latency budget when the model
+        is slow: the other due streams wait for the next batch, which takes their newest
+        window (their stale hops are skipped and counted, never queued)."""
+        if self.per_window_s is None or self.per_window_s <= 0:
+            return self.max_batch
+        return max(1, min(self.max_batch, int(self.budget_s / self.per_window_s)))
+
+    def _measured(self, windows: int, seconds: float) -> None:
+        per_window = seconds / max(1, windows)
+        self.per_window_s = per_window if self.per_window_s is None \
+            else 0.7 * self.per_window_s + 0.3 * per_window
+
     def _put(self, q: queue.Queue[Any], item: Any) -> bool:
         """Blocking put that gives up when ``stop`` is set (a bounded queue's back-pressure)."""
         while not self.stop.is_set():
@@ -136,8 +157,11 @@ class Stages:
 
     def _features(self) -> None:
         while not self.stop.is_set():
-            windows = self.source.take(self.max_batch, self.max_wait_s, self.stop)
+            if not self.model_free.acquire(timeout=0.1):
+                continue
+            windows = self.source.take(self.batch_limit(), self.max_wait_s, self.stop)
             if not windows:
+                self.model_free.release()
                 if getattr(self.source, "done", None) is not None and self.source.done.is_set():
                     self._put(self.features_q, END)
                     return
@@ -156,6 +180,7 @@ class Stages:
             if batch is END:
                 self._put(self.publish_q, END)
                 return
+            self.model_free.release()          # the batcher may now form the next batch
             start = time.perf_counter()
             try:
                 results = self.pipeline.split(batch, self.pipeline.infer(batch))
@@ -168,6 +193,7 @@ class Stages:
                 continue
             finally:
                 self.counters.busy_s["model"] += time.perf_counter() - start
+            self._measured(len(batch.windows), time.perf_counter() - start)
             self.counters.batches += 1
             self.counters.batch_sizes[len(batch.windows)] += 1
             if not self._put(self.publish_q, results):
