@@ -11,6 +11,7 @@ COMMANDS = {
     "store": ("benchmarks.store_bench", "build a store from train.tar.gz; load random batches"),
     "latency": ("benchmarks.latency", "per-window latency of the streaming translator"),
     "serve": ("benchmarks.serve_bench", "streams the real s2i-serve holds (batched, paced load)"),
+    "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
 }
 
 

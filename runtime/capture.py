@@ -15,6 +15,7 @@ import queue
 import socket as socketlib
 import sys
 import threading
+import time
 
 import numpy as np
 import zmq
@@ -79,13 +80,17 @@ class AudioSender:
         self.push, self.stream_id, self.rate = push, stream_id, rate
         self.seq, self.unsent = 0, 0
 
-    def send(self, block: np.ndarray, capture_time: float) -> None:
+    def send(self, block: np.ndarray, capture_time: float, end: bool = False) -> None:
         try:
             self.push.send_multipart(encode_audio(self.stream_id, self.seq, block, self.rate,
-                                                  capture_time), zmq.NOBLOCK)
+                                                  capture_time, end=end), zmq.NOBLOCK)
         except zmq.Again:
             self.unsent += 1
         self.seq += 1
+
+    def finish(self) -> None:
+        """Tell the server this node stopped (it then ends the stream for subscribers)."""
+        self.send(np.zeros(0, np.float32), time.time(), end=True)
 
 
 def capture_main(argv: list[str] | None = None) -> int:
@@ -135,10 +140,11 @@ def capture_main(argv: list[str] | None = None) -> int:
                         sender.send(*block)
                     break
             source.stop()
+            sender.finish()     # stopped or finished: the server ends the stream at once
             source.raise_error()
             log(f"sent {sender.seq - sender.unsent} blocks ({sender.unsent} unsent: no server "
                 f"or server busy; {blocks.dropped} dropped in the queue)")
-            linger = 0 if stop.is_set() else 1000   # a finished file flushes its last blocks
+            linger = 300 if stop.is_set() else 1000   # flush the last blocks and the end
             return exit_code(stop)
     finally:
         source.stop()

@@ -19,6 +19,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -112,7 +113,8 @@ class NetworkIngress:
     def __init__(self, ctx: zmq.Context, bind_address: str, sample_rate: int, window: int,
                  hop: int, max_streams: int = DEFAULT_MAX_STREAMS,
                  idle_expiry_s: float = IDLE_EXPIRY_S, takeover_s: float = TAKEOVER_S,
-                 security: ServerSecurity | None = None) -> None:
+                 security: ServerSecurity | None = None,
+                 on_end: Callable[[str, str], None] | None = None) -> None:
         if max_streams < 1:
             raise S2IError(f"--max-streams must be at least 1, got {max_streams}")
         self.sample_rate, self.window, self.hop = sample_rate, window, hop
@@ -132,6 +134,7 @@ class NetworkIngress:
         self.scheduler = DueStreams()
         self.counters = IngressCounters()
         self.max_batch_hint = 1
+        self.on_end = on_end     # (stream, reason): a stream stopped or expired (protocol end)
         self.say = RateLimitedLog()
         self._told_duplicates: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_expiry = time.monotonic() + 1.0
@@ -174,6 +177,8 @@ class NetworkIngress:
             self.say("bad:" + re.sub(r"[0-9]+", "#", str(exc))[:60],
                      f"ignoring a bad audio message: {exc}")
             return None
+        if header.get("end") is True:      # the capture node stopped (protocol 2)
+            return self._end(header)
         state = self._state(header)
         if state is None:
             return None
@@ -222,6 +227,19 @@ class NetworkIngress:
             self.streams[sid] = fresh
         return fresh
 
+    def _end(self, header: dict[str, Any]) -> str | None:
+        """A capture node's last message: forget its stream and announce the end."""
+        sid = header["stream"]
+        with self.scheduler.cond:
+            state = self.streams.get(sid)
+            if state is None or state.node != header["node"]:
+                return None
+            del self.streams[sid]
+            self.scheduler.due.pop(sid, None)
+        if self.on_end is not None:
+            self.on_end(sid, "node-stopped")
+        return sid
+
     def _refuse_duplicate(self, sid: str, node: str, owner: str) -> None:
         self.counters.refused_duplicates += 1
         key = (sid, node)
@@ -245,6 +263,9 @@ class NetworkIngress:
         if gone:
             self.counters.expired += len(gone)
             memory.trim()
+            for sid in gone:
+                if self.on_end is not None:
+                    self.on_end(sid, "node-expired")
         return len(gone)
 
     # --- the batching stage -------------------------------------------------------------------
@@ -296,6 +317,8 @@ class RingIngress:
             if self.ring.closed or (self.finished is not None and self.finished.is_set()
                                     and self.ring.written < self.next_total):
                 self.done.set()
+                if self.frames == 0 and 0 < self.ring.written < self.window:
+                    return [self._padded()]
         else:
             return []
         due_time = time.monotonic()
@@ -308,3 +331,15 @@ class RingIngress:
                         self.frames, due_time)
         self.frames += 1
         return [window]
+
+    def _padded(self) -> Window:
+        """An input shorter than one window ended: one window of it, zero-padded at the end
+        (like a short file without --realtime); ``position_s`` is its real length."""
+        written = self.ring.written
+        audio, capture_time, _ = self.ring.latest(written)  # type: ignore[misc]
+        log(f"{self.stream_id}: the input ended after {written / self.sample_rate:.2f} s, "
+            f"shorter than one {self.window / self.sample_rate:g}-s window: published one "
+            "zero-padded window")
+        self.frames += 1
+        return Window(self.stream_id, np.pad(audio, (0, self.window - written)), capture_time,
+                      written / self.sample_rate, 0, time.monotonic())

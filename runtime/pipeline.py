@@ -25,8 +25,11 @@ from runtime.protocol import (
     DEFAULT_TOPIC,
     ENCODINGS,
     PROTOCOL_VERSION,
+    audio_level,
     encode_frame,
+    image_shape,
     images_to_uint8,
+    sanitise_audio,
     uncertainty_map,
 )
 
@@ -117,16 +120,16 @@ class Pipeline:
                 "classes": manifest.get("classes", []), "samples": self.samples,
                 "window_s": self.front_end.window_seconds, "hop_s": self.hop_seconds,
                 "sample_rate": self.sample_rate, "encoding": self.encoding,
-                "uncertainty": self.uncertainty}
+                "uncertainty": self.uncertainty, "shape": image_shape(manifest)}
 
     # --- the stages' work -------------------------------------------------------------------
 
     def features(self, batch: Batch) -> Batch:
         """Log-mel of every window at once (vectorised over the batch) -> ``[B,1,128,100]``."""
         start = time.perf_counter()
-        audio = np.stack([w.audio for w in batch.windows]).astype(np.float32, copy=False)
-        # Silence and clipping are valid input; a broken source's NaN/inf must not stop us.
-        np.nan_to_num(audio, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+        # Silence and clipping are valid input; a broken source's NaN/inf must not stop us:
+        # NaN -> 0, clipped to [-1, 1], as the level fields (protocol.audio_level) see it.
+        audio = sanitise_audio(np.stack([w.audio for w in batch.windows]))
         batch.features = log_mel_batch(audio, self.front_end)[:, None]
         batch.timings_ms["features"] = _ms(start)
         return batch
@@ -188,15 +191,14 @@ class Pipeline:
         if seq is None:
             seq = self._seq.get(window.stream, 0)
             self._seq[window.stream] = seq + 1
-        audio = window.audio
+        rms, peak = audio_level(window.audio)
         return {
             "protocol": PROTOCOL_VERSION, "stream": window.stream, "seq": int(seq),
             "capture_time": float(window.capture_time), "position_s": window.position_s,
             "window_s": self.front_end.window_seconds, "hop_s": self.hop_seconds,
             "sample_rate": self.sample_rate, "backend": self.backend,
             "batch": len(batch.windows),
-            "rms": _finite(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))),
-            "peak": _finite(np.abs(audio).max()),
+            "rms": rms, "peak": peak,
             "timings_ms": {key: batch.timings_ms.get(key, 0.0)
                            for key in ("features", "encoder", "generator")},
         }
@@ -226,7 +228,3 @@ class Pipeline:
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 
-
-def _finite(value: Any) -> float:
-    number = float(value)
-    return number if np.isfinite(number) else 0.0

@@ -1,11 +1,17 @@
-"""The S2I ZeroMQ wire format (see docs/PROTOCOL.md): image frames on PUB, audio on PUSH.
+"""The S2I ZeroMQ wire format, protocol 2 (see docs/PROTOCOL.md): frames on PUB, audio on PUSH.
 
 Image message (PUB/XPUB -> SUB), multipart:
-    [topic, header JSON, image_0, ..., image_{K-1}, (uncertainty map)]
-Hello message (sent on PUB when a subscription arrives; the slow-joiner handshake):
-    [topic, header JSON with "kind": "hello"]
+    [topic, header JSON ("kind": "frame"), image_0, ..., image_{K-1}, (uncertainty map)]
+Hello message (on PUB after subscriptions arrive, at most one per ``HELLO_INTERVAL_S``):
+    [topic, header JSON ("kind": "hello")]
+End message (on PUB when a stream finishes):
+    [topic, header JSON ("kind": "end")]
 Audio message (capture node PUSH -> server PULL), multipart:
-    [b"audio", header JSON, raw little-endian float32 samples, interleaved]
+    [b"audio", header JSON, raw little-endian samples, interleaved]
+
+Every header carries ``session``, random per server process start: ``seq`` restarts at 0
+only with a new session. Headers are strict JSON (no NaN/Infinity): audio is sanitised
+(``sanitise_audio``) before anything is computed from it.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import json
 import math
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -25,12 +32,53 @@ import zmq
 from runtime.errors import S2IError
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
+AUDIO_PROTOCOLS = (1, 2)  # capture nodes of protocol 1 keep working (same audio message)
+SESSION_ID = secrets.token_hex(8)   # this server process's session (new every start)
+HELLO_INTERVAL_S = 0.25   # at most one hello per this interval, however many subscriptions
+END_DELAY_S = 1.0         # an end waits this long for frames of its stream still in the model
 DEFAULT_TOPIC = "s2i"
 AUDIO_TOPIC = b"audio"
 ENCODINGS = ("png", "raw")
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
+
+
+# --- audio level and strict JSON -------------------------------------------------------------
+
+def sanitise_audio(audio: np.ndarray) -> np.ndarray:
+    """Samples as the model and the level fields see them: NaN -> 0, then clipped to [-1, 1]
+    (so +-Inf -> +-1, and 4.0 -> 1.0 like any clipped sample). Returns a float32 copy."""
+    audio = np.nan_to_num(np.asarray(audio, np.float32), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(audio, -1.0, 1.0, out=audio)
+
+
+def audio_level(audio: np.ndarray) -> tuple[float, float]:
+    """(rms, peak) of the sanitised samples; both in [0, 1], 0 for an empty window."""
+    clean = sanitise_audio(audio).astype(np.float64)
+    if clean.size == 0:
+        return 0.0, 0.0
+    return float(np.sqrt(np.mean(np.square(clean)))), float(np.abs(clean).max())
+
+
+def dumps_header(header: dict[str, Any]) -> bytes:
+    """Strict JSON (RFC 8259): a NaN or infinity anywhere is a one-line error, never sent."""
+    try:
+        return json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+    except ValueError as exc:
+        bad = sorted(k for k, v in header.items() if isinstance(v, float) and not math.isfinite(v))
+        raise S2IError(f"S2I {header.get('kind', 'message')} header has a non-finite number "
+                       f"in {bad or 'a nested field'}; refusing to send invalid JSON") from exc
+
+
+def image_shape(manifest: dict[str, Any]) -> list[int] | None:
+    """``[H, W, 3]`` of the generator's images from an export manifest (None if not stated)."""
+    try:
+        shape = manifest["models"]["generator"]["outputs"][0]["shape"]
+        channels, height, width = (int(n) for n in shape[-3:])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return [height, width, channels]
 
 
 # --- images ---------------------------------------------------------------------------------
@@ -85,16 +133,15 @@ def encode_frame(topic: str, header: dict[str, Any], images_u8: np.ndarray,
     payloads = [encode_image(img, encoding) for img in images_u8]
     if uncertainty is not None:
         payloads.append(encode_image(uncertainty, encoding))
-    header = dict(header, kind="frame", protocol=PROTOCOL_VERSION, encoding=encoding,
-                  samples=int(len(images_u8)), shape=list(images_u8.shape[1:]),
-                  uncertainty=uncertainty is not None)
-    if uncertainty is not None:
-        header["uncertainty_shape"] = list(uncertainty.shape)
-        header["uncertainty_scale"] = UNCERTAINTY_SCALE
+    header = dict(header, kind="frame", protocol=PROTOCOL_VERSION, session=SESSION_ID,
+                  encoding=encoding, samples=int(len(images_u8)),
+                  shape=list(images_u8.shape[1:]), uncertainty=uncertainty is not None,
+                  uncertainty_shape=None if uncertainty is None else list(uncertainty.shape),
+                  uncertainty_scale=None if uncertainty is None else UNCERTAINTY_SCALE)
     header["timings_ms"] = dict(header.get("timings_ms", {}),
                                 encoding=round((time.perf_counter() - start) * 1000, 3))
     header["publish_time"] = time.time()
-    return [topic.encode(), json.dumps(header).encode()] + payloads
+    return [topic.encode(), dumps_header(header)] + payloads
 
 
 @dataclass
@@ -108,8 +155,17 @@ class Frame:
     def seq(self) -> int:
         return int(self.header["seq"])
 
+    @property
+    def stream(self) -> str:
+        return str(self.header.get("stream"))
 
-def decode_header(parts: list[bytes]) -> dict[str, Any]:
+    @property
+    def session(self) -> str:
+        return str(self.header.get("session"))
+
+
+def decode_header(parts: list[bytes],
+                  versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> dict[str, Any]:
     if len(parts) < 2:
         raise S2IError(f"S2I message needs at least a topic and a header, got {len(parts)} parts")
     try:
@@ -119,9 +175,10 @@ def decode_header(parts: list[bytes]) -> dict[str, Any]:
     if not isinstance(header, dict):
         raise S2IError(f"S2I message header should be a JSON object, got "
                        f"{type(header).__name__}")
-    if header.get("protocol") != PROTOCOL_VERSION:
-        raise S2IError(f"S2I message has protocol {header.get('protocol')!r}; this client "
-                       f"reads version {PROTOCOL_VERSION}")
+    version = header.get("protocol")
+    if isinstance(version, bool) or version not in versions:
+        raise S2IError(f"S2I message has protocol {str(version)[:20]}; this client reads "
+                       f"version {' or '.join(map(str, versions))}")
     return header
 
 
@@ -178,8 +235,28 @@ def decode_frame(parts: list[bytes]) -> Frame:
 
 
 def hello_message(topic: str, info: dict[str, Any]) -> list[bytes]:
-    header = dict(info, kind="hello", protocol=PROTOCOL_VERSION, time=time.time())
-    return [topic.encode(), json.dumps(header).encode()]
+    """``[topic, hello]``: the server's description (``Pipeline.info()``) plus kind, protocol,
+    session, topic and time."""
+    uncertainty = bool(info.get("uncertainty"))
+    shape = info.get("shape")
+    header = dict(info, kind="hello", protocol=PROTOCOL_VERSION, session=SESSION_ID,
+                  topic=topic, time=time.time(), uncertainty=uncertainty,
+                  uncertainty_shape=list(shape[:2]) if uncertainty and shape else None,
+                  uncertainty_scale=UNCERTAINTY_SCALE if uncertainty else None)
+    return [topic.encode(), dumps_header(header)]
+
+
+END_REASONS = ("end-of-file", "end-of-input", "source-stopped", "node-stopped", "node-expired",
+               "server-stopped")
+
+
+def end_message(topic: str, stream: str, reason: str, last_seq: int | None) -> list[bytes]:
+    """``[topic, end]``: stream ``stream`` of this session sends no more frames."""
+    if reason not in END_REASONS:
+        raise S2IError(f"unknown end reason {reason!r}; expected one of {END_REASONS}")
+    header = {"kind": "end", "protocol": PROTOCOL_VERSION, "session": SESSION_ID,
+              "stream": stream, "reason": reason, "last_seq": last_seq, "time": time.time()}
+    return [topic.encode(), dumps_header(header)]
 
 
 # --- audio between capture node and server --------------------------------------------------
@@ -199,14 +276,17 @@ NODE_ID = secrets.token_hex(8)   # this process's capture-node instance id (new 
 
 
 def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int,
-                 capture_time: float, channels: int = 1, node: str = NODE_ID) -> list[bytes]:
+                 capture_time: float, channels: int = 1, node: str = NODE_ID,
+                 end: bool = False) -> list[bytes]:
     """``[b"audio", header, float32 samples]``; ``node`` tells the server which capture
     process sends (two nodes claiming one stream id are told apart by it)."""
     header = {"kind": "audio", "protocol": PROTOCOL_VERSION, "stream": stream_id, "seq": seq,
               "sample_rate": int(sample_rate), "channels": int(channels), "dtype": "float32",
               "capture_time": float(capture_time), "node": node}
+    if end:     # the node's last message (no samples): the server ends the stream now
+        header["end"] = True
     data = np.ascontiguousarray(samples, dtype="<f4").tobytes()
-    return [AUDIO_TOPIC, json.dumps(header).encode(), data]
+    return [AUDIO_TOPIC, dumps_header(header), data]
 
 
 def _finite_number(header: dict[str, Any], key: str, default: Any = None) -> float:
@@ -249,7 +329,7 @@ def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     if len(parts[1]) > MAX_AUDIO_HEADER_BYTES:
         raise S2IError(f"audio message header of {len(parts[1])} bytes is over "
                        f"{MAX_AUDIO_HEADER_BYTES}")
-    header = decode_header(parts)
+    header = decode_header(parts, AUDIO_PROTOCOLS)
     dtype = header.get("dtype")
     if dtype not in AUDIO_DTYPES:
         raise S2IError(f"audio message dtype should be one of {sorted(AUDIO_DTYPES)}, got "
@@ -325,9 +405,15 @@ class Publisher:
     """An XPUB socket: SUB clients see a plain PUB; the server also sees their subscriptions.
 
     ``SNDHWM`` bounds what is queued for a slow subscriber: past it PUB drops frames for that
-    subscriber, never blocking the loop. Each new subscription is answered with a ``hello``
-    message on the publisher's topic, which tells the client that its subscription is live
-    (the slow-joiner handshake; nobody sleeps).
+    subscriber, never blocking the loop. New subscriptions are answered with a ``hello`` on
+    the publisher's topic, which tells a client that its subscription is live (the
+    slow-joiner handshake; nobody sleeps). Hellos are rate-limited: subscriptions arriving
+    within ``HELLO_INTERVAL_S`` share one hello, so a peer that subscribes and unsubscribes
+    in a loop cannot crowd frames out of other subscribers' queues.
+
+    One thread owns the socket (``publish``, ``poll_subscriptions``, ``flush_ends``);
+    ``end`` may be called from any thread: the owner sends it with its next poll, after
+    ``END_DELAY_S`` (so frames of that stream still in the model go out first).
     """
 
     def __init__(self, ctx: zmq.Context, address: str, topic: str, info: dict[str, Any],
@@ -344,13 +430,19 @@ class Publisher:
         self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.subscribers = 0
         self.sent = 0
+        self.hellos = 0
+        self._hello_due = False
+        self._next_hello = 0.0
+        self.last_seq: dict[str, int] = {}        # stream -> last seq published (live streams)
+        self._ends: list[tuple[float, str, str]] = []   # (due monotonic time, stream, reason)
+        self._ends_lock = threading.Lock()
 
     def _ours(self, prefix: bytes) -> bool:
         """Whether a subscription to ``prefix`` receives our topic (SUB matches prefixes)."""
         return self.topic.encode().startswith(prefix)
 
     def poll_subscriptions(self, timeout_ms: int = 0) -> int:
-        """Handle pending (un)subscriptions; answer each of ours with a hello.
+        """Handle pending (un)subscriptions, send a due hello and due end messages.
 
         Returns the live subscriptions that receive our topic; others are ignored.
         """
@@ -361,9 +453,17 @@ class Publisher:
                 continue
             if event[:1] == b"\x01":
                 self.subscribers += 1
-                self._send(hello_message(self.topic, self.info))
+                self._hello_due = True
             elif event[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
+        now = time.monotonic()
+        if self._hello_due and now >= self._next_hello:
+            self._hello_due = False
+            self._next_hello = now + HELLO_INTERVAL_S
+            self.hellos += 1
+            self._send(hello_message(self.topic, self.info))
+        if self._ends:
+            self.flush_ends()
         return self.subscribers
 
     def _send(self, parts: list[bytes]) -> None:
@@ -376,6 +476,26 @@ class Publisher:
         self.poll_subscriptions()
         self._send(parts)
         self.sent += 1
+        try:
+            header = json.loads(parts[1])
+            self.last_seq[str(header["stream"])] = int(header["seq"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            pass
+
+    def end(self, stream: str, reason: str, delay_s: float = END_DELAY_S) -> None:
+        """Announce that ``stream`` finished (thread-safe; sent after ``delay_s``)."""
+        with self._ends_lock:
+            self._ends.append((time.monotonic() + delay_s, stream, reason))
+
+    def flush_ends(self, force: bool = False) -> int:
+        """Send the end messages that are due (all of them with ``force``); returns how many."""
+        now = time.monotonic()
+        with self._ends_lock:
+            due = [e for e in self._ends if force or e[0] <= now]
+            self._ends = [e for e in self._ends if not (force or e[0] <= now)]
+        for _, stream, reason in due:
+            self._send(end_message(self.topic, stream, reason, self.last_seq.pop(stream, None)))
+        return len(due)
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` > 0 lets frames already queued go out (end of a file)."""

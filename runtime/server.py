@@ -44,6 +44,7 @@ __all__ = ["DEFAULT_EXPORT", "MIN_HOP_SECONDS", "NetworkLoop", "Pipeline", "Wind
            "add_pipeline_args", "main", "open_pipeline", "run_file", "run_ring",
            "serve_main", "wait_for_subscribers"]
 
+END_LINGER_MS = 200   # at shutdown, let the end messages go out
 SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
 COUNTERS_EVERY_S = 10.0
 
@@ -58,7 +59,7 @@ class NetworkLoop:
         self.pipeline, self.publisher = pipeline, publisher
         self.ingress = NetworkIngress(ctx, bind_address, pipeline.sample_rate, pipeline.window,
                                       pipeline.hop, max_streams, idle_expiry_s,
-                                      security=security)
+                                      security=security, on_end=publisher.end)
         self.address = self.ingress.address
         self.status = StatusLine()
         self.stages = Stages(pipeline, self.ingress, publisher, max_batch, max_wait_s,
@@ -161,13 +162,17 @@ def serve_main(argv: list[str] | None = None) -> int:
             wait_for_subscribers(publisher, args.wait_subscribers, stop)
             if not stop.is_set():
                 ended = loop.run(stop)
+            if ended:       # the publishing thread is done: tell subscribers the streams end
+                for sid in list(loop.ingress.streams):
+                    publisher.end(sid, "server-stopped", delay_s=0)
+                publisher.flush_ends(force=True)
             log(f"published {loop.frames} frames")
             code = exit_code(stop)
     finally:
         close_translator(pipeline)
         if ended:
             if publisher is not None:
-                publisher.close()
+                publisher.close(END_LINGER_MS)
             if security is not None:
                 security.close()
             ctx.destroy(linger=0)   # closes any socket left open

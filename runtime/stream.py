@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 
 import zmq
 
@@ -43,6 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_server_security_args(parser, nodes=False)
     parser.add_argument("--stream-id", default="main", help="stream id in the headers")
     return parser
+
+
+def end_reason(kind: str, stop: threading.Event) -> str:
+    """Why the stream ends (the protocol's ``end`` message)."""
+    if stop.is_set():
+        return "server-stopped"
+    return {"file": "end-of-file", "stdin": "end-of-input"}.get(kind, "source-stopped")
 
 
 def stream_main(argv: list[str] | None = None) -> int:
@@ -89,6 +97,8 @@ def stream_main(argv: list[str] | None = None) -> int:
                                  finished=source.finished)
                 source.stop()
                 source.raise_error()
+            publisher.end(args.stream_id, end_reason(kind, stop), delay_s=0)
+            publisher.flush_ends(force=True)
             log(f"published {count} frames")
             linger_ms = 0 if stop.is_set() else FLUSH_MS   # a finished file flushes its frames
             return exit_code(stop)
