@@ -148,6 +148,8 @@ def subscriber_process(address: str, out: Any, stop: Any) -> None:
                     out.put(("ready",))
                     ready = True
                 continue
+            if header.get("kind") != "frame":     # protocol 2's end messages
+                continue
             t = header.get("timings_ms", {})
             frames.append((header["stream"], int(header["seq"]), float(header["capture_time"]),
                            received, int(header.get("batch", 1)),
