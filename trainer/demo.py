@@ -30,6 +30,7 @@ from trainer.data.batches import load_batch, open_split
 from trainer.data.demo_data import build_demo_store
 from trainer.data.store import Store
 from trainer.evaluate.autolabel import class_probabilities, train_real_classifier
+from trainer.run_lock import RunLock
 from trainer.train.audio import AudioConfig, train_audio
 from trainer.train.common import image_grid, save_png, to_uint8_image, update_metrics
 from trainer.train.gan import GanConfig, train_gan
@@ -158,5 +159,6 @@ def main(argv: list[str]) -> int:
     cfg = dataclass_from_args(DemoConfig, parser.parse_args(argv))
     if cfg.audio_epochs < 1 or cfg.gan_epochs < 1:
         raise S2IError("--audio-epochs and --gan-epochs must be at least 1")
-    run_demo(cfg)
+    with RunLock(cfg.run_dir):      # store, both stages and the report: one writer
+        run_demo(cfg)
     return 0

@@ -28,6 +28,7 @@ from trainer.data.batches import count_batches, epoch_batches, open_split
 from trainer.data.store import Store
 from trainer.models import AudioAutoencoder, check_embedding_dim
 from trainer.presets import preset_overrides
+from trainer.run_lock import lock_run
 from trainer.train.common import (
     Dist,
     RunWriter,
@@ -105,6 +106,11 @@ def validate(model: AudioAutoencoder, store: Store, cfg: AudioConfig, world: Dis
 
 def train_audio(cfg: AudioConfig, resume: bool = False) -> dict[str, Any]:
     world = setup_distributed(cfg.device)
+    with lock_run(cfg.run_dir, world.is_main):   # one writer per run folder
+        return _train_audio(cfg, resume, world)
+
+
+def _train_audio(cfg: AudioConfig, resume: bool, world: Dist) -> dict[str, Any]:
     check_batch_split(cfg.batch_size, world)
     run_dir = Path(cfg.run_dir)
     store = Store(cfg.store)

@@ -44,6 +44,7 @@ from trainer.models import (
     check_transition_widths,
 )
 from trainer.presets import preset_overrides
+from trainer.run_lock import lock_run
 from trainer.train.audio import PRESET_HELP, parse
 from trainer.train.common import (
     Dist,
@@ -308,20 +309,25 @@ class GanTrainer:
 def train_gan(cfg: GanConfig, resume: bool = False) -> list[dict[str, Any]]:
     world = setup_distributed(cfg.device)
     try:
-        trainer = GanTrainer(cfg, world)
-        if resume:
-            trainer.resume()
-        if world.is_main:
-            from runtime.config import save_config
-            save_config(cfg, Path(cfg.run_dir) / "config_gan.json")
-        history = trainer.fit()
-        if world.is_main:
-            update_metrics(Path(cfg.run_dir), "gan", {
-                "epochs": cfg.epochs, "preset": cfg.preset or None,
-                "d_update": d_update_description(cfg), "history": history})
-        return history
+        with lock_run(cfg.run_dir, world.is_main):   # one writer per run folder
+            return _train_gan(cfg, resume, world)
     finally:
         teardown_distributed()
+
+
+def _train_gan(cfg: GanConfig, resume: bool, world: Dist) -> list[dict[str, Any]]:
+    trainer = GanTrainer(cfg, world)
+    if resume:
+        trainer.resume()
+    if world.is_main:
+        from runtime.config import save_config
+        save_config(cfg, Path(cfg.run_dir) / "config_gan.json")
+    history = trainer.fit()
+    if world.is_main:
+        update_metrics(Path(cfg.run_dir), "gan", {
+            "epochs": cfg.epochs, "preset": cfg.preset or None,
+            "d_update": d_update_description(cfg), "history": history})
+    return history
 
 
 def main(argv: list[str]) -> int:
