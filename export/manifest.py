@@ -1,4 +1,11 @@
-"""The export manifest (docs/ARCHITECTURE.md, "Exports"): what the runtime trusts."""
+"""The export manifest (docs/ARCHITECTURE.md, "Exports"): what the runtime trusts.
+
+Every model file listed gets its sha256 (``onnx_entry``; TensorRT engines in
+``export.tensorrt_build``), and every ONNX file carries the S2I stamp in its metadata_props
+(``write_onnx(..., metadata=runtime.manifest.export_stamp(...))``, or ``stamp_onnx_file`` for
+a file another tool wrote): ``runtime.manifest.load_export_manifest`` refuses any file
+without them, whatever its precision.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import onnxruntime
 import torch
 
 from export.onnx_export import describe_io
+from runtime.frontend import FrontEndConfig
 from runtime.manifest import EXPORT_FORMAT, EXPORT_VERSION, sha256_file
 from trainer.models import DenseGenerator
 
@@ -37,7 +45,8 @@ def build_manifest(*, state: dict[str, Any], checkpoint: Path, dropout: list[dic
                    tensorrt: dict[str, Any], batch_sizes: list[int]) -> dict[str, Any]:
     return {
         "format": EXPORT_FORMAT, "version": EXPORT_VERSION,
-        "front_end": state["front_end"], "embedding_dim": int(state["embedding_dim"]),
+        "front_end": FrontEndConfig.from_dict(state["front_end"]).to_dict(),
+        "embedding_dim": int(state["embedding_dim"]),
         "width": float(state["width"]), "classes": list(state.get("classes") or []),
         "opset": opset, "dropout": dropout, "batch_sizes": batch_sizes,
         "models": models, "versions": versions(), "tensorrt": tensorrt,

@@ -27,16 +27,18 @@ ONNX_DTYPES = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "flo
 
 def write_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
                dynamic: dict[str, str], opset: int = DEFAULT_OPSET,
-               max_batch: int = 4096) -> str:
+               max_batch: int = 4096, metadata: dict[str, str] | None = None) -> str:
     """Export ``graph`` (with ``input_names``/``output_names`` attributes) to ``path`` and
     check it; returns the exporter used. The exporter may write a higher opset than asked
     for (torch.export has a minimum); that is refused with ``S2IError``, and the opset it
     really wrote (``model_opset``) is what the manifest records.
 
     ``dynamic`` maps input names to the name of their dynamic axis 0 (e.g. ``"batch"``);
-    inputs sharing a name share one symbolic size. Uses the torch.export-based exporter
-    (the default since torch 2.9) and falls back to the TorchScript exporter (deprecated,
-    still in torch 2.13) if that fails. The graph is written as one self-contained file.
+    inputs sharing a name share one symbolic size. ``metadata`` goes into the file's
+    ``metadata_props`` (the S2I stamp: ``runtime.manifest.export_stamp``). Uses the
+    torch.export-based exporter (the default since torch 2.9) and falls back to the
+    TorchScript exporter (deprecated, still in torch 2.13) if that fails. The graph is
+    written as one self-contained file.
     """
     graph = graph.eval()
     try:
@@ -53,9 +55,27 @@ def write_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
         raise S2IError(f"--opset {opset} not supported by this exporter ({exporter}); it "
                        f"wrote opset {written}: ask for --opset {written} or higher")
     _name_dynamic_outputs(model, dynamic)
+    set_metadata(model, metadata or {})
     onnx.save_model(model, str(path))
     check_onnx(path)
     return exporter
+
+
+def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
+    """Set ``metadata_props`` entries (replacing those with the same keys)."""
+    kept = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+
+
+def stamp_onnx_file(path: Path, metadata: dict[str, str]) -> None:
+    """Stamp an ONNX file written by another tool (a quantizer, a rewrite): set its
+    ``metadata_props`` in place. Hash the file (``export.manifest.onnx_entry``) afterwards."""
+    model = onnx.load(str(path), load_external_data=False)
+    set_metadata(model, metadata)
+    onnx.save_model(model, str(path))
 
 
 def model_opset(model: onnx.ModelProto | Path) -> int:

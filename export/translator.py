@@ -21,7 +21,13 @@ from export.parity import check_engine_parity, check_parity, log_parity
 from export.tensorrt_build import build_engines
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, manifest_format
+from runtime.manifest import (
+    EXPORT_FORMAT,
+    atomic_dir,
+    atomic_write_json,
+    export_stamp,
+    manifest_format,
+)
 from trainer.checkpoint import find_checkpoint, load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 
@@ -109,6 +115,7 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                   sizes: list[int], tensorrt: bool, timing_cache: Path | None,
                   log: Callable[[str], None]) -> None:
     dropout = dropout_spec(generator)
+    stamp = export_stamp(FrontEndConfig.from_dict(state["front_end"]), dropout)
     with atomic_dir(out) as tmp:
         files: dict[str, Path] = {}
         models: dict[str, dict[str, Any]] = {}
@@ -118,7 +125,7 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                 path = tmp / (f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx")
                 if precision == "fp16":
                     graph = _half_copy(graph)
-                exporter = write_onnx(graph, example, path, dynamic, opset)
+                exporter = write_onnx(graph, example, path, dynamic, opset, metadata=stamp)
                 files[key] = path
                 models[key] = {**onnx_entry(path, precision), "exporter": exporter}
                 log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")

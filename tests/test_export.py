@@ -108,7 +108,7 @@ def test_manifest_contents(exported) -> None:
     export_dir, checkpoint, _ = exported
     manifest = json.loads((export_dir / "manifest.json").read_text())
     state = load_checkpoint(checkpoint)
-    assert manifest["format"] == "s2i-export" and manifest["version"] == 1
+    assert manifest["format"] == "s2i-export" and manifest["version"] == 2
     assert manifest["front_end"] == state["front_end"]
     assert manifest["embedding_dim"] == 64 and manifest["width"] == 0.125
     assert manifest["classes"] == state["classes"]
