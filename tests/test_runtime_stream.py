@@ -268,7 +268,8 @@ def test_no_microphone_and_no_pyaudio(export, tmp_path):
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "pyaudio.py").write_text("raise ImportError('hidden for this test')\n")
-    env = dict(os.environ, PYTHONPATH=str(blocked))
+    paths = [str(blocked), os.environ.get("PYTHONPATH", "")]   # keep the caller's tree too
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in paths if p))
     one_line_error(run_cli("s2i-stream", "--mic", "--export", str(export), env=env),
                    "s2i[mic]")
 
