@@ -303,17 +303,19 @@ def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: 
 # --------------------------------------------------------------------------- the ceiling
 
 
-def ceiling(export: Path, hop_s: float, time_cap_s: float) -> dict[str, Any]:
+def ceiling(export: Path, hop_s: float, time_cap_s: float, limit: int = 65536) -> dict[str, Any]:
     from benchmarks.throughput import max_streams
     from runtime.backends import open_translator
     from runtime.frontend import FrontEndConfig
+    from runtime.pipeline import single_threaded_blas
 
+    single_threaded_blas()            # as the server's stages run it
     translator = open_translator(export, backend="onnxruntime-cpu")
     cfg = FrontEndConfig.from_dict(translator.manifest["front_end"])
     rng = np.random.default_rng(0)
     windows = (rng.standard_normal((16, cfg.n_samples)) * 0.3).astype(np.float32)
     result = max_streams(translator, windows, cfg, k=1, budget_s=hop_s, reps=10,
-                         time_cap_s=time_cap_s, bisect_steps=2)
+                         time_cap_s=time_cap_s, bisect_steps=2, limit=limit)
     return {"streams": result["streams"], "curve": result["curve"]}
 
 
@@ -391,15 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default=None, help="results file stem (default: serve-<host>)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.width, args.dim, args.seconds, args.ceiling_cap = 0.125, 64, 3.0, 1.0
-        args.streams = args.streams or "1,2"
+        args.width, args.dim, args.seconds, args.ceiling_cap = 0.125, 64, 3.0, 0.2
+        args.streams = args.streams or "1,3"
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig
     from runtime.manifest import load_export_manifest
 
     rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
-    top = ceiling(export, args.hop, args.ceiling_cap)
+    top = ceiling(export, args.hop, args.ceiling_cap, limit=8 if args.quick else 65536)
     print(f"batched-step ceiling: {top['streams']} streams", file=sys.stderr, flush=True)
     if args.streams:
         counts = [int(n) for n in args.streams.split(",")]

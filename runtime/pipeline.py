@@ -225,6 +225,18 @@ class Pipeline:
         return self.encode(self.process_batch([window])[0])
 
 
+def single_threaded_blas() -> None:
+    """Keep NumPy's BLAS (the front end's mel product) on one thread for this process.
+
+    The stages already run features beside the model; a multi-threaded BLAS only adds
+    threads that wait on each other (2 busy cores: the mel product took 25x longer and 30x
+    the CPU). ONNX Runtime keeps its own thread pool.
+    """
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1, user_api="blas")
+
+
 def _ms(start: float) -> float:
     return round((time.perf_counter() - start) * 1000, 3)
 

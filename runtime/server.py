@@ -66,6 +66,7 @@ class NetworkLoop:
                              encode_threads, on_published=self.status.update)
         self._ingress_thread: threading.Thread | None = None
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
+        self._last_counters: dict[str, object] | None = None
 
     @property
     def frames(self) -> int:
@@ -86,6 +87,9 @@ class NetworkLoop:
             return
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
         c = self.counters()
+        if c == self._last_counters:
+            return                      # nothing happened: no line
+        self._last_counters = c
         sizes = self.stages.counters.batch_sizes
         mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
         log(f"{c['streams']} streams, {c['frames']} frames in {c['batches']} batches "

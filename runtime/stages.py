@@ -26,7 +26,7 @@ from typing import Any, Protocol
 
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import first_line
-from runtime.pipeline import Batch, Pipeline, Result, Window
+from runtime.pipeline import Batch, Pipeline, Result, Window, single_threaded_blas
 from runtime.protocol import Publisher
 
 END = None                # sent down the queues when the source has ended
@@ -87,6 +87,7 @@ class Stages:
 
     def start(self, stop: threading.Event) -> None:
         self.stop = stop
+        single_threaded_blas()
         for name, target in (("features", self._features), ("model", self._model),
                              ("publish", self._publish)):
             thread = threading.Thread(target=self._guard, args=(target,), name=f"s2i-{name}",

@@ -307,3 +307,21 @@ def test_expired_streams_give_their_memory_back():
         ctx.term()
     assert peak - before > 50, f"1,000 streams should take memory ({before:.0f} -> {peak:.0f} MB)"
     assert after - before < 0.25 * (peak - before), f"{before:.0f} -> {peak:.0f} -> {after:.0f} MB"
+
+
+def test_repeated_log_lines_are_rate_limited():
+    from runtime.cli import RateLimitedLog
+
+    lines: list[str] = []
+    now = [0.0]
+    say = RateLimitedLog(every_s=10.0, max_keys=3, sink=lines.append, clock=lambda: now[0])
+    for _ in range(1000):
+        say("bad", "ignoring a bad audio message")
+    assert lines == ["ignoring a bad audio message"]
+    say("other", "another kind")                          # another key gets through at once
+    now[0] = 11.0
+    say("bad", "ignoring a bad audio message")
+    assert lines[-1] == "ignoring a bad audio message (999 more like this in the last 11 s)"
+    for i in range(100):                                   # hostile keys cannot grow it
+        say(f"k{i}", "x")
+    assert len(say._keys) == 3
