@@ -9,6 +9,8 @@ the stages after it. ``file_windows`` instead walks a file window by window for 
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import sys
 import threading
 import time
@@ -119,15 +121,27 @@ class StdinSource(Source):
         self.frame_bytes = self.dtype.itemsize * channels
         self.read_bytes = max(1, int(in_rate * BLOCK_SECONDS)) * self.frame_bytes
 
-    def stop(self, timeout: float = 0.2) -> None:
-        # A read blocked on an idle pipe cannot be interrupted; the thread is a daemon.
-        super().stop(timeout)
+    def _read(self) -> bytes:
+        """Up to ``read_bytes``; b"" at the end or once stopped. A real file descriptor (a
+        pipe, a terminal) is waited on with ``select`` in 0.1-s steps, so an idle input never
+        holds the thread (or the interpreter's stdin lock) in a read when we stop."""
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = None
+        if fd is None:
+            return self.stream.read1(self.read_bytes) if hasattr(self.stream, "read1") \
+                else self.stream.read(self.read_bytes)
+        while not self.stop_event.is_set():
+            ready, _, _ = select.select([fd], [], [], 0.1)
+            if ready:
+                return os.read(fd, self.read_bytes)
+        return b""
 
     def run(self) -> None:
         pending = b""
         while not self.stop_event.is_set():
-            data = self.stream.read1(self.read_bytes) if hasattr(self.stream, "read1") \
-                else self.stream.read(self.read_bytes)
+            data = self._read()
             if not data:
                 break
             pending += data

@@ -4,17 +4,22 @@
     s2i-view --connect tcp://127.0.0.1:5556 --out frames/ --count 20
 
 The web page (runtime/static/) polls ``/latest.json`` and swaps in ``/frame/<n>/<k>.png``;
-only the two newest frames are kept in memory.
+only the two newest frames are kept in memory. The page shows latency and input level, and the
+uncertainty map stretched to its own maximum (the legend gives that maximum's std). The web
+server serves at most ``MAX_CONNECTIONS`` connections at once and closes idle ones after
+``IDLE_TIMEOUT_S``.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import re
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -29,6 +34,9 @@ from runtime.protocol import DEFAULT_TOPIC, Frame
 from runtime.security import add_client_security_args, client_keys, is_loopback
 
 STATIC = Path(__file__).parent / "static"
+MAX_CONNECTIONS = 32      # web connections served at once; more are closed at once
+IDLE_TIMEOUT_S = 10.0     # a connection silent this long is closed
+MAX_NAME_CHARS = 80       # stream-id part of a file name (a file name may have 255 bytes)
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
                 ".css": "text/css"}
 
@@ -53,14 +61,22 @@ class LatestFrame:
         self.keep = keep
         self.number = 0
         self.header: dict[str, Any] | None = None
+        self.received_time: float | None = None
+        self.uncertainty_max_std: float | None = None
         self._held: dict[int, tuple[list[bytes], bytes | None]] = {}
 
     def update(self, frame: Frame) -> None:
         pngs = [png_bytes(img) for img in frame.images]
-        unc = png_bytes(frame.uncertainty) if frame.uncertainty is not None else None
+        unc, max_std = None, None
+        if frame.uncertainty is not None:
+            display, max_std = stretch_uncertainty(
+                frame.uncertainty, frame.header.get("uncertainty_scale"))
+            unc = png_bytes(display)
         with self._lock:
             self.number += 1
             self.header = frame.header
+            self.received_time = time.time()
+            self.uncertainty_max_std = max_std
             self._held[self.number] = (pngs, unc)
             for old in [n for n in self._held if n <= self.number - self.keep]:
                 del self._held[old]
@@ -69,9 +85,11 @@ class LatestFrame:
         with self._lock:
             n = self.number
             pngs, unc = self._held.get(n, ([], None))
-            return {"number": n, "header": self.header,
+            return {"number": n, "header": self.header, "received_time": self.received_time,
+                    "now": time.time(),
                     "images": [f"/frame/{n}/{k}.png" for k in range(len(pngs))],
-                    "uncertainty": f"/frame/{n}/uncertainty.png" if unc else None}
+                    "uncertainty": f"/frame/{n}/uncertainty.png" if unc else None,
+                    "uncertainty_max_std": self.uncertainty_max_std}
 
     def image(self, number: int, name: str) -> bytes | None:
         """Image ``name`` (``<k>`` or ``uncertainty``) of frame ``number``; None once dropped."""
@@ -87,11 +105,24 @@ class LatestFrame:
             return None
 
 
+def stretch_uncertainty(unc: np.ndarray, scale: Any) -> tuple[np.ndarray, float | None]:
+    """The map stretched so its maximum is white (a std of a few grey levels would be near
+    black at the wire's fixed scale); returns it and the std that white stands for."""
+    top = int(unc.max())
+    std = top / 255 * float(scale) if isinstance(scale, (int, float)) else None
+    if top == 0:
+        return unc, std
+    return np.round(unc.astype(np.float32) * (255.0 / top)).astype(np.uint8), std
+
+
 FRAME_PATH = re.compile(r"^/frame/(\d{1,18})/([A-Za-z0-9]+)\.png$")
 
 
-def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
+def make_handler(latest: LatestFrame, timeout_s: float = IDLE_TIMEOUT_S
+                 ) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
+        timeout = timeout_s           # socket timeout: idle or half-open requests end
+
         def log_message(self, *args: Any) -> None:   # keep the terminal quiet
             pass
 
@@ -124,9 +155,46 @@ def make_handler(latest: LatestFrame) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class PageServer(ThreadingHTTPServer):
+    """A threading HTTP server with at most ``max_connections`` handler threads: past that,
+    new connections are closed at once (idle ones end after the handler's timeout)."""
+
+    daemon_threads = True
+    request_queue_size = 64   # a burst of connections is accepted (or refused) at once
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler],
+                 max_connections: int = MAX_CONNECTIONS) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self.refused = 0
+        super().__init__(address, handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.refused += 1
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return            # a browser that went away: nothing to report
+        super().handle_error(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
 def safe_stream_name(stream: Any) -> str:
-    """A stream id from the network made safe as part of a file name (no ``/``, no ``..``)."""
-    return re.sub(r"[^A-Za-z0-9._-]", "_", str(stream)).lstrip(".") or "main"
+    """A stream id from the network made safe as part of a file name: no ``/``, no ``..``,
+    at most ``MAX_NAME_CHARS`` (a long id keeps its start and a hash of the whole)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", str(stream)).lstrip(".") or "main"
+    if len(name) > MAX_NAME_CHARS:
+        digest = hashlib.sha256(str(stream).encode()).hexdigest()[:12]
+        name = f"{name[:MAX_NAME_CHARS - 13]}-{digest}"
+    return name
 
 
 def write_frame(out_dir: Path, frame: Frame) -> None:
@@ -170,11 +238,10 @@ def view_main(argv: list[str] | None = None) -> int:
                                f"{exc.strerror}") from exc
         if args.web is not None:
             try:
-                httpd = ThreadingHTTPServer((args.host, args.web), make_handler(latest))
+                httpd = PageServer((args.host, args.web), make_handler(latest))
             except (OSError, OverflowError) as exc:
                 raise S2IError(f"cannot serve the web page on {args.host}:{args.web}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from exc
-            httpd.daemon_threads = True
             threading.Thread(target=httpd.serve_forever, name="s2i-view-web",
                              daemon=True).start()
             log(f"view at http://{args.host}:{httpd.server_address[1]}/")
@@ -191,6 +258,10 @@ def view_main(argv: list[str] | None = None) -> int:
                     if bad <= 5:
                         log(f"skipping a bad frame: {exc}")
                     continue
+                for sid in list(subscriber.ended):
+                    end = subscriber.ended.pop(sid)
+                    log(f"stream {safe_stream_name(sid)} ended ({end.get('reason')}, last seq "
+                        f"{end.get('last_seq')})")
                 if frame is None:
                     continue
                 received += 1

@@ -376,3 +376,39 @@ def test_network_loop_logs_and_ignores_malformed_audio(export, capsys):
     assert "Traceback" not in err
     assert "should be a JSON object" in err and "'seq' should be a finite number" in err
     assert "'sample_rate' should be an integer in [8000, 192000]" in err
+
+
+def test_idle_stdin_stops_cleanly_on_sigterm_and_sigint(export):
+    """An idle --stdin pipe used to abort the interpreter at exit (fatal error, exit 134)."""
+    for signum, code in ((signal.SIGTERM, 0), (signal.SIGINT, 130)):
+        cli = CLI("s2i-stream", "--stdin", "--export", str(export), "--pub",
+                  "tcp://127.0.0.1:*", stdin=subprocess.PIPE)
+        try:
+            cli.wait_line("publishing on " + ADDRESS)
+            time.sleep(0.3)               # the reader thread waits on the idle pipe
+            cli.signal(signum)
+            assert cli.wait(15) == code, cli.stderr()
+        finally:
+            cli.kill()
+        assert "shut down cleanly" in cli.stderr()
+        assert "Fatal Python error" not in cli.stderr() and "Traceback" not in cli.stderr()
+
+
+def test_realtime_file_shorter_than_a_window_gives_one_padded_frame(export, tmp_path):
+    wav = write_tone_wav(tmp_path / "short.wav", 0.4, rate=16000, channels=1)
+    cli = CLI("s2i-stream", "--file", str(wav), "--realtime", "--export", str(export),
+              "--pub", "tcp://127.0.0.1:*", "--wait-subscribers", "1", "--stream-id", "short")
+    try:
+        address = cli.wait_line("waiting for 1 subscriber.* on " + ADDRESS).group(1)
+        with Subscriber(address) as sub:
+            sub.wait_ready(20)
+            frame = sub.receive(20)
+            assert frame is not None
+            assert sub.receive(3) is None and sub.ended["short"]["reason"] == "end-of-file"
+        assert cli.wait(20) == 0, cli.stderr()
+    finally:
+        cli.kill()
+    assert frame.seq == 0 and frame.header["position_s"] == pytest.approx(0.4, abs=0.01)
+    assert sub.ended["short"]["last_seq"] == 0
+    assert "shorter than one 1-s window: published one zero-padded window" in cli.stderr()
+    assert "published 1 frames" in cli.stderr()

@@ -52,6 +52,12 @@ def test_view_writes_frames_and_shows_them_in_a_browser(export, tmp_path):
                 time.sleep(0.1)
             assert state is not None and state["widths"] == [96, 96], state
             assert int(state["seq"]) >= 2 and not state["uncHidden"] and state["rows"] >= 5
+            meters = driver.execute_script(
+                "return {latency: document.getElementById('latency').textContent,"
+                " level: document.getElementById('level').textContent,"
+                " legend: document.getElementById('uncertainty-legend').textContent};")
+            assert re.fullmatch(r"\d+ ms", meters["latency"]), meters
+            assert "dBFS" in meters["level"] and "white = std" in meters["legend"], meters
             first = int(state["seq"])
             driver.execute_script("window.scrollTo(0, 0)")
             driver.save_screenshot(str(tmp_path / "view.png"))
@@ -180,3 +186,70 @@ def test_web_page_serves_the_frame_it_asked_for(tmp_path):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_a_long_stream_id_still_gives_writable_file_names(tmp_path):
+    from runtime.protocol import decode_frame, encode_frame
+    from runtime.view import MAX_NAME_CHARS, safe_stream_name, write_frame
+
+    long_ids = ["s" * 250, "s" * 249 + "t", "../" * 90]
+    names = [safe_stream_name(s) for s in long_ids]
+    assert len(set(names)) == 3 and all(len(n) <= MAX_NAME_CHARS for n in names)
+    images = np.full((1, 8, 8, 3), 7, np.uint8)
+    for sid in long_ids:
+        write_frame(tmp_path, decode_frame(encode_frame("s2i", {"seq": 1, "stream": sid},
+                                                        images, None, "png")))
+    assert len(list(tmp_path.glob("*.png"))) == 3 and len(list(tmp_path.glob("*.json"))) == 3
+    assert all(p.parent == tmp_path for p in tmp_path.iterdir())
+
+
+def test_web_server_bounds_its_threads_and_drops_idle_connections():
+    import socket
+    import threading
+    import urllib.request
+
+    from runtime.view import LatestFrame, PageServer, make_handler
+
+    httpd = PageServer(("127.0.0.1", 0), make_handler(LatestFrame(), timeout_s=3.0),
+                       max_connections=8)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    port = httpd.server_address[1]
+    before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(40):                       # half-open requests that never finish
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            idle.append(s)
+        deadline = time.monotonic() + 10
+        while httpd.refused < 40 - 8 and time.monotonic() < deadline:
+            assert threading.active_count() - before <= 8
+            time.sleep(0.05)
+        assert httpd.refused >= 40 - 8 - 8        # the rest were closed at once
+        deadline = time.monotonic() + 10          # idle ones time out and free their threads
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert threading.active_count() <= before
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/latest.json", timeout=5) as r:
+            assert json.loads(r.read())["number"] == 0
+    finally:
+        for s in idle:
+            s.close()
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_uncertainty_is_stretched_for_the_page():
+    from runtime.protocol import decode_frame, encode_frame
+    from runtime.view import LatestFrame
+
+    images = np.full((2, 8, 8, 3), 100, np.uint8)
+    unc = np.zeros((8, 8), np.uint8)
+    unc[2:4, 2:4] = 9                             # a std of ~9 grey levels: near black as sent
+    latest = LatestFrame()
+    latest.update(decode_frame(encode_frame("s2i", {"seq": 0}, images, unc, "png")))
+    state = latest.state()
+    shown = np.asarray(Image.open(io.BytesIO(latest.image(state["number"], "uncertainty"))))
+    assert shown.max() == 255 and shown.min() == 0
+    assert state["uncertainty_max_std"] == pytest.approx(9 / 255 * 0.5)
+    assert state["received_time"] is not None and state["now"] >= state["received_time"]

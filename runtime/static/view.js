@@ -12,6 +12,30 @@ function row(name, value) {
   return tr;
 }
 
+// dBFS of a level in [0, 1] (the wire's rms/peak are on samples clipped to [-1, 1]).
+function dbfs(x) { return x > 0 ? 20 * Math.log10(x) : -Infinity; }
+// Position on a -60..0 dBFS scale, in percent.
+function meter(x) { return Math.max(0, Math.min(100, (dbfs(x) + 60) / 60 * 100)); }
+
+function renderMeters(state) {
+  const h = state.header;
+  const publish = (h.publish_time - h.capture_time) * 1000;
+  // capture -> shown: the viewer's clock against capture_time (same machine, or synced clocks)
+  const shown = ((state.received_time ?? state.now) - h.capture_time) * 1000;
+  document.getElementById("latency").textContent = `${shown.toFixed(0)} ms`;
+  document.getElementById("latency-detail").textContent =
+    `capture → publish ${publish.toFixed(0)} ms, → viewer ${shown.toFixed(0)} ms`;
+  const rms = h.rms ?? 0, peak = h.peak ?? 0;
+  document.getElementById("level-rms").style.width = meter(rms) + "%";
+  document.getElementById("level-peak").style.left = meter(peak) + "%";
+  const fmt = x => x > 0 ? dbfs(x).toFixed(1) + " dBFS" : "silence";
+  document.getElementById("level").textContent = `rms ${fmt(rms)} · peak ${fmt(peak)}`;
+  const legend = document.getElementById("uncertainty-legend");
+  legend.textContent = state.uncertainty_max_std == null ? "" :
+    `stretched: white = std ${state.uncertainty_max_std.toFixed(3)} (this frame's maximum; ` +
+    `images in [0, 1])`;
+}
+
 function render(state) {
   const h = state.header;
   const box = document.getElementById("samples");
@@ -35,6 +59,7 @@ function render(state) {
   document.getElementById("status").textContent =
     `stream ${h.stream} · frame ${h.seq} · ${h.samples} sample(s) · ${h.backend}`;
   document.getElementById("status").dataset.seq = h.seq;
+  renderMeters(state);
   const body = document.querySelector("#header tbody");
   body.replaceChildren(
     row("seq", h.seq),
