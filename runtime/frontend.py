@@ -38,6 +38,16 @@ MAX_WINDOW_SECONDS = 60.0
 MAX_N_FFT = 1 << 20
 
 
+# Named front ends, as data (field -> value over the defaults). "s2i-official" is estimated from
+# the official s2i_data spectrograms against real recordings (trainer/data/frontend_fit.py;
+# docs/DATA.md, "The authors' front end"): the authors published no front-end code.
+FRONT_END_PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "s2i-official": {"sample_rate": 44100, "frame_ms": 1024 / 44.1, "n_fft": 1024,
+                     "db_min": -17.5, "db_max": 22.5},
+}
+
+
 @dataclass(frozen=True)
 class FrontEndConfig:
     """Every setting that decides the features; stored in each store, checkpoint and export."""
@@ -117,7 +127,14 @@ class FrontEndConfig:
 
     @property
     def pad(self) -> int:
+        """Samples of reflect padding before the window (``pad_after`` after it)."""
         return (self.win_length - self.hop_length) // 2
+
+    @property
+    def pad_after(self) -> int:
+        """One more than ``pad`` when frame minus hop is odd (44.1 kHz: 1102 - 441), so the
+        last of the ``n_frames`` frames still fits."""
+        return self.win_length - self.hop_length - self.pad
 
     @property
     def f_max(self) -> float:
@@ -142,6 +159,22 @@ class FrontEndConfig:
     def fingerprint(self) -> str:
         canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+    @classmethod
+    def preset(cls, name: str) -> FrontEndConfig:
+        """A named front end (``FRONT_END_PRESETS``): ``default`` (this project's 16 kHz) or
+        ``s2i-official`` (estimated from the authors' published spectrograms)."""
+        if name not in FRONT_END_PRESETS:
+            raise S2IError(f"unknown front-end preset '{name}'; expected one of "
+                           f"{', '.join(sorted(FRONT_END_PRESETS))}")
+        return cls(**FRONT_END_PRESETS[name])
+
+    def name(self) -> str:
+        """The preset this config is, or ``custom <fingerprint>``."""
+        for name, values in FRONT_END_PRESETS.items():
+            if FrontEndConfig(**values) == self:
+                return name
+        return f"custom {self.fingerprint()}"
 
 
 def _integer(cfg: FrontEndConfig, name: str, low: int, high: int) -> None:
@@ -174,7 +207,8 @@ def check_same_front_end(expected: FrontEndConfig | dict[str, Any],
     if a != b:
         diff = [f"{k}: {v} vs {b.to_dict()[k]}" for k, v in a.to_dict().items()
                 if b.to_dict()[k] != v]
-        raise S2IError(f"{what} was made with another front end ({'; '.join(diff)})")
+        raise S2IError(f"{what} was made with front end '{b.name()}', not '{a.name()}' "
+                       f"({'; '.join(diff)})")
 
 
 def hz_to_mel(freq: np.ndarray | float) -> np.ndarray:
@@ -254,7 +288,7 @@ def log_mel_batch(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
 
 def _log_mel_rows(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     window, fbank = _tables(cfg)
-    padded = np.pad(audio, ((0, 0), (cfg.pad, cfg.pad)), mode="reflect")
+    padded = np.pad(audio, ((0, 0), (cfg.pad, cfg.pad_after)), mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.win_length, axis=1)
     frames = frames[:, :: cfg.hop_length][:, : cfg.n_frames]          # [B, T, win]
     spectrum = np.fft.rfft(frames * window, n=cfg.n_fft, axis=-1)     # [B, T, bins]

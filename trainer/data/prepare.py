@@ -11,6 +11,7 @@ The kind is detected from the path; ``--kind`` forces it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import logging
 import time
@@ -20,7 +21,7 @@ import numpy as np
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig
+from runtime.frontend import FRONT_END_PRESETS, FrontEndConfig
 from trainer.data.prepare_common import PrepareOptions, check_fractions
 from trainer.data.prepare_s2i import build_from_bins, build_from_jpgs, is_archive
 from trainer.data.prepare_videos import VIDEO_SUFFIXES, build_from_videos
@@ -86,8 +87,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bin-format", choices=("auto", "audio", "audio-visual"), default="auto")
     p.add_argument("--label-base", choices=("auto", "0", "1"), default="auto",
                    help="audio .bin label bytes count classes from 0 or 1 (default: detect)")
+    p.add_argument("--front-end", choices=sorted(FRONT_END_PRESETS), default=None,
+                   help="the front end the store's spectrograms are (stamped in the store; "
+                        "default: s2i-official for the authors' JPG/bin spectrograms, "
+                        "'default' for videos/demo; docs/DATA.md)")
     p.add_argument("--sample-rate", type=int, default=None,
-                   help="videos/demo: front-end sample rate (default: 16000)")
+                   help="videos/demo: front-end sample rate (default: the front end's)")
     p.add_argument("--demo-train", type=int, default=240, help="demo: train clips per class")
     p.add_argument("--demo-val", type=int, default=40, help="demo: val clips per class")
     p.add_argument("--demo-test", type=int, default=40, help="demo: test clips per class")
@@ -108,8 +113,10 @@ def options_from_args(args: argparse.Namespace) -> PrepareOptions:
             raise S2IError(f"--{name.replace('_', '-')} must not be negative")
     if args.demo_windows <= 0:
         raise S2IError("--demo-windows must be positive")
-    front_end = (FrontEndConfig(sample_rate=args.sample_rate) if args.sample_rate
-                 else FrontEndConfig())
+    front_end = FrontEndConfig.preset(args.front_end) if args.front_end else None
+    if args.sample_rate:
+        front_end = dataclasses.replace(front_end or FrontEndConfig(),
+                                        sample_rate=args.sample_rate)
     return PrepareOptions(
         out=args.out, overwrite=args.overwrite, seed=args.seed, balance=args.balance,
         split=args.split, resplit=args.resplit, fractions=check_fractions(args.fractions),
@@ -128,13 +135,17 @@ def build(sources: list[str], opts: PrepareOptions, kind: str = "auto") -> Store
     found = kinds.pop()
     if opts.balance is None:   # the paper balances classes; its published sets already are
         opts.balance = found == "videos"
+    if opts.front_end is None:   # the authors' spectrograms are their front end's, not ours
+        opts.front_end = FrontEndConfig.preset("s2i-official" if found in ("jpg", "bin")
+                                               else "default")
     if opts.out.exists() and not opts.overwrite:
         raise S2IError(f"{opts.out} already exists; pass --overwrite to replace it")
     if found == "demo":
         from trainer.data.demo_data import build_demo_store
         build_demo_store(opts.out, opts.demo_train, opts.demo_val, opts.demo_test,
                          seed=opts.seed, windows_per_video=opts.demo_windows,
-                         front_end=opts.front_end, progress=opts.progress, replace=True)
+                         front_end=opts.front_end or FrontEndConfig(), progress=opts.progress,
+                         replace=True)
     elif found == "videos":
         if len(sources) != 1:
             raise S2IError("give one video folder (with one subfolder per class)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +36,18 @@ class PrepareOptions:
     workers: int = 2
     bin_format: str = "auto"                     # auto | audio | audio-visual
     label_base: str = "auto"                     # binary audio labels: auto | 0 | 1
-    front_end: FrontEndConfig = field(default_factory=FrontEndConfig)
+    front_end: FrontEndConfig | None = None      # None: s2i-official for JPG/bin, else default
     progress: bool = True
     demo_train: int = 240
     demo_val: int = 40
     demo_test: int = 40
     demo_windows: int = 5
+
+
+def official_front_end(opts: PrepareOptions) -> FrontEndConfig:
+    """The front end of a store of the authors' spectrograms: the given one, else the
+    ``s2i-official`` preset (estimated from them; docs/DATA.md)."""
+    return opts.front_end or FrontEndConfig.preset("s2i-official")
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

@@ -21,6 +21,7 @@ from trainer.data.prepare_common import (
     SPLITS,
     VEGAS_CLASSES,
     PrepareOptions,
+    official_front_end,
     split_by_video,
     split_from_path,
     video_key,
@@ -110,7 +111,7 @@ def build_from_jpgs(inputs: list[Path], opts: PrepareOptions) -> Path:
         sources.append(entry)
     manifest_source = {"kind": "s2i-jpg", "inputs": sources,
                        "note": "spectrograms made by the s2i_data authors' front end"}
-    with StoreWriter(opts.out, classes, opts.front_end, has_images=False,
+    with StoreWriter(opts.out, classes, official_front_end(opts), has_images=False,
                      source=manifest_source, replace=opts.overwrite) as writer:
         plans: list[dict[str, _Jpg]] = []
         for source, entry in zip(inputs, sources, strict=True):
@@ -296,7 +297,7 @@ def build_from_bins(inputs: list[Path], opts: PrepareOptions) -> Path:
     offset = _label_offset(files, len(classes), opts) if kind == "audio" else 0
     source = {"kind": f"s2i-bin-{kind}", "record_bytes": record, "label_offset": offset,
               "inputs": [{"path": str(p.resolve()), "sha256": sha256_file(p)} for p in files]}
-    with StoreWriter(opts.out, classes, opts.front_end, has_images=kind == "audio-visual",
+    with StoreWriter(opts.out, classes, official_front_end(opts), has_images=kind == "audio-visual",
                      source=source, replace=opts.overwrite) as writer:
         file_splits = {path: bin_split(path, opts) for path in files}
         plans = [_plan_bin(path, record, kind, file_splits[path], len(classes), offset, opts)

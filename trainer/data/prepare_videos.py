@@ -165,8 +165,9 @@ def build_from_videos(root: Path, opts: PrepareOptions) -> Path:
               "videos": {c: len(f) for c, f in zip(classes, files, strict=True)},
               "fractions": list(opts.fractions), "seed": opts.seed,
               "max_seconds": opts.max_seconds}
-    cfg_dict = opts.front_end.to_dict()
-    with StoreWriter(opts.out, classes, opts.front_end, has_images=True, source=source,
+    front_end = opts.front_end or FrontEndConfig()
+    cfg_dict = front_end.to_dict()
+    with StoreWriter(opts.out, classes, front_end, has_images=True, source=source,
                      replace=opts.overwrite) as writer:
         for split in SPLITS:
             jobs = [(str(f), k) for k, class_files in enumerate(files) for f in class_files

@@ -73,6 +73,8 @@ class GanConfig:
     width: float = 1.0
     generator_transitions: str = field(default="official", metadata={
         "help": "transition widths: 'official' (the authors' code) or 'next-block' (older runs)"})
+    mix_front_ends: bool = field(default=False, metadata={
+        "help": "train on a store whose front end is not the encoder's (refused otherwise)"})
     epochs: int = 4000
     batch_size: int = 64
     lr: float = 0.1
@@ -122,7 +124,13 @@ def load_frozen_encoder(cfg: GanConfig, store: Store, device: torch.device
                        "from `python -m trainer audio`")
     path = find_checkpoint(cfg.encoder, "audio")
     state = load_checkpoint(path, stage="audio", embedding_dim=cfg.embedding_dim)
-    check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
+    try:
+        check_same_front_end(state["front_end"], store.front_end, f"store {store.path}")
+    except S2IError as exc:
+        if not cfg.mix_front_ends:
+            raise S2IError(f"{exc}; the encoder {path} learned other features (pass "
+                           "--mix-front-ends to train on them anyway)") from exc
+        print(f"warning: {exc}; training on it anyway (--mix-front-ends)", flush=True)
     encoder = AudioEncoder(state["embedding_dim"], state["width"])
     encoder.load_state_dict(state["models"]["encoder"])
     encoder.to(device).eval().requires_grad_(False)
