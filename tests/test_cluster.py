@@ -297,3 +297,54 @@ def test_a_replica_killed_mid_stream_and_the_stream_goes_on(cluster):
     while (len(replicas()) < 2 or before[0] in replicas()) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(replicas()) == 2 and before[0] not in replicas()
+
+
+def bridge_pid(parent: int) -> int:
+    """The front's Ray bridge process (runtime.cluster.bridge), a child of ``parent``."""
+    from pathlib import Path as P
+
+    for task in P(f"/proc/{parent}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            if "runtime.cluster.bridge" in P(f"/proc/{child}/cmdline").read_text():
+                return int(child)
+    raise AssertionError("no bridge process")
+
+
+def test_the_cluster_connection_lost_and_back(cluster):
+    import os
+    import signal
+
+    rate = 16000
+    audio = sweep(rate, 7.0)
+    front = Front(cluster, seed=2)
+    try:
+        front.send(audio[:rate * 2], rate, 0)
+        front.drain(5.0)
+        assert front.frames, front.cli.stderr()
+        # The front's connection to the cluster dies (as when the head or the network goes):
+        # the front logs it, drops windows while it reconnects with backoff, then resumes.
+        os.kill(bridge_pid(front.cli.process.pid), signal.SIGKILL)
+        front.send(audio[rate * 2:], rate, 8)
+        deadline = time.monotonic() + 40
+        while front.frames[-1].header["position_s"] < 7.0 and time.monotonic() < deadline:
+            front.drain(2.0)
+        front.cli.wait_line(r"is back .*streams resume", timeout=5)
+    finally:
+        front.close()
+    stderr = front.cli.stderr()
+    assert "lost (the Ray bridge process exited" in stderr and "reconnecting in 1 s" in stderr
+    assert front.frames[-1].header["position_s"] == 7.0, stderr     # the stream resumed
+
+
+def test_s2i_serve_and_s2i_stream_with_an_unreachable_cluster_say_one_line(tmp_path):
+    from helpers_runtime import run_cli, write_tone_wav
+
+    wav = write_tone_wav(tmp_path / "tone.wav", 1.0)
+    for script, extra in (("s2i-serve", []), ("s2i-stream", ["--file", str(wav)])):
+        result = run_cli(script, "--cluster", "127.0.0.1:1/s2i", "--pub", "tcp://127.0.0.1:*",
+                         *extra, timeout=60)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and len(lines) == 1, result.stderr
+        assert lines[0].startswith("error: cannot reach the Ray cluster at 127.0.0.1:1")
+    bad = run_cli("s2i-serve", "--cluster", "127.0.0.1:6379/no spaces", timeout=60)
+    assert bad.returncode == 2 and "application name" in bad.stderr
