@@ -57,6 +57,10 @@ def stop_on_signals() -> Iterator[threading.Event]:
     stop.signal = None  # type: ignore[attr-defined]
 
     def handler(signum: int, _frame: Any) -> None:
+        # A second signal can arrive while the first handler is inside stop.set() (holding
+        # the event's lock): setting it again would deadlock, and once is enough.
+        if stop.signal is not None:  # type: ignore[attr-defined]
+            return
         stop.signal = signum  # type: ignore[attr-defined]
         stop.set()
 

@@ -62,6 +62,7 @@ class _Bridge:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runtime.cluster.bridge", str(theirs.fileno()), address, app,
              str(call_timeout_s)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            start_new_session=True,   # Ctrl-C reaches the front only; the bridge ends on EOF
             # Ray's own C++ warnings (reconnect attempts...) would flood the front's log; the
             # bridge reports what matters over the pipe. S2I_RAY_DEBUG=1 keeps them.
             stdout=None if os.environ.get("S2I_RAY_DEBUG") else subprocess.DEVNULL,
