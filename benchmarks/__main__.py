@@ -11,6 +11,8 @@ COMMANDS = {
     "store": ("benchmarks.store_bench", "build a store from train.tar.gz; load random batches"),
     "latency": ("benchmarks.latency", "per-window latency of the streaming translator"),
     "serve": ("benchmarks.serve_bench", "streams the real s2i-serve holds (batched, paced load)"),
+    "cluster": ("benchmarks.cluster_bench", "the Ray hop and streams held with 1 and 2 "
+                                             "replicas (= serve --cluster)"),
     "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
 }
 
@@ -32,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown benchmark '{command}'; expected one of {', '.join(COMMANDS)}",
               file=sys.stderr)
         return 2
+    if command == "serve" and "--cluster" in argv:           # the same run, over Ray Serve
+        command = "cluster"
+        argv.remove("--cluster")
     module = importlib.import_module(COMMANDS[command][0])   # lazily: latency needs more
     return run_cli(lambda: module.main(argv))
 

@@ -83,7 +83,7 @@ def _call(handle: Any, method: str, payload: Any, timeout_s: float) -> tuple[str
         except S2IError as exc:     # the replica rejected the request: not worth a retry
             cause = getattr(exc, "cause", None)     # Ray wraps it in a RayTaskError subclass
             return "error", first_line(cause if isinstance(cause, BaseException) else exc)
-        except GetTimeoutError:
+        except (GetTimeoutError, TimeoutError):     # not retried: that would double the wait
             return "dropped", f"no reply within {timeout_s:g} s"
         except RayTaskError as exc:  # the replica's code failed on this batch
             cause = getattr(exc, "cause", None)

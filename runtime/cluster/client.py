@@ -8,7 +8,7 @@ batch through a Serve ``DeploymentHandle`` held by a bridge process (runtime.clu
 Faults never raise out of the front's loop as anything but ``ClusterUnavailable`` (an
 ``S2IError``): the windows of that call are dropped and counted by the caller, and the stream
 goes on. When the bridge or the cluster is lost, the client logs one line, reconnects in the
-background with backoff (1, 2, 4 ... 30 s) and logs again when the cluster is back.
+background with backoff (1, 2, 4, 8, then every 15 s) and logs again when the cluster is back.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from runtime.cli import RateLimitedLog, log
 from runtime.cluster.wire import check_images, check_info, make_request, parse_cluster
 from runtime.errors import S2IError
 
-BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -114,7 +114,7 @@ class _Bridge:
 class ClusterTranslator:
     """A ``Translator`` whose model runs in a Ray Serve deployment."""
 
-    def __init__(self, address: str, app: str, call_timeout_s: float = 30.0,
+    def __init__(self, address: str, app: str, call_timeout_s: float = 10.0,
                  connect_timeout_s: float = 60.0) -> None:
         self.address, self.app = address, app
         self.call_timeout_s = float(call_timeout_s)
@@ -210,6 +210,10 @@ class ClusterTranslator:
         if kind == "lost":
             raise self._lost(str(value))
         if kind == "dropped":
+            try:                   # a head that stopped answering: reconnect, don't wait on
+                check_reachable(self.address, timeout_s=1.0)
+            except S2IError as exc:
+                raise self._lost(str(exc)) from None
             self.dropped_calls += 1
             self._say("dropped", f"cluster {self.address}/{self.app}: a batch was dropped "
                                  f"({value}); the stream goes on")
@@ -262,7 +266,7 @@ class ClusterTranslator:
         return check_images(self._call("generate", request), len(embedding))
 
 
-def open_cluster_translator(cluster: str, call_timeout_s: float = 30.0,
+def open_cluster_translator(cluster: str, call_timeout_s: float = 10.0,
                             connect_timeout_s: float = 60.0) -> ClusterTranslator:
     """``--cluster ADDRESS[/APP]`` -> a connected ClusterTranslator (one-line S2IError if the
     cluster or the application cannot be reached)."""
