@@ -14,6 +14,7 @@ COMMANDS = {
     "cluster": ("benchmarks.cluster_bench", "the Ray hop and streams held with 1 and 2 "
                                              "replicas (= serve --cluster)"),
     "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
+    "gpu-check": ("benchmarks.gpu_check", "verify and time the GPU path in one command"),
 }
 
 

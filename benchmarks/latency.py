@@ -11,12 +11,14 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import report
+from benchmarks.isolation import release_memory, skip_reason
 from benchmarks.streaming import close_stream, open_stream, stream_row
 from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
@@ -44,16 +46,20 @@ class Skipped(Exception):
 
 def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
                  seed: int = 0) -> Path:
-    """Export a freshly initialised translator of the given size (timings need the real
-    sizes, not trained weights): a GAN checkpoint, then ``export.translator``."""
+    """Export an untrained translator of the given size (timings need the real sizes, not
+    trained weights), its BatchNorm statistics calibrated on synthetic sounds so that its
+    images depend on the input and the export's parity check can fail: a GAN checkpoint,
+    then ``export.translator``."""
     import torch
 
     from export.translator import export_translator
+    from trainer.calibrate import calibrate_batchnorm
     from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
 
     torch.manual_seed(seed)
     encoder, generator = AudioEncoder(embedding_dim, width), DenseGenerator(embedding_dim, width)
+    calibrate_batchnorm(encoder, generator, seed)   # images depend on the input: parity informs
     checkpoint = save_untrained_translator(
         out_dir.parent / "fresh_gan.pt", encoder, generator, embedding_dim, width,
         "benchmarks.latency: freshly initialised, for timing only")
@@ -213,7 +219,11 @@ def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
             setattr(args, name, value)
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def run(args: argparse.Namespace, work: Path,
+        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every planned row, each backend opened, measured and freed before the next; a
+    backend that fails (out of memory included) becomes a skipped row with its reason.
+    ``on_row(results so far)`` is called after every row (the CLI writes the JSON then)."""
     if args.windows < 1 or args.warmup < 0 or min(args.k) < 1 or args.threads < 1:
         raise S2IError("--windows, --k and --threads must be at least 1, --warmup at least 0")
     rows_planned = plan_rows(args.backends)
@@ -245,6 +255,26 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
     skipped: list[dict[str, str]] = []
     throughput: list[dict[str, Any]] = []
+
+    def run_row(translator: Any, backend: str, precision: str, k: int) -> None:
+        pipeline = Pipeline(translator, samples=k, hop_seconds=1.0, encoding=args.encoding,
+                            seed=0)
+        records = stream_row(stream, pipeline, audio, args.windows, args.warmup,
+                             f"{backend}/{precision}/k{k}",
+                             audio_path if args.realtime else None)
+        rows.append(row_summary(backend, precision, k, records))
+        e = rows[-1]["end_to_end_ms"]
+        print(f"{backend:<17} {precision} K={k}: p50 {e['p50']:.1f} ms  p95 "
+              f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
+        if args.no_throughput:
+            return
+        result = max_streams(translator, windows_audio, front_end, k,
+                             reps=args.throughput_reps, time_cap_s=args.throughput_cap,
+                             limit=args.max_streams, pipelined=backend in GPU_BACKENDS)
+        throughput.append({"backend": backend, "precision": precision, "k": k, **result})
+        print(f"{'':<17} streams held: {result['streams']}"
+              f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
+
     windows_audio = np.stack([audio[i:i + front_end.n_samples] for i in range(
         0, max(1, len(audio) - front_end.n_samples + 1), front_end.n_samples)])
     ctx = zmq.Context()
@@ -253,6 +283,16 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     except BaseException:
         ctx.term()
         raise
+
+    def results() -> dict[str, Any]:
+        add_speedups(rows)
+        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": machine, "versions": report.versions(), "settings": settings,
+                "latency": rows, "skipped": skipped, "throughput": throughput,
+                "targets": check_targets(rows, machine),
+                "export": {"manifest_models": sorted(manifest["models"]),
+                           "tensorrt": manifest.get("tensorrt")}}
+
     try:
         for backend, precision in rows_planned:
             try:
@@ -261,36 +301,31 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 skipped.append({"backend": backend, "precision": precision, "reason": str(exc)})
                 print(f"skip {backend} {precision}: {exc}")
                 continue
-            for k in args.k:
-                pipeline = Pipeline(translator, samples=k, hop_seconds=1.0,
-                                    encoding=args.encoding, seed=0)
-                records = stream_row(stream, pipeline, audio, args.windows, args.warmup,
-                                     f"{backend}/{precision}/k{k}",
-                                     audio_path if args.realtime else None)
-                rows.append(row_summary(backend, precision, k, records))
-                e = rows[-1]["end_to_end_ms"]
-                print(f"{backend:<17} {precision} K={k}: p50 {e['p50']:.1f} ms  p95 "
-                      f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
-                if not args.no_throughput:
-                    result = max_streams(translator, windows_audio, front_end, k,
-                                         reps=args.throughput_reps,
-                                         time_cap_s=args.throughput_cap,
-                                         limit=args.max_streams)
-                    throughput.append({"backend": backend, "precision": precision, "k": k,
-                                       **result})
-                    print(f"{'':<17} streams held: {result['streams']}"
-                          f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
-            del translator
+            except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
+                skipped.append({"backend": backend, "precision": precision,
+                                "reason": skip_reason(exc)})
+                print(f"skip {backend} {precision}: {skip_reason(exc)}", flush=True)
+                release_memory()
+                continue
+            try:
+                for k in args.k:
+                    run_row(translator, backend, precision, k)
+                    if on_row is not None:
+                        on_row(results())
+            except Exception as exc:  # noqa: BLE001 - one backend failing ends its rows only
+                reason = skip_reason(exc)
+                skipped.append({"backend": backend, "precision": precision,
+                                "reason": f"{reason} (K={k})"})
+                print(f"skip {backend} {precision} K={k}: {reason}", flush=True)
+            finally:
+                del translator      # free this backend (sessions, engines, GPU memory)
+                release_memory()    # before the next one is opened
+            if on_row is not None:
+                on_row(results())
     finally:
         close_stream(stream)
         ctx.term()
-    add_speedups(rows)
-    return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "machine": machine,
-            "versions": report.versions(), "settings": settings, "latency": rows,
-            "skipped": skipped, "throughput": throughput,
-            "targets": check_targets(rows, machine),
-            "export": {"manifest_models": sorted(manifest["models"]),
-                       "tensorrt": manifest.get("tensorrt")}}
+    return results()
 
 
 def main(argv: list[str]) -> int:
@@ -298,11 +333,15 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.quick:
         apply_quick(args, parser)
-    with tempfile.TemporaryDirectory(prefix="s2i-bench-") as tmp:
-        results = run(args, Path(tmp))
-    name = results["machine"]["name"]
     args.out.mkdir(parents=True, exist_ok=True)
-    json_path = args.out / f"latency-{name}.json"
+    json_path = args.out / f"latency-{report.machine_info()['name']}.json"
+
+    def write_partial(partial: dict[str, Any]) -> None:   # a crash later keeps these rows
+        report.write_json(json_path, {**partial, "partial": True})
+
+    with tempfile.TemporaryDirectory(prefix="s2i-bench-") as tmp:
+        results = run(args, Path(tmp), on_row=write_partial)
+    name = results["machine"]["name"]
     png_path = args.out / f"latency-{name}.png"
     report.write_json(json_path, results)
     report.write_markdown(args.out / "latency.md", results)

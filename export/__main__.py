@@ -3,6 +3,8 @@
 Exports a trained translator (a run folder's newest GAN checkpoint, or a checkpoint file)
 to ONNX (+FP16 with ``--fp16``), checks ONNX Runtime against PyTorch, builds TensorRT
 engines where TensorRT and a GPU exist, and writes the manifest the runtime loads.
+``python -m export --verify EXPORT_DIR`` re-runs parity of every file of an existing export
+against its checkpoint (exit 1 on any mismatch).
 """
 
 from __future__ import annotations
@@ -38,11 +40,21 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-tensorrt", action="store_true", help="do not build engines")
     parser.add_argument("--timing-cache", type=Path, default=None,
                         help="TensorRT timing cache file (default ~/.cache/s2i/)")
+    parser.add_argument("--verify", type=Path, default=None, metavar="EXPORT_DIR",
+                        help="re-run parity of every file of EXPORT_DIR against the checkpoint "
+                             "its manifest names; print a line per file, exit 1 on a mismatch")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="with --verify: the checkpoint to compare with (default: the "
+                             "manifest's checkpoint path; its sha256 must match)")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.verify is not None:
+        from export.verify import verify_export
+
+        return 0 if verify_export(args.verify, args.checkpoint) else 1
     if not args.source.exists():
         hint = " (train the demo first: python -m trainer)" if args.source == DEFAULT_RUN else ""
         raise S2IError(f"{args.source} not found: expected a run folder or a GAN "

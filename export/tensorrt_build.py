@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runtime.backends import cuda_device_info, tensorrt_unavailable_reason
+from runtime.errors import S2IError, first_line
+from runtime.gpu_env import cuda_device_info, tensorrt_unavailable_reason
 from runtime.manifest import atomic_write_bytes, sha256_file
 
 ENGINE_GRAPHS = ("encoder", "generator")          # the fused translator stays ONNX-only
@@ -41,7 +42,9 @@ def build_engines(folder: Path, models: dict[str, dict[str, Any]], batch_sizes: 
                   timing_cache: Path | None = None
                   ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """Build ``<graph>.plan`` (and ``<graph>.fp16.plan`` when the FP16 ONNX exists) for the
-    encoder and generator. Returns (manifest ``models`` entries, manifest ``tensorrt``)."""
+    encoder and generator, each on its own: one that fails to build is listed in
+    ``tensorrt["engines"]`` with its reason and the others are kept. Returns (manifest
+    ``models`` entries, manifest ``tensorrt``)."""
     reason = why_no_tensorrt()
     if reason:
         return {}, {"built": False, "reason": reason}
@@ -51,6 +54,7 @@ def build_engines(folder: Path, models: dict[str, dict[str, Any]], batch_sizes: 
     lo, hi = 1, batch_sizes[-1]   # min 1: the runtime encodes one clip at a time
     opt = batch_sizes[len(batch_sizes) // 2]
     entries: dict[str, dict[str, Any]] = {}
+    failed: dict[str, dict[str, Any]] = {}
     for graph in ENGINE_GRAPHS:
         jobs = [("fp32", models[graph])]
         if f"{graph}_fp16" in models:
@@ -59,16 +63,22 @@ def build_engines(folder: Path, models: dict[str, dict[str, Any]], batch_sizes: 
             jobs.append(("fp16", source))
         for precision, onnx_entry in jobs:
             name = f"{graph}.plan" if precision == "fp32" else f"{graph}.fp16.plan"
-            plan = _build_one(trt, folder / onnx_entry["file"], onnx_entry, precision,
-                              (lo, opt, hi), cache_path)
-            atomic_write_bytes(folder / name, plan)
             key = f"{graph}_trt" if precision == "fp32" else f"{graph}_fp16_trt"
+            try:   # one engine failing (e.g. FP16 on this GPU) does not stop the others
+                plan = _build_one(trt, folder / onnx_entry["file"], onnx_entry, precision,
+                                  (lo, opt, hi), cache_path)
+            except Exception as exc:  # noqa: BLE001 - TensorRT raises RuntimeError/TypeError
+                failed[key] = {"kept": False, "reason": "build failed: " + first_line(
+                    exc, with_type=not isinstance(exc, S2IError))}
+                continue
+            atomic_write_bytes(folder / name, plan)
             entries[key] = {"file": name, "sha256": sha256_file(folder / name),
                             "precision": precision, "backend": "tensorrt",
                             "source": onnx_entry["file"],
                             "profile": {"min": lo, "opt": opt, "max": hi},
                             "inputs": onnx_entry["inputs"], "outputs": onnx_entry["outputs"]}
-    info = {"built": True, "tensorrt": trt.__version__, **cuda_device_info(),
+    info = {"built": bool(entries), "engines": failed, "tensorrt": trt.__version__,
+            **cuda_device_info(),
             "timing_cache": str(cache_path),
             "fp16_mode": "BuilderFlag.FP16" if has_fp16_flag() else "strongly typed FP16 graph"}
     return entries, info
@@ -88,8 +98,6 @@ def _attach_timing_cache(config: Any, cache_path: Path) -> None:
 
 def _build_one(trt: Any, onnx_path: Path, entry: dict[str, Any], precision: str,
                profile_sizes: tuple[int, int, int], cache_path: Path) -> bytes:
-    from runtime.errors import S2IError
-
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     flags = 0

@@ -17,7 +17,7 @@ from export.folding import fold_batchnorm
 from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
 from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
-from export.parity import check_engine_parity, check_parity, log_parity
+from export.parity import check_engine_parity, check_parity, describe, log_parity
 from export.tensorrt_build import build_engines
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
@@ -132,8 +132,10 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
         parity = check_parity(encoder, generator, files, dropout)
         log_parity(parity, log)
         if not parity["passed"]:
+            bad = "; ".join(f"{k}: {describe(r)}" for k, r in parity.get("files", {}).items()
+                            if not r["ok"]) or "all-ones masks not repeatable"
             raise S2IError(f"ONNX Runtime does not reproduce PyTorch within tolerance "
-                           f"({parity['max_abs_error']}); nothing written to {out}")
+                           f"({bad}); nothing written to {out}")
         trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}
         if tensorrt:
             engines, trt_info = _engines_with_parity(tmp, models, sizes, timing_cache,
@@ -155,23 +157,56 @@ def _engines_with_parity(tmp: Path, models: dict[str, dict[str, Any]], sizes: li
                          generator: DenseGenerator, dropout: list[dict[str, Any]],
                          parity: dict[str, Any], log: Callable[[str], None]
                          ) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
-    """Build the engines and check them against PyTorch (result in ``parity["tensorrt"]``).
-    A build failure or a failed parity check removes every ``.plan`` and returns no
-    engines with the reason; the ONNX export is kept either way."""
+    """Build the engines and check each against PyTorch (figures in ``parity["tensorrt"]``).
+    Engines are kept or dropped one by one, each with its reason in
+    ``tensorrt["engines"]``: one that fails to build or its parity check is removed, and so
+    is its partner of the same precision (the runtime needs an encoder AND a generator);
+    the others stay. A failure of the whole build drops every engine with its reason. The
+    ONNX export is kept either way."""
     try:
         engines, trt_info = build_engines(tmp, models, sizes, timing_cache)
         if engines:
             parity["tensorrt"] = check_engine_parity(encoder, generator, tmp, engines, dropout)
             log_parity(parity["tensorrt"], log)
-            if not parity["tensorrt"]["passed"]:
-                raise S2IError("TensorRT engines do not reproduce PyTorch within tolerance "
-                               f"({parity['tensorrt']['max_abs_error']}); engines dropped")
     except Exception as exc:  # noqa: BLE001 - TensorRT/CUDA raise RuntimeError, TypeError...
         for plan in tmp.glob("*.plan"):
             plan.unlink()
         return {}, {"built": False,
                     "reason": first_line(exc, with_type=not isinstance(exc, S2IError))}
-    return engines, trt_info
+    if not trt_info.get("built"):
+        trt_info.setdefault("reason", _summary(trt_info.get("engines", {})))
+        return {}, trt_info
+    verdicts: dict[str, dict[str, Any]] = dict(trt_info.get("engines", {}))
+    for key, row in parity["tensorrt"]["files"].items():
+        if row["ok"]:
+            verdicts[key] = {"kept": True, "reason": None,
+                             "relative_error": row["relative_error"]}
+        else:
+            detail = describe(row)
+            verdicts[key] = {"kept": False, "reason": f"parity with PyTorch failed: {detail}",
+                             "relative_error": row["relative_error"]}
+    for key, verdict in list(verdicts.items()):    # a precision needs both of its engines
+        partner = key.replace("encoder", "generator") if key.startswith("encoder") \
+            else key.replace("generator", "encoder")
+        if verdict["kept"] and not verdicts.get(partner, {}).get("kept", False):
+            verdicts[key] = {**verdict, "kept": False,
+                             "reason": f"dropped with {partner} (the runtime needs the "
+                                       "encoder and the generator engine of a precision)"}
+    kept = {k: e for k, e in engines.items() if verdicts[k]["kept"]}
+    for key, entry in engines.items():
+        if key not in kept:
+            (tmp / entry["file"]).unlink(missing_ok=True)
+            log(f"TensorRT engine {entry['file']} dropped: {verdicts[key]['reason']}")
+    trt_info = {**trt_info, "built": bool(kept), "engines": verdicts}
+    if not kept:
+        trt_info["reason"] = _summary(verdicts)
+    return kept, trt_info
+
+
+def _summary(verdicts: dict[str, dict[str, Any]]) -> str:
+    """Every dropped engine's reason, one line."""
+    return "; ".join(f"{key}: {v['reason']}" for key, v in verdicts.items()
+                     if not v.get("kept")) or "no engine built"
 
 
 def _half_copy(graph: Any) -> Any:

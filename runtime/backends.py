@@ -21,6 +21,7 @@ from runtime.gpu_env import (
     cuda_device_info,
     cuda_provider_reason,
     import_onnxruntime,
+    onnxruntime_conflict,
     preload_cuda_libraries,
     tensorrt_unavailable_reason,
 )
@@ -396,6 +397,9 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
     if precision not in PRECISIONS:
         raise S2IError(f"unknown precision '{precision}'; expected fp32 or fp16")
     manifest = load_export_manifest(export_dir)
+    conflict = onnxruntime_conflict()
+    if conflict:      # it may still work (whichever build pip wrote last), so only say it
+        log(f"warning: {conflict}")
     if backend != "auto":
         reason = _unavailable_reason(backend)
         if reason:

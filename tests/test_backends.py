@@ -12,10 +12,12 @@ import pytest
 import torch
 from helpers_export import make_tiny_checkpoint, make_tiny_export
 
+from export.parity import relative_error, rms_relative_error
 from export.translator import export_translator
 from runtime.backends import list_backends, open_translator, tensorrt_unavailable_reason
 from runtime.errors import S2IError
 from runtime.masks import draw_masks, ones_masks
+from trainer.calibrate import synthetic_spectrograms
 from trainer.checkpoint import load_checkpoint
 from trainer.models import AudioEncoder, DenseGenerator
 
@@ -25,21 +27,24 @@ D = 64
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export", embedding_dim=D,
-                            fp16=True, seed=1, fused=True)
+                            fp16=True, seed=1, fused=True, input_sensitive=True)
 
 
-def reference(export_dir: Path, spec: np.ndarray, masks: list[np.ndarray]) -> np.ndarray:
+def reference(export_dir: Path, spec: np.ndarray, masks: list[np.ndarray],
+              with_embedding: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     state = load_checkpoint(export_dir.parent / f"{export_dir.name}.ckpt.pt", stage="gan")
     encoder, generator = AudioEncoder(D, state["width"]), DenseGenerator(D, state["width"])
     encoder.load_state_dict(state["models"]["encoder"])
     generator.load_state_dict(state["models"]["generator"])
     with torch.no_grad():
         z = encoder.eval()(torch.from_numpy(spec))
-        return generator.eval()(z, [torch.from_numpy(m) for m in masks]).numpy()
+        image = generator.eval()(z, [torch.from_numpy(m) for m in masks]).numpy()
+    return (z.numpy(), image) if with_embedding else image
 
 
-@pytest.mark.parametrize("precision,limit", [("fp32", 1e-4), ("fp16", 2e-2)])
-def test_onnxruntime_cpu_translates_like_pytorch(export_dir: Path, precision: str,
+@pytest.mark.parametrize("precision,error,limit", [("fp32", relative_error, 1e-3),
+                                                   ("fp16", rms_relative_error, 1e-1)])
+def test_onnxruntime_cpu_translates_like_pytorch(export_dir: Path, precision: str, error,
                                                  limit: float) -> None:
     translator = open_translator(export_dir, "onnxruntime-cpu", precision, threads=2)
     assert translator.backend == "onnxruntime-cpu" and translator.precision == precision
@@ -47,14 +52,23 @@ def test_onnxruntime_cpu_translates_like_pytorch(export_dir: Path, precision: st
     assert translator.manifest["embedding_dim"] == D
     rng = np.random.default_rng(0)
     for batch in (1, 3):
-        spec = rng.uniform(-1, 1, (batch, 1, 128, 100)).astype(np.float32)
+        spec = synthetic_spectrograms(batch, torch.Generator().manual_seed(batch)).numpy()
         masks = draw_masks(translator.dropout, batch, rng)
         z = translator.encode(spec)
         assert z.shape == (batch, D) and z.dtype == np.float32
-        images = translator.generate(z, masks)
+        # each stage on the reference's input: the test network amplifies an FP16 error
+        # of the embedding tenfold (docs/EXPORT.md), so the chain is not the fair test
+        z_want, want = reference(export_dir, spec, masks, with_embedding=True)
+        assert error(z, z_want) <= limit
+        images = translator.generate(z_want, masks)
         assert images.shape == (batch, 3, 96, 96) and images.dtype == np.float32
-        assert np.abs(images - reference(export_dir, spec, masks)).max() <= limit
-        assert np.array_equal(translator.translate(spec, masks), images)
+        assert error(images, want) <= limit
+        chained = translator.generate(z, masks)
+        assert np.array_equal(translator.translate(spec, masks), chained)
+    # the outputs move with the input and with the masks by far more than the tolerance
+    assert relative_error(images[1:], np.repeat(images[:1], 2, axis=0)) > 0.1
+    ones = translator.generate(z, ones_masks(translator.dropout, batch))
+    assert relative_error(images, ones) > 0.1
 
 
 def test_ones_masks_deterministic_drawn_masks_differ(export_dir: Path) -> None:
@@ -65,7 +79,7 @@ def test_ones_masks_deterministic_drawn_masks_differ(export_dir: Path) -> None:
     rng = np.random.default_rng(4)
     a = translator.generate(z, draw_masks(translator.dropout, 2, rng))
     b = translator.generate(z, draw_masks(translator.dropout, 2, rng))
-    assert np.abs(a - b).max() > 1e-3
+    assert relative_error(a, b) > 0.1
 
 
 def test_auto_picks_best_available(export_dir: Path) -> None:
@@ -123,16 +137,19 @@ def test_missing_tampered_and_unavailable(export_dir: Path, tmp_path: Path) -> N
 
 def test_translate_window_fused_and_unfused_agree(export_dir: Path, tmp_path: Path) -> None:
     fused = open_translator(export_dir, "onnxruntime-cpu")
-    plain_export = make_tiny_export(tmp_path / "plain", embedding_dim=D, seed=1)  # same weights
+    plain_export = make_tiny_export(tmp_path / "plain", embedding_dim=D, seed=1,  # same weights
+                                    input_sensitive=True)
     plain = open_translator(plain_export, "onnxruntime-cpu")
     assert fused._fused is not None and plain._fused is None
-    spec = np.random.default_rng(7).uniform(-1, 1, (1, 1, 128, 100)).astype(np.float32)
+    spec = synthetic_spectrograms(1, torch.Generator().manual_seed(7)).numpy()
     masks = draw_masks(fused.dropout, 5, np.random.default_rng(8))
     images, mean, spread = fused.translate_window(spec, masks)
     images2, mean2, spread2 = plain.translate_window(spec, masks)
     assert images.shape == (5, 3, 96, 96) and mean.shape == spread.shape == (1, 3, 96, 96)
-    assert np.abs(images - images2).max() <= 1e-4 and np.abs(mean - mean2).max() <= 1e-4
-    assert np.abs(spread - spread2).max() <= 1e-4 and spread.max() > 0
+    scale = np.abs(images2).max()
+    assert relative_error(images, images2) <= 1e-3
+    assert relative_error(mean, mean2, scale) <= 1e-3
+    assert relative_error(spread, spread2, scale) <= 1e-3 and spread.max() > 0.05 * scale
     with pytest.raises(S2IError, match="one window"):
         fused.translate_window(np.repeat(spec, 2, axis=0), masks)
     # an export without FP16 graphs says how to get them
@@ -150,15 +167,17 @@ def test_tensorrt_backend(tmp_path: Path) -> None:
     reason = tensorrt_unavailable_reason()
     if reason is not None:
         pytest.skip(f"TensorRT backend not testable here: {reason}")
-    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", embedding_dim=D)
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", embedding_dim=D, input_sensitive=True)
     out = export_translator(checkpoint, tmp_path / "export", fused=False,
                             batch_sizes=(1, 4, 8), timing_cache=tmp_path / "timing.cache")
     translator = open_translator(out, "tensorrt")
-    spec = np.random.default_rng(0).uniform(-1, 1, (10, 1, 128, 100)).astype(np.float32)
+    spec = synthetic_spectrograms(10, torch.Generator().manual_seed(0)).numpy()
     masks = draw_masks(translator.dropout, 10, np.random.default_rng(1))
     images = translator.translate(spec, masks)   # 10 > profile max 8: run in chunks
     cpu = open_translator(out, "onnxruntime-cpu").translate(spec, masks)
-    assert np.abs(images - cpu).max() <= 2e-2
+    assert rms_relative_error(images, cpu) <= 1e-1    # TF32 kernels, errors amplified
+    # rows 8, 9 (the second chunk) belong to their own inputs, not to rows 0, 1
+    assert rms_relative_error(images[8:], cpu[:2]) > 0.3
 
 
 def test_manifest_that_does_not_match_the_models_fails_at_load(export_dir: Path,

@@ -17,7 +17,27 @@ pytest.importorskip("onnxruntime")
 @pytest.fixture(scope="module")
 def quick_results(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, object]:
     out = tmp_path_factory.mktemp("bench")
-    assert latency.main(["--quick", "--windows", "12", "--out", str(out)]) == 0
+    real_open, real_write = latency.open_backend, report.write_json
+    writes: list[tuple[bool, int]] = []    # (partial, rows so far) at each write
+
+    def open_backend(name: str, precision: str, *args, **kwargs):
+        if precision == "fp16":    # stands in for a GPU backend running out of memory
+            raise RuntimeError("CUDA failure 2: out of memory ; GPU=0\nmore")
+        return real_open(name, precision, *args, **kwargs)
+
+    def write_json(path, results) -> None:
+        writes.append((bool(results.get("partial")), len(results["latency"])))
+        real_write(path, results)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(latency, "open_backend", open_backend)
+        patch.setattr(report, "write_json", write_json)
+        assert latency.main(["--quick", "--windows", "12", "--out", str(out), "--backends",
+                             "pytorch-eager", "onnxruntime-cpu:fp32",
+                             "onnxruntime-cpu:fp16"]) == 0
+    # written after every row (partial), then once complete
+    assert [rows for partial, rows in writes if partial][:2] == [1, 2]
+    assert writes[-1] == (False, 4)
     files = sorted(out.glob("latency-*.json"))
     assert len(files) == 1
     return json.loads(files[0].read_text()), out
@@ -72,8 +92,34 @@ def test_throughput_curve_is_searched_within_the_limit(
         sizes = [p["streams"] for p in row["curve"]]
         assert sizes == sorted(sizes) and sizes[0] == 1 and max(sizes) <= 8
         assert 0 <= row["streams"] <= 8
-        fits = [p["streams"] for p in row["curve"] if p["p99_ms"] <= row["budget_ms"]]
+        fits = [p["streams"] for p in row["curve"] if p["ok"]]
         assert row["streams"] == (max(fits) if fits else 0)
+        for point in row["curve"]:   # CPU rows: model and features share the cores
+            assert not row["pipelined"]
+            assert point["step_p99_ms"] == pytest.approx(point["p99_ms"]
+                                                         + point["features_p99_ms"], abs=2e-3)
+            assert point["ok"] == (point["step_p99_ms"] <= row["budget_ms"])
+
+
+def test_out_of_memory_is_a_skipped_row_with_its_reason(
+        quick_results: tuple[dict, object]) -> None:
+    results, _ = quick_results
+    skipped = {(s["backend"], s["precision"]): s["reason"] for s in results["skipped"]}
+    reason = skipped[("onnxruntime-cpu", "fp16")]
+    assert reason.startswith("out of memory: RuntimeError: CUDA failure 2") and "\n" not in reason
+    assert {(r["backend"], r["precision"]) for r in results["latency"]} == {
+        ("pytorch-eager", "fp32"), ("onnxruntime-cpu", "fp32")}
+
+
+def test_isolation_helpers() -> None:
+    from benchmarks.isolation import is_out_of_memory, release_memory, skip_reason
+
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory"))
+    assert is_out_of_memory(RuntimeError("CUDA error: cudaErrorMemoryAllocation"))
+    assert not is_out_of_memory(ValueError("bad shape"))
+    assert skip_reason(ValueError("bad shape\nmore")) == "failed: ValueError: bad shape"
+    release_memory()
 
 
 def test_unknown_backend_is_a_clear_error() -> None:

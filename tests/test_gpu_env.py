@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers_export import make_tiny_export
 
@@ -169,3 +170,24 @@ def test_without_onnxruntime_runtime_imports_and_says_which_extra(export_dir: Pa
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT).stdout
     assert "ONNX Runtime is not installed" in out and "'.[cpu]'" in out
+
+
+def test_wheel_parts_split_and_join_back(tmp_path: Path) -> None:
+    """scripts/gpu_wheels.sh cuts wheels for size-limited transfers and checks them back."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    data = np.random.default_rng(0).bytes(int(2.5 * 2**20))
+    (wheels / "big-1.0-py3-none-any.whl").write_bytes(data)
+    (wheels / "small-1.0-py3-none-any.whl").write_bytes(b"small")
+    script = str(ROOT / "scripts" / "gpu_wheels.sh")
+    subprocess.run(["bash", "-c", f"cd {wheels} && sha256sum ./*.whl > SHA256SUMS"],
+                   check=True)
+    subprocess.run(["bash", script, "split", str(wheels), "1"], check=True,
+                   capture_output=True)
+    parts = sorted(p.name for p in wheels.glob("big-*.part.*"))
+    assert len(parts) == 3 and not (wheels / "big-1.0-py3-none-any.whl").exists()
+    assert (wheels / "small-1.0-py3-none-any.whl").exists()
+    done = subprocess.run(["bash", script, "join", str(wheels)], check=True,
+                          capture_output=True, text=True)
+    assert (wheels / "big-1.0-py3-none-any.whl").read_bytes() == data
+    assert done.stdout.count(": OK") == 2

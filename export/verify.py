@@ -1,0 +1,71 @@
+"""``python -m export --verify EXPORT_DIR``: re-run parity of every file of an export against
+the checkpoint its manifest names, one line per file; False when any file does not match."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from export.parity import check_engine_parity, check_parity, describe
+from runtime.errors import S2IError
+from runtime.gpu_env import tensorrt_unavailable_reason
+from runtime.manifest import load_export_manifest, sha256_file
+
+
+def verify_export(export_dir: Path, checkpoint: Path | None = None,
+                  log: Callable[[str], None] = print) -> bool:
+    """Check every model file of ``export_dir`` against ``checkpoint`` (default: the one
+    the manifest names, whose sha256 must match). ONNX files run on ONNX Runtime CPU;
+    TensorRT engines where TensorRT and a GPU exist (else one ``skipped`` line each)."""
+    from export.translator import load_networks
+
+    manifest = load_export_manifest(export_dir)
+    recorded = manifest.get("checkpoint") or {}
+    checkpoint = checkpoint or Path(str(recorded.get("path") or ""))
+    if not checkpoint.is_file():
+        raise S2IError(f"checkpoint {checkpoint} named by {export_dir}/manifest.json is not "
+                       "here; pass it with --checkpoint")
+    if recorded.get("sha256") and sha256_file(checkpoint) != recorded["sha256"]:
+        raise S2IError(f"checkpoint {checkpoint} is not the one {export_dir} was exported from "
+                       "(sha256 differs from the manifest's)")
+    _, encoder, generator = load_networks(checkpoint)
+    models: dict[str, dict[str, Any]] = manifest["models"]
+    onnx_files = {key: export_dir / e["file"] for key, e in models.items()
+                  if e.get("backend") == "onnx"}
+    engines = {key: e for key, e in models.items() if e.get("backend") == "tensorrt"}
+    rows: dict[str, dict[str, Any]] = {}
+    parity = check_parity(encoder, generator, onnx_files, manifest["dropout"])
+    rows.update(parity["files"])
+    if engines:
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            rows.update({key: {"skipped": reason} for key in engines})
+        else:
+            rows.update(check_engine_parity(encoder, generator, export_dir, engines,
+                                            manifest["dropout"])["files"])
+    for key, row in rows.items():
+        log(_line(models[key]["file"], key, row))
+    sens = parity["sensitivity"]
+    log(f"sensitivity of the checkpoint: images change by {sens['input']:.2e} with the input "
+        f"and {sens['masks']:.2e} with the masks (relative)"
+        + ("" if parity["informative"] else
+           " - too little for parity to see wiring errors"))
+    if not parity["all_ones_deterministic"]:
+        log("MISMATCH: all-ones masks do not give repeatable generator outputs")
+    failed = [key for key, row in rows.items() if not row.get("skipped") and not row["ok"]]
+    log(f"{export_dir}: " + (f"{len(failed)} file(s) do NOT match: {', '.join(failed)}"
+                             if failed or not parity["all_ones_deterministic"] else
+                             f"{len(rows) - _skipped(rows)} file(s) match"
+                             + (f", {_skipped(rows)} skipped" if _skipped(rows) else "")))
+    return not failed and parity["all_ones_deterministic"]
+
+
+def _skipped(rows: dict[str, dict[str, Any]]) -> int:
+    return sum(1 for row in rows.values() if row.get("skipped"))
+
+
+def _line(file: str, key: str, row: dict[str, Any]) -> str:
+    if row.get("skipped"):
+        return f"{file:<24} {key:<20} skipped: {row['skipped']}"
+    return f"{file:<24} {key:<20} {describe(row)} {'ok' if row['ok'] else 'MISMATCH'}"
