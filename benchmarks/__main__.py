@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from runtime.errors import run_cli
+from runtime.cli import run_command
 
 COMMANDS = {
     "store": ("benchmarks.store_bench", "build a store from train.tar.gz; load random batches"),
@@ -18,28 +17,13 @@ COMMANDS = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: python -m benchmarks COMMAND [options]", "", "commands:"]
-    lines += [f"  {name:<10} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "`python -m benchmarks COMMAND --help` for options."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0 if argv else 2
-    command = argv.pop(0)
-    if command not in COMMANDS:
-        print(f"error: unknown benchmark '{command}'; expected one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        return 2
-    if command == "serve" and "--cluster" in argv:           # the same run, over Ray Serve
-        command = "cluster"
+    if argv[:1] == ["serve"] and "--cluster" in argv:          # the same run, over Ray Serve
+        argv = ["cluster", *argv[1:]]
         argv.remove("--cluster")
-    module = importlib.import_module(COMMANDS[command][0])   # lazily: latency needs more
-    return run_cli(lambda: module.main(argv))
+    # each benchmark's module is imported only when asked for (latency needs more)
+    return run_command("python -m benchmarks", COMMANDS, argv, noun="benchmark")
 
 
 if __name__ == "__main__":

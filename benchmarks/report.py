@@ -39,7 +39,8 @@ def summarize(values_ms: Sequence[float]) -> dict[str, float]:
 # --------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -71,7 +72,7 @@ def _gpu_name() -> str | None:
 
 def machine_info() -> dict[str, Any]:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": _cpu_model(), "cores": cores, "memory_gib": _memory_gib(),
+    info = {"cpu": cpu_model(), "cores": cores, "memory_gib": _memory_gib(),
             "gpu": _gpu_name(), "os": platform.platform(),
             "load_average": [round(x, 2) for x in os.getloadavg()]}
     info["name"] = machine_slug(info)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.report import cpu_model
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
 from runtime.manifest import atomic_write_json
@@ -35,14 +36,7 @@ TARGETS = {"build_seconds": 60.0, "batch64_ms": 5.0}
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {"cpu": cpu, "cores": os.cpu_count(), "usable_cores": usable,
             "python": platform.python_version(), "numpy": np.__version__,

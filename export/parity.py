@@ -201,7 +201,7 @@ def check_engine_parity(encoder: AudioEncoder, generator: DenseGenerator, folder
     """TensorRT engines against PyTorch (same inputs and masks as ``check_parity``), one
     verdict per engine: an engine that fails to load or run gets ``ok: False`` and the
     error, the others are still checked."""
-    from runtime.backends import _TrtModel
+    from runtime.backends import TrtModel
     from runtime.errors import first_line
 
     spectrogram, masks = parity_inputs(dropout, samples, seed)
@@ -209,7 +209,7 @@ def check_engine_parity(encoder: AudioEncoder, generator: DenseGenerator, folder
     rows: dict[str, dict[str, Any]] = {}
     for key, entry in engines.items():
         try:
-            engine = _TrtModel(folder / entry["file"], entry)
+            engine = TrtModel(folder / entry["file"], entry)
             if key.startswith("encoder"):
                 (z,) = engine.run({"spectrogram": spectrogram})
                 rows[key] = verdict(key, z, z_ref, ENGINE_TOLERANCE)

@@ -19,17 +19,13 @@ from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
 from export.tensorrt_build import build_engines
+from runtime.artifacts import check_replaceable
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import (
-    EXPORT_FORMAT,
-    atomic_dir,
-    atomic_write_json,
-    export_stamp,
-    manifest_format,
-)
-from trainer.checkpoint import find_checkpoint, load_translator
+from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, export_stamp
+from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
+from trainer.run import RunFolder, find_checkpoint
 
 DEFAULT_BATCH_SIZES = (1, 8, 64)   # TensorRT profile: min, opt (K MC samples), max
 
@@ -38,10 +34,9 @@ def default_out_dir(source: Path) -> Path:
     """``RUN`` -> ``RUN/export``; ``RUN/checkpoints/x.pt`` -> ``RUN/export``;
     any other checkpoint file ``DIR/x.pt`` -> ``DIR/x_export``."""
     if source.is_dir():
-        return source / "export"
-    if source.parent.name == "checkpoints":
-        return source.parent.parent / "export"
-    return source.parent / f"{source.stem}_export"
+        return RunFolder(source).export
+    run = RunFolder.of_checkpoint(source)
+    return run.export if run is not None else source.parent / f"{source.stem}_export"
 
 
 def load_networks(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGenerator]:
@@ -102,12 +97,7 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
 
 def _check_out_dir(out: Path) -> None:
     """Refuse to replace anything but an earlier export (nothing already written is lost)."""
-    if out.exists() and not out.is_dir():
-        raise S2IError(f"output {out} exists and is not a folder; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and manifest_format(out) != EXPORT_FORMAT:
-        raise S2IError(f"output folder {out} is not empty and holds no S2I export (no "
-                       f"manifest.json of format {EXPORT_FORMAT!r}); it is left untouched, "
-                       "choose another --out")
+    check_replaceable(out, "S2I export", EXPORT_FORMAT)
 
 
 def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: AudioEncoder,

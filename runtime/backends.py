@@ -109,7 +109,7 @@ class _OrtModel:
         return self.session.run(self.output_names, feeds)
 
 
-class _TrtModel:
+class TrtModel:
     """A TensorRT engine run through its Python API with cuda-python device buffers."""
 
     def __init__(self, path: Path, entry: dict[str, Any]) -> None:
@@ -430,7 +430,7 @@ def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: s
         entry = _model_entry(manifest, export_dir, graph, precision, tensorrt)
         path = export_dir / entry["file"]
         if tensorrt:
-            loaded[graph] = (path.name, _TrtModel(path, entry))
+            loaded[graph] = (path.name, TrtModel(path, entry))
         else:
             provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
                 else "CPUExecutionProvider"

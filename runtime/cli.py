@@ -83,3 +83,38 @@ def exit_code(stop: threading.Event) -> int:
     if signum == signal.SIGTERM:
         log("terminated; shut down cleanly")
     return 0
+
+
+def run_command(prog: str, commands: dict[str, tuple[str, str]], argv: list[str] | None,
+                default: str | None = None, noun: str = "command") -> int:
+    """``prog COMMAND [options]``: import the module of ``commands[COMMAND]`` (``name ->
+    (module, one-line description)``) only when it is asked for, and run its
+    ``main(argv)`` under :func:`runtime.errors.run_cli`. With no command: ``default``, or
+    the usage (exit 2)."""
+    import importlib
+
+    from runtime.errors import run_cli
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    width = max(len(name) for name in commands) + 2
+    usage = "\n".join([f"usage: {prog} {'[COMMAND]' if default else 'COMMAND'} [options]", "",
+                       "commands:",
+                       *[f"  {name:<{width}} {text}" for name, (_, text) in commands.items()],
+                       "", (f"With no command, runs `{default}`. " if default else "")
+                       + f"`{prog} COMMAND --help` for options."])
+    if argv and argv[0] in ("-h", "--help"):
+        print(usage)
+        return 0
+    if argv and not argv[0].startswith("-"):
+        command = argv.pop(0)
+    elif default is not None:
+        command = default
+    else:
+        print(usage)
+        return 2
+    if command not in commands:
+        print(f"error: unknown {noun} '{command}'; expected one of {', '.join(commands)}",
+              file=sys.stderr)
+        return 2
+    module = importlib.import_module(commands[command][0])
+    return run_cli(lambda: module.main(argv))

@@ -1,11 +1,27 @@
-"""Typed dataclass configs with command-line overrides (``--batch-size 32``), saved as JSON."""
+"""One config style for every command: a typed dataclass -> command-line flags -> saved JSON.
+
+A command's settings are one dataclass. :func:`config_parser` turns its fields into flags
+(``batch_size`` -> ``--batch-size``; ``bool`` -> ``--x/--no-x``; ``list``/``tuple`` -> several
+values; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
+``required``, ``positional``, ``flag`` (another flag name), or ``cli: False`` to keep it off
+the command line);
+:func:`parse_config` builds the config from defaults and the flags given
+(:func:`dataclass_from_args` also takes a base: a preset, a saved config for ``--resume``);
+:func:`save_config` writes it as JSON next to what the command made, and
+:func:`config_from_dict` reads it back.
+
+Presets are data: a dict of field overrides, passed as ``base`` under the flags (the training
+stages take theirs from ``trainer.presets`` via their ``preset`` field).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import types
 import typing
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,52 +40,103 @@ def _base_type(tp: Any) -> Any:
     return origin or tp
 
 
+def _inner_type(tp: Any) -> Any:
+    """The element type of ``list[int] | None`` / ``tuple[float, ...]``."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        tp = next(a for a in typing.get_args(tp) if a is not type(None))
+    inner = typing.get_args(tp)
+    return inner[0] if inner else str
+
+
+def _default(field: dataclasses.Field[Any]) -> Any:
+    if field.default is not dataclasses.MISSING:
+        return field.default
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return dataclasses.MISSING
+
+
 def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--field-name`` option per dataclass field; help shows the default."""
+    """One ``--field-name`` option (or positional argument) per dataclass field."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if not field.init:
+        if not field.init or field.metadata.get("cli") is False:
             continue
-        flag = "--" + field.name.replace("_", "-")
         tp = _base_type(hints[field.name])
-        default = (field.default if field.default is not dataclasses.MISSING
-                   else field.default_factory())  # type: ignore[misc]
-        help_text = field.metadata.get("help", "") + f" (default: {default})"
-        if tp is bool:
-            parser.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction,
-                                default=None, help=help_text)
-        elif tp in (tuple, list):
-            inner = typing.get_args(hints[field.name])
-            parser.add_argument(flag, dest=field.name, nargs="+", default=None,
-                                type=inner[0] if inner else str, help=help_text)
+        default = _default(field)
+        required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
+        help_text = field.metadata.get("help", "")
+        if default is not dataclasses.MISSING and not required:
+            help_text += f" (default: {default})"
+        kwargs: dict[str, Any] = {"help": help_text.strip()}
+        for key in ("choices", "metavar"):
+            if key in field.metadata:
+                kwargs[key] = field.metadata[key]
+        if tp in (tuple, list):
+            kwargs.update(nargs=field.metadata.get("nargs", "+"),
+                          type=_inner_type(hints[field.name]))
+        elif tp is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            parser.add_argument(flag, dest=field.name, default=None,
-                                type=tp if tp in (int, float, str) else str, help=help_text)
+            kwargs["type"] = tp if tp in (int, float, str) else str
+        if field.metadata.get("positional"):
+            parser.add_argument(field.name, **kwargs)
+            continue
+        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        parser.add_argument(flag, dest=field.name, default=None, required=required, **kwargs)
+
+
+def config_parser(cls: type, prog: str, description: str | None = None
+                  ) -> argparse.ArgumentParser:
+    """The command-line parser of a config dataclass."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataclass_args(parser, cls)
+    return parser
 
 
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **base: Any) -> T:
-    """Defaults, then ``base`` values, then whatever was given on the command line."""
+    """Defaults, then ``base`` values (a preset, a saved config), then the flags given."""
     values = dict(base)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         given = getattr(args, field.name, None)
         if given is not None:
-            values[field.name] = tuple(given) if isinstance(given, list) else given
+            values[field.name] = given
+    return make_config(cls, values)
+
+
+def parse_config(cls: type[T], argv: Sequence[str], prog: str,
+                 description: str | None = None) -> T:
+    """The config of a command line (``config_parser`` + ``dataclass_from_args``)."""
+    return dataclass_from_args(cls, config_parser(cls, prog, description).parse_args(argv))
+
+
+def make_config(cls: type[T], values: dict[str, Any]) -> T:
+    """``cls(**values)`` with JSON/CLI lists turned into tuples where the field is a tuple;
+    an invalid value is one ``S2IError`` line."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise S2IError(f"{cls.__name__} has no settings {unknown}")
+    hints = typing.get_type_hints(cls)
+    fixed = {k: tuple(v) if isinstance(v, list) and _base_type(hints[k]) is tuple else v
+             for k, v in values.items()}
     try:
-        return cls(**values)
+        return cls(**fixed)
     except (TypeError, ValueError) as exc:
         raise S2IError(f"invalid {cls.__name__}: {exc}") from exc
 
 
 def config_from_dict(cls: type[T], data: dict[str, Any]) -> T:
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise S2IError(f"{cls.__name__} has no settings {unknown}")
-    hints = typing.get_type_hints(cls)
-    fixed = {k: tuple(v) if isinstance(v, list) and _base_type(hints[k]) is tuple else v
-             for k, v in data.items()}
-    return cls(**fixed)
+    """A saved config (JSON) back as its dataclass."""
+    return make_config(cls, dict(data))
+
+
+def config_json(config: Any) -> dict[str, Any]:
+    """A config dataclass as plain JSON values (paths as strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(config), default=str))
 
 
 def save_config(config: Any, path: str | Path) -> None:
-    atomic_write_json(path, dataclasses.asdict(config))
+    """Write a config dataclass as JSON (atomically)."""
+    atomic_write_json(path, config_json(config))

@@ -16,7 +16,6 @@ only with a new session. Headers are strict JSON (no NaN/Infinity): audio is san
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import re
@@ -30,6 +29,7 @@ import numpy as np
 import zmq
 
 from runtime.errors import S2IError
+from runtime.images import png_bytes, png_image
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 2
@@ -100,11 +100,7 @@ def encode_image(image: np.ndarray, encoding: str) -> bytes:
     if encoding == "raw":
         return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
     if encoding == "png":
-        from PIL import Image
-
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
-        return buffer.getvalue()
+        return png_bytes(image, compress_level=1)
     raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
@@ -116,9 +112,7 @@ def decode_image(payload: bytes, encoding: str, shape: list[int]) -> np.ndarray:
                            f"needs {expected}")
         return np.frombuffer(payload, np.uint8).reshape(shape)
     if encoding == "png":
-        from PIL import Image
-
-        return np.asarray(Image.open(io.BytesIO(payload)))
+        return png_image(payload)
     raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import re
 import sys
@@ -29,9 +28,11 @@ import numpy as np
 from runtime.cli import exit_code, log, stop_on_signals
 from runtime.client import Subscriber
 from runtime.errors import S2IError, run_cli
+from runtime.images import png_bytes
 from runtime.manifest import atomic_write_bytes
 from runtime.protocol import DEFAULT_TOPIC, Frame
 from runtime.security import add_client_security_args, client_keys, is_loopback
+from runtime.web import QuietHandler
 
 STATIC = Path(__file__).parent / "static"
 MAX_CONNECTIONS = 32      # web connections served at once; more are closed at once
@@ -39,14 +40,6 @@ IDLE_TIMEOUT_S = 10.0     # a connection silent this long is closed
 MAX_NAME_CHARS = 80       # stream-id part of a file name (a file name may have 255 bytes)
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
                 ".css": "text/css"}
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class LatestFrame:
@@ -120,37 +113,26 @@ FRAME_PATH = re.compile(r"^/frame/(\d{1,18})/([A-Za-z0-9]+)\.png$")
 
 def make_handler(latest: LatestFrame, timeout_s: float = IDLE_TIMEOUT_S
                  ) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         timeout = timeout_s           # socket timeout: idle or half-open requests end
-
-        def log_message(self, *args: Any) -> None:   # keep the terminal quiet
-            pass
-
-        def _send(self, status: int, body: bytes, ctype: str) -> None:
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(body)
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             path = self.path.split("?")[0]
             if path == "/":
                 path = "/index.html"
             if path == "/latest.json":
-                self._send(200, json.dumps(latest.state()).encode(), "application/json")
+                self.send_body(200, json.dumps(latest.state()).encode(), "application/json")
                 return
             if match := FRAME_PATH.match(path):
                 body = latest.image(int(match.group(1)), match.group(2))
                 if body is not None:
-                    self._send(200, body, "image/png")
+                    self.send_body(200, body, "image/png")
                     return
             static = STATIC / path.lstrip("/")
             if "/" not in path.lstrip("/") and static.suffix in STATIC_TYPES and static.is_file():
-                self._send(200, static.read_bytes(), STATIC_TYPES[static.suffix])
+                self.send_body(200, static.read_bytes(), STATIC_TYPES[static.suffix])
                 return
-            self._send(404, b"not found", "text/plain")
+            self.send_body(404, b"not found", "text/plain")
 
     return Handler
 

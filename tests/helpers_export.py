@@ -12,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-CLASSES = ["Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing"]
+from trainer.data.prepare_common import VEGAS_CLASSES
+
+CLASSES = list(VEGAS_CLASSES)
 
 
 def make_tiny_checkpoint(path: str | Path, width: float = 0.125, embedding_dim: int = 512,

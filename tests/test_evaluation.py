@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from trainer.__main__ import main as trainer_main
 from trainer.checkpoint import save_checkpoint
 from trainer.data.demo_data import build_demo_store
 from trainer.data.store import Store
-from trainer.evaluate.label import LABELS_FILE, LabelServer, read_labels
+from trainer.evaluate.label import LabelServer
 from trainer.evaluate.report import (
     discriminator_update_epochs,
     moving_average,
@@ -29,6 +31,7 @@ from trainer.evaluate.report import (
     replace_skipped,
     skipped_after_d,
 )
+from trainer.evaluate.sample_files import LABELS_FILE, read_labels
 from trainer.models import AudioEncoder, DenseGenerator
 
 WIDTH = 0.125
@@ -222,20 +225,22 @@ def test_workflow_end_to_end(setup: dict[str, Path], tmp_path: Path) -> None:
 
 
 def test_sample_picks_snapshots(setup: dict[str, Path], tmp_path: Path) -> None:
-    from trainer.evaluate.sample import write_samples
+    from trainer.evaluate.sample import SampleConfig, write_samples
     common = {"split": "test", "per_class": 1, "progress": False}
-    index = write_samples([setup["run"]], setup["store"], tmp_path / "last", **common)
+    def sample(run: Path, out: Path, **options: object) -> dict:
+        return write_samples(SampleConfig([run], setup["store"], out, **options))  # type: ignore[arg-type]
+
+    index = sample(setup["run"], tmp_path / "last", **common)
     assert [m["epoch"] for m in index["models"]] == [8]  # a run folder -> gan_last.pt
-    index = write_samples([setup["run"]], setup["store"], tmp_path / "spread", snapshots="3",
-                          **common)
+    index = sample(setup["run"], tmp_path / "spread", snapshots="3", **common)
     assert [m["epoch"] for m in index["models"]] == [1, 5, 8]
     assert len(index["items"]) == 3 * 5 and all(it["sample"] == 0 for it in index["items"])
     # dropout off: the same sound gives the same image, whatever the seed
     fixed = {"split": "test", "limit": 3, "progress": False, "snapshots": "all",
              "mc_dropout": False}
-    index = write_samples([setup["run2"]], setup["store"], tmp_path / "all", seed=0, **fixed)
+    index = sample(setup["run2"], tmp_path / "all", seed=0, **fixed)
     assert [m["epoch"] for m in index["models"]] == [1, 2, 3]
-    again = write_samples([setup["run2"]], setup["store"], tmp_path / "again", seed=5, **fixed)
+    again = sample(setup["run2"], tmp_path / "again", seed=5, **fixed)
     assert [it["file"] for it in again["items"]] == [it["file"] for it in index["items"]]
     for it in index["items"]:
         first, second = (np.asarray(Image.open(folder / it["file"]))
@@ -366,8 +371,8 @@ def test_clear_errors(setup: dict[str, Path], tmp_path: Path,
     folder.mkdir()
     (folder / LABELS_FILE).write_text("{}")
     with pytest.raises(S2IError, match="labels.json"):
-        from trainer.evaluate.sample import write_samples
-        write_samples([run], store, folder, overwrite=True, progress=False)
+        from trainer.evaluate.sample import SampleConfig, write_samples
+        write_samples(SampleConfig([run], store, folder, overwrite=True, progress=False))
     assert (folder / LABELS_FILE).read_text() == "{}"
 
 
@@ -435,8 +440,8 @@ def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
 
 def test_failed_label_write_changes_nothing_in_memory(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    import trainer.evaluate.label as label
-    from trainer.evaluate.sample import SAMPLES_FORMAT, SAMPLES_VERSION
+    import trainer.evaluate.sample_files as label
+    from trainer.evaluate.sample_files import SAMPLES_FORMAT, SAMPLES_VERSION
 
     items = [{"file": f"s{i}.png", "real": None, "class_index": 0} for i in range(2)]
     (tmp_path / "index.json").write_text(json.dumps({
@@ -466,3 +471,12 @@ def test_evaluate_checks_out_before_scoring(tmp_path: Path,
         assert trainer_main(argv) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: cannot write the reports") and "\n" not in err, err
+
+
+def test_labelling_page_starts_without_torch() -> None:
+    # the page (and the samples index / labels files it reads) must not pull in PyTorch
+    code = ("import sys, trainer.evaluate.label, trainer.evaluate.sample_files, trainer.run; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

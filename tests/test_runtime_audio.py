@@ -372,7 +372,7 @@ def test_capture_queue_drains_its_last_blocks():
 def test_a_hung_pactl_is_a_one_line_error(tmp_path):
     import os
 
-    from runtime.pulse import _pactl
+    from helpers_pulse import _pactl
 
     fake = tmp_path / "pactl"
     fake.write_text("#!/bin/sh\nexec sleep 30\n")

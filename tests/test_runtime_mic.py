@@ -7,11 +7,11 @@ from __future__ import annotations
 import signal
 
 import pytest
+from helpers_pulse import null_sink_server
 from helpers_runtime import CLI, run_cli, tiny_export, write_tone_wav
 
 from runtime.client import Subscriber
 from runtime.errors import S2IError
-from runtime.pulse import null_sink_server
 
 pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install s2i[mic])")
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"

@@ -225,3 +225,9 @@ def test_torchrun_two_processes_gloo(store: Path, audio_run: Path, tmp_path: Pat
     assert result.returncode == 0, result.stderr[-2000:]
     state = load_checkpoint(tmp_path, stage="gan")
     assert state["epoch"] == 2 and state["history"][1]["d_updates"] == 2
+
+
+def test_run_folder_of_another_kind_is_refused(store: Path, tmp_path: Path) -> None:
+    # a store (manifest.json) is not a run folder: training there would mix the two
+    with pytest.raises(S2IError, match="not a training run"):
+        train_audio(AudioConfig(store=str(store), run_dir=str(store), epochs=1, **TINY))

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 
-from runtime.errors import run_cli
+from runtime.cli import run_command
 
 COMMANDS = {
     "demo": ("trainer.demo", "build the demo set, train a small translator, write a run folder"),
@@ -21,25 +20,8 @@ COMMANDS = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: python -m trainer [command] [options]", "", "commands:"]
-    lines += [f"  {name:<14} {text}" for name, (_, text) in COMMANDS.items()]
-    lines += ["", "With no command, runs `demo`. `python -m trainer COMMAND --help` for options."]
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    command = argv.pop(0) if argv and not argv[0].startswith("-") else "demo"
-    if command not in COMMANDS:
-        print(f"error: unknown command '{command}'; expected one of {', '.join(COMMANDS)}",
-              file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[command][0])
-    return run_cli(lambda: module.main(argv))
+    return run_command("python -m trainer", COMMANDS, argv, default="demo")
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig, check_same_front_end
 from runtime.manifest import atomic_write_bytes
 from trainer.models import AudioEncoder, DenseGenerator
+from trainer.run import find_checkpoint
 
 CHECKPOINT_FORMAT = "s2i-checkpoint"
 CHECKPOINT_VERSION = 2   # 2: sealed with a sha256, plain data only (weights_only loading)
@@ -226,13 +227,3 @@ def save_untrained_translator(path: str | Path, encoder: AudioEncoder, generator
     })
     return path
 
-
-def find_checkpoint(run_or_file: str | Path, stage: str = "gan") -> Path:
-    """A run folder -> its newest ``<stage>`` checkpoint; a file -> itself."""
-    path = Path(run_or_file)
-    if path.is_file():
-        return path
-    candidate = path / "checkpoints" / f"{stage}_last.pt"
-    if candidate.is_file():
-        return candidate
-    raise S2IError(f"no '{stage}' checkpoint in {path} (expected {candidate})")

@@ -14,7 +14,6 @@ previous run stopped.
 
 from __future__ import annotations
 
-import argparse
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +22,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from runtime.config import add_dataclass_args, dataclass_from_args, save_config
+from runtime.config import parse_config
 from runtime.errors import S2IError
+from runtime.images import save_png
 from trainer.checkpoint import load_checkpoint, load_translator
 from trainer.data.batches import load_batch, open_split
 from trainer.data.demo_data import build_demo_store
+from trainer.data.prepare_common import DEMO_SIZES
 from trainer.data.store import Store
 from trainer.evaluate.autolabel import class_probabilities, train_real_classifier
-from trainer.run_lock import RunLock
+from trainer.images import image_grid, to_uint8_images
+from trainer.run import RunFolder
 from trainer.train.audio import AudioConfig, train_audio
-from trainer.train.common import image_grid, save_png, to_uint8_image, update_metrics
 from trainer.train.gan import GanConfig, train_gan
 
 
@@ -42,9 +43,9 @@ class DemoConfig:
     seed: int = 0
     embedding_dim: int = 512
     width: float = 0.125
-    train_per_class: int = 240
-    val_per_class: int = 40
-    test_per_class: int = 40
+    train_per_class: int = DEMO_SIZES.train
+    val_per_class: int = DEMO_SIZES.val
+    test_per_class: int = DEMO_SIZES.test
     audio_epochs: int = 20
     gan_epochs: int = 100
     mc_samples: int = 4
@@ -52,7 +53,7 @@ class DemoConfig:
 
 
 def ensure_store(cfg: DemoConfig) -> Store:
-    path = Path(cfg.run_dir) / "store"
+    path = RunFolder(cfg.run_dir).store
     if (path / "manifest.json").is_file():
         return Store(path)
     print(f"[1/4] building the demo set in {path}", flush=True)
@@ -61,22 +62,22 @@ def ensure_store(cfg: DemoConfig) -> Store:
     return Store(path)
 
 
-def finished(run: Path, stage: str, cfg: DemoConfig, epochs: int) -> bool | None:
+def finished(run: RunFolder, stage: str, cfg: DemoConfig, epochs: int) -> bool | None:
     """True when done, False when a resumable checkpoint exists, None when nothing exists.
 
     A checkpoint of another D or width is refused: the run folder belongs to other settings.
     """
-    last = run / "checkpoints" / f"{stage}_last.pt"
+    last = run.last(stage)
     if not last.is_file():
         return None
     state = load_checkpoint(last, stage=stage, embedding_dim=cfg.embedding_dim, width=cfg.width)
     return int(state["epoch"]) >= epochs
 
 
-def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, Any]:
+def coherence(run: RunFolder, store: Store, mc_samples: int, seed: int) -> dict[str, Any]:
     """Share of generated images of test sounds that a real-image classifier puts in the
     sound's class (several MC samples per sound)."""
-    translator = load_translator(run)    # BatchNorm in inference mode; MC dropout stays on
+    translator = load_translator(run.last("gan"))  # BatchNorm in inference mode; MC dropout on
     encoder, generator = translator.encoder, translator.generator
     classifier, real_val_accuracy = train_real_classifier(store, seed=seed)
     split_name = "test" if "test" in store.splits else "val"
@@ -89,7 +90,7 @@ def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, 
             batch = load_batch(split, np.arange(start, min(start + 128, len(split))), False)
             z = encoder(batch.spectrograms)
             for _ in range(mc_samples):
-                images = to_uint8_image(generator(z))
+                images = to_uint8_images(generator(z))
                 predicted = class_probabilities(classifier, images).argmax(1)
                 hits = predicted == batch.labels.numpy()
                 correct += int(hits.sum())
@@ -103,9 +104,9 @@ def coherence(run: Path, store: Store, mc_samples: int, seed: int) -> dict[str, 
             "chance": 1.0 / len(store.classes)}
 
 
-def translation_sheet(run: Path, store: Store, per_class: int = 6) -> Path:
+def translation_sheet(run: RunFolder, store: Store, per_class: int = 6) -> Path:
     """One PNG: per class, a row of real test frames and a row of their translations."""
-    translator = load_translator(run)
+    translator = load_translator(run.last("gan"))
     encoder, generator = translator.encoder, translator.generator
     split = open_split(store, "test" if "test" in store.splits else "val", need_images=True)
     rows = []
@@ -115,25 +116,27 @@ def translation_sheet(run: Path, store: Store, per_class: int = 6) -> Path:
                                                            // per_class)][:per_class]
             batch = load_batch(split, idx, True)
             rows += [batch.images, generator(encoder(batch.spectrograms))]
-    path = run / "samples" / "demo_test_translations.png"
+    path = run.sample("demo_test_translations.png")
     save_png(path, image_grid(rows))
     return path
 
 
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
-    run = Path(cfg.run_dir)
+    run = RunFolder(cfg.run_dir)
+    run.check_ours()
     started = time.perf_counter()
     store = ensure_store(cfg)
-    save_config(cfg, run / "config_demo.json")
-    audio = AudioConfig(store=str(store.path), run_dir=str(run), embedding_dim=cfg.embedding_dim,
-                        width=cfg.width, epochs=cfg.audio_epochs, seed=cfg.seed,
-                        device=cfg.device, snapshot_every=cfg.audio_epochs)
+    run.save_config(cfg, "demo")
+    audio = AudioConfig(store=str(store.path), run_dir=str(run.path),
+                        embedding_dim=cfg.embedding_dim, width=cfg.width,
+                        epochs=cfg.audio_epochs, seed=cfg.seed, device=cfg.device,
+                        snapshot_every=cfg.audio_epochs)
     state = finished(run, "audio", cfg, cfg.audio_epochs)
     if not state:
         print(f"[2/4] training the audio autoencoder ({cfg.audio_epochs} epochs)", flush=True)
         train_audio(audio, resume=state is False)
-    gan = GanConfig(store=str(store.path), encoder=str(run), run_dir=str(run), width=cfg.width,
-                    epochs=cfg.gan_epochs, seed=cfg.seed, device=cfg.device)
+    gan = GanConfig(store=str(store.path), encoder=str(run.path), run_dir=str(run.path),
+                    width=cfg.width, epochs=cfg.gan_epochs, seed=cfg.seed, device=cfg.device)
     state = finished(run, "gan", cfg, cfg.gan_epochs)
     if not state:
         print(f"[3/4] training the GAN ({cfg.gan_epochs} epochs)", flush=True)
@@ -142,23 +145,22 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     result = coherence(run, store, cfg.mc_samples, cfg.seed)
     result["sheet"] = str(translation_sheet(run, store))
     result["seconds"] = round(time.perf_counter() - started, 1)
-    update_metrics(run, "coherence", result)
+    run.update_metrics("coherence", result)
     print(f"class coherence of test translations: {result['accuracy_on_generated']:.1%} "
           f"(chance {result['chance']:.0%}; the classifier scores "
           f"{result['classifier_accuracy_on_real_val']:.1%} on real val images)")
-    print(f"run folder: {run}  (samples/, checkpoints/, metrics.json; "
+    print(f"run folder: {run.path}  (samples/, checkpoints/, metrics.json; "
           f"picture: {result['sheet']})")
     print("next: python -m export --fp16   then   s2i-stream --file some.wav")
     return result
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m trainer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_dataclass_args(parser, DemoConfig)
-    cfg = dataclass_from_args(DemoConfig, parser.parse_args(argv))
+    cfg = parse_config(DemoConfig, argv, "python -m trainer", __doc__)
     if cfg.audio_epochs < 1 or cfg.gan_epochs < 1:
         raise S2IError("--audio-epochs and --gan-epochs must be at least 1")
-    with RunLock(cfg.run_dir):      # store, both stages and the report: one writer
+    run = RunFolder(cfg.run_dir)
+    run.check_ours()
+    with run.lock():                        # store, both stages and the report: one writer
         run_demo(cfg)
     return 0

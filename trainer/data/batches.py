@@ -15,6 +15,7 @@ import torch
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
 from trainer.data.store import SplitArrays, Store
+from trainer.images import from_uint8_images
 
 
 @dataclass
@@ -45,9 +46,7 @@ def load_batch(split: SplitArrays, indices: np.ndarray, with_images: bool,
     labels = torch.from_numpy(np.asarray(split.labels[order], dtype=np.int64))
     images = None
     if with_images and split.images is not None:
-        raw = np.asarray(split.images[order], dtype=np.float32)
-        images = torch.from_numpy(raw / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
-        images = images.to(device)
+        images = from_uint8_images(split.images[order]).contiguous().to(device)
     return Batch(spec.to(device), labels.to(device), images, order)
 
 

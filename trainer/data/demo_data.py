@@ -36,8 +36,9 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from runtime.frontend import FrontEndConfig, log_mel_batch, to_uint8
+from trainer.data.prepare_common import DEMO_SIZES, VEGAS_CLASSES, DemoSizes, segment_id
 
-DEMO_CLASSES = ("Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing")
+DEMO_CLASSES = VEGAS_CLASSES   # the demo mirrors the paper's VEGAS subset
 IMAGE_SIZE = 96
 DEMO_SAMPLE_RATE = 16000
 
@@ -435,16 +436,6 @@ def demo_grid(per_class: int = 8, seed: int = 0) -> np.ndarray:
     return np.concatenate(rows, axis=0)
 
 
-@dataclass(frozen=True)
-class DemoSizes:
-    """Clips per class in each split; ``windows_per_video`` 1-s windows per pseudo-video."""
-
-    train: int = 240
-    val: int = 40
-    test: int = 40
-    windows_per_video: int = 5
-
-
 def demo_plan(sizes: DemoSizes) -> dict[str, list[tuple[int, int, int, int]]]:
     """``split -> [(class, video_id, video_seed, window)]``; videos never cross splits."""
     plan: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "val": [], "test": []}
@@ -462,8 +453,9 @@ def demo_plan(sizes: DemoSizes) -> dict[str, list[tuple[int, int, int, int]]]:
     return plan
 
 
-def build_demo_store(out_dir: str | Path, n_per_class_train: int = 240, n_val: int = 40,
-                     n_test: int = 40, seed: int = 0, windows_per_video: int = 5,
+def build_demo_store(out_dir: str | Path, n_per_class_train: int = DEMO_SIZES.train,
+                     n_val: int = DEMO_SIZES.val, n_test: int = DEMO_SIZES.test, seed: int = 0,
+                     windows_per_video: int = DEMO_SIZES.windows_per_video,
                      front_end: FrontEndConfig | None = None, progress: bool = True,
                      replace: bool = True) -> Path:
     """Synthesize the demo set into a store at ``out_dir`` and return its path.
@@ -496,7 +488,7 @@ def build_demo_store(out_dir: str | Path, n_per_class_train: int = 240, n_val: i
                     a, img = demo_clip(k, video_seed, window, cfg.sample_rate)
                     audio.append(a)
                     images.append(img)
-                    ids.append(f"c{k + 1:03d}_s{video:05d}_w{window:03d}")
+                    ids.append(segment_id(k, video, window))
                 specs = to_uint8(log_mel_batch(np.stack(audio), cfg))
                 out.append_batch(specs, [c[0] for c in chunk], [c[1] for c in chunk], ids,
                                  np.stack(images))

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig
+from runtime.frontend import FRONT_END_PRESETS, FrontEndConfig
 
 VEGAS_CLASSES = ("Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing")
 SPLITS = ("train", "val", "test")
@@ -19,29 +20,101 @@ SEGMENT_NAME = re.compile(r"^c(\d+)_s(\d+)_w(\d+)\.jpe?g$", re.IGNORECASE)
 VIDEO_ID_STRIDE = 100_000       # video ids restart per class in s2i_data: id = class*STRIDE + N
 
 
+@dataclass(frozen=True)
+class DemoSizes:
+    """Clips per class in each split of the built-in demo set; ``windows_per_video`` 1-s
+    windows per pseudo-video. The one place the demo's sizes are stated."""
+
+    train: int = 240
+    val: int = 40
+    test: int = 40
+    windows_per_video: int = 5
+
+
+DEMO_SIZES = DemoSizes()
+KINDS = ("auto", "demo", "videos", "jpg", "bin")
+
+
 @dataclass
 class PrepareOptions:
-    """Everything ``prepare`` can be told; each builder reads the fields it needs."""
+    """Everything ``prepare`` can be told (its command line is generated from these fields);
+    each builder reads the fields it needs."""
 
-    out: Path
-    overwrite: bool = False
-    seed: int = 0
-    balance: bool | None = None                  # None: on for videos, off for JPG/bin/demo
-    split: str | None = None                     # force one split for JPG/bin inputs
-    resplit: bool = False                        # JPG/bin: ignore folder names, split by video
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    classes: list[str] | None = None
-    limit: int | None = None                     # at most this many items per input
-    max_seconds: int = 10                        # videos: segments per video at most
-    workers: int = 2
-    bin_format: str = "auto"                     # auto | audio | audio-visual
-    label_base: str = "auto"                     # binary audio labels: auto | 0 | 1
-    front_end: FrontEndConfig | None = None      # None: s2i-official for JPG/bin, else default
-    progress: bool = True
-    demo_train: int = 240
-    demo_val: int = 40
-    demo_test: int = 40
-    demo_windows: int = 5
+    sources: list[str] = field(default_factory=list, metadata={
+        "positional": True, "metavar": "SOURCE",
+        "help": "'demo', a video folder, JPG folder/.tar.gz, or .bin files/folder"})
+    out: Path = field(default=Path("store"), metadata={"required": True,
+                                                       "help": "store folder to write"})
+    kind: str = field(default="auto", metadata={"choices": KINDS, "help": "source kind"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace an existing store at --out"})
+    seed: int = field(default=0, metadata={"help": "seed for splits, balancing, demo"})
+    balance: bool | None = field(default=None, metadata={
+        "help": "equal items per class in each split, as the paper does (default: on for "
+                "videos; off for the authors' JPG/bin sets, balanced at the source)"})
+    split: str | None = field(default=None, metadata={
+        "help": "JPG/bin: put every input in this split (default: from folder/file names "
+                "train|val|test, data_/val_/test_batch)"})
+    resplit: bool = field(default=False, metadata={
+        "help": "JPG/audio-visual bin: ignore folder names, split by video (--fractions)"})
+    fractions: tuple[float, float, float] = field(default=(0.8, 0.1, 0.1), metadata={
+        "nargs": 3, "metavar": ("TRAIN", "VAL", "TEST"), "help": "split fractions by video"})
+    classes: list[str] | None = field(default=None, metadata={
+        "help": "class names in label order (videos: the subfolder names to use)"})
+    limit: int | None = field(default=None, metadata={
+        "help": "use at most N items (files/records) of each input"})
+    max_seconds: int = field(default=10, metadata={
+        "help": "videos: 1-s segments per video at most"})
+    workers: int = field(default=2, metadata={"help": "videos: decoding processes"})
+    bin_format: str = field(default="auto", metadata={
+        "choices": ("auto", "audio", "audio-visual")})
+    label_base: str = field(default="auto", metadata={
+        "choices": ("auto", "0", "1"),
+        "help": "audio .bin label bytes count classes from 0 or 1 (auto: detect)"})
+    front_end_name: str | None = field(default=None, metadata={
+        "flag": "--front-end", "choices": sorted(FRONT_END_PRESETS),
+        "help": "the front end the store's spectrograms are (stamped in the store; default: "
+                "s2i-official for the authors' JPG/bin spectrograms, 'default' for videos/demo; "
+                "docs/DATA.md)"})
+    sample_rate: int | None = field(default=None, metadata={
+        "help": "videos/demo: front-end sample rate (default: the front end's)"})
+    demo_train: int = field(default=DEMO_SIZES.train, metadata={
+        "help": "demo: train clips per class"})
+    demo_val: int = field(default=DEMO_SIZES.val, metadata={"help": "demo: val clips per class"})
+    demo_test: int = field(default=DEMO_SIZES.test, metadata={
+        "help": "demo: test clips per class"})
+    demo_windows: int = field(default=DEMO_SIZES.windows_per_video, metadata={
+        "help": "demo: 1-s windows per video"})
+    preview: str | None = field(default=None, metadata={
+        "help": "also write a PNG grid of a few items per class"})
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+    progress: bool = field(default=True, metadata={"cli": False})
+    # None: s2i-official for JPG/bin, else the default (prepare.build decides)
+    front_end: FrontEndConfig | None = field(default=None, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.limit is not None and self.limit <= 0:
+            raise S2IError(f"--limit must be positive, got {self.limit}")
+        if self.max_seconds <= 0:
+            raise S2IError(f"--max-seconds must be positive, got {self.max_seconds}")
+        for name in ("demo_train", "demo_val", "demo_test"):
+            if getattr(self, name) < 0:
+                raise S2IError(f"--{name.replace('_', '-')} must not be negative")
+        if self.demo_windows <= 0:
+            raise S2IError("--demo-windows must be positive")
+        self.fractions = check_fractions(self.fractions)
+        self.workers = max(1, self.workers)
+        self.progress = self.progress and not self.quiet
+        if self.front_end is None and self.front_end_name:
+            self.front_end = FrontEndConfig.preset(self.front_end_name)
+        if self.sample_rate:
+            self.front_end = dataclasses.replace(self.front_end or FrontEndConfig(),
+                                                 sample_rate=self.sample_rate)
+
+    @property
+    def demo_sizes(self) -> DemoSizes:
+        return DemoSizes(self.demo_train, self.demo_val, self.demo_test, self.demo_windows)
 
 
 def official_front_end(opts: PrepareOptions) -> FrontEndConfig:
@@ -92,6 +165,12 @@ def split_from_path(path: str) -> str | None:
         if part.lower() in SPLITS:
             return part.lower()
     return None
+
+
+def segment_id(class_index: int, video: int, window: int) -> str:
+    """``c00K_sNNNNN_wMMM``: class ``class_index`` (0-based; 1-based in the id), source video,
+    1-s window: the s2i_data naming that every store's item ids follow."""
+    return f"c{class_index + 1:03d}_s{video:05d}_w{window:03d}"
 
 
 def video_key(class_index: int, video_number: int) -> int:

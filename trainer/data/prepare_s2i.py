@@ -22,6 +22,7 @@ from trainer.data.prepare_common import (
     VEGAS_CLASSES,
     PrepareOptions,
     official_front_end,
+    segment_id,
     split_by_video,
     split_from_path,
     video_key,
@@ -152,7 +153,7 @@ def _plan_jpgs(source: Path, names: list[str], n_classes: int, opts: PrepareOpti
             raise S2IError(f"cannot tell the split of {source}:{name} (no train/val/test "
                            "folder in its path); pass --split NAME or --resplit")
         plan[name] = _Jpg(split, k - 1, video_key(k - 1, video),
-                          f"c{k:03d}_s{video:05d}_w{window:03d}")
+                          segment_id(k - 1, video, window))
     return plan
 
 
@@ -349,7 +350,7 @@ def _plan_bin(path: Path, record: int, kind: str, split: str, n_classes: int, of
             k, video, window = parsed
             labels.append(k)
             videos.append(video_key(k, video))
-            ids.append(f"c{k + 1:03d}_s{video:05d}_w{window:03d}")
+            ids.append(segment_id(k, video, window))
     return {"labels": labels, "videos": videos, "ids": ids, "splits": [split] * len(labels)}
 
 

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from runtime.artifacts import check_format, check_replaceable
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import atomic_dir, atomic_write_json, read_json, sha256_file
@@ -69,14 +70,9 @@ class Store:
         if not manifest_path.is_file():
             raise S2IError(f"{self.path} is not a dataset store (no manifest.json); build one "
                            "with `python -m trainer prepare SOURCE --out STORE`")
-        manifest = read_json(manifest_path, "store manifest")
-        if manifest.get("format") != STORE_FORMAT:
-            raise S2IError(f"{manifest_path} is not an S2I store manifest (format "
-                           f"{manifest.get('format')!r}, expected {STORE_FORMAT!r})")
-        if manifest.get("version") != STORE_VERSION:
-            raise S2IError(f"store {self.path} has version {manifest.get('version')}; this S2I "
-                           f"reads version {STORE_VERSION}; rebuild it with `python -m trainer "
-                           "prepare`")
+        manifest = check_format(read_json(manifest_path, "store manifest"), manifest_path,
+                                "store manifest", STORE_FORMAT, STORE_VERSION,
+                                "rebuild it with `python -m trainer prepare`")
         for key in ("classes", "has_images", "front_end", "splits", "checksums"):
             if key not in manifest:
                 raise S2IError(f"store manifest {manifest_path} is damaged: it lacks '{key}'")
@@ -341,11 +337,7 @@ class StoreWriter:
         self.manifest: dict[str, Any] | None = None
 
     def __enter__(self) -> StoreWriter:
-        if self.out.exists() and not self.replace:
-            raise S2IError(f"store {self.out} already exists (pass --overwrite to replace it)")
-        if self.out.exists() and not (self.out / "manifest.json").is_file():
-            raise S2IError(f"{self.out} exists and is not a dataset store; refusing to replace "
-                           "it (choose another --out)")
+        check_replaceable(self.out, "dataset store", STORE_FORMAT, overwrite=self.replace)
         self._context = atomic_dir(self.out, replace=self.replace)
         self.tmp = self._context.__enter__()
         return self

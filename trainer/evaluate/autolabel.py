@@ -25,7 +25,8 @@ from tqdm import tqdm
 
 from runtime.errors import S2IError
 from trainer.data.store import Store
-from trainer.evaluate.label import INFORMATIVE, NON_INFORMATIVE, LabelBook
+from trainer.evaluate.sample_files import INFORMATIVE, NON_INFORMATIVE, LabelBook
+from trainer.images import from_uint8_images
 
 
 class RealImageClassifier(nn.Module):
@@ -42,12 +43,6 @@ class RealImageClassifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
-
-
-def to_tensor(images_u8: np.ndarray) -> torch.Tensor:
-    """uint8 ``[B, 96, 96, 3]`` -> float ``[B, 3, 96, 96]`` in [-1, 1]."""
-    x = torch.from_numpy(np.array(images_u8, dtype=np.uint8)).float() / 127.5 - 1.0
-    return x.permute(0, 3, 1, 2)
 
 
 def train_real_classifier(store: Store, epochs: int = 8, batch_size: int = 64, seed: int = 0,
@@ -69,7 +64,7 @@ def train_real_classifier(store: Store, epochs: int = 8, batch_size: int = 64, s
         order = rng.permutation(len(labels))
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            loss = F.cross_entropy(model(to_tensor(images[idx])), labels[idx])
+            loss = F.cross_entropy(model(from_uint8_images(images[idx])), labels[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -86,12 +81,13 @@ def train_real_classifier(store: Store, epochs: int = 8, batch_size: int = 64, s
 def class_probabilities(model: nn.Module, images_u8: np.ndarray,
                         batch_size: int = 128) -> np.ndarray:
     model.eval()
-    out = [F.softmax(model(to_tensor(images_u8[s:s + batch_size])), 1).numpy()
+    out = [F.softmax(model(from_uint8_images(images_u8[s:s + batch_size])), 1).numpy()
            for s in range(0, len(images_u8), batch_size)]
     return np.concatenate(out)
 
 
 def load_png(path: Path) -> np.ndarray:
+    """A generated image of a samples folder as uint8 ``[H, W, 3]``."""
     try:
         with Image.open(path) as img:
             return np.asarray(img.convert("RGB"))

@@ -19,7 +19,6 @@ Output (written atomically as a whole)::
 
 from __future__ import annotations
 
-import argparse
 import io
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,11 +29,13 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime.artifacts import check_format, check_replaceable
+from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
-from runtime.manifest import atomic_dir, atomic_write_json, manifest_format, read_json
-from trainer.evaluate.autolabel import load_png, to_tensor
-from trainer.evaluate.label import INFORMATIVE, read_labels
-from trainer.evaluate.sample import read_index
+from runtime.manifest import atomic_dir, atomic_write_json, read_json
+from trainer.evaluate.autolabel import load_png
+from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels
+from trainer.images import from_uint8_images
 from trainer.models import InformativityClassifier
 
 CLASSIFIERS_FORMAT = "s2i-informativity"
@@ -109,8 +110,9 @@ def balanced_epoch(targets: np.ndarray, balance: str, rng: np.random.Generator) 
 def informative_probability(model: InformativityClassifier, images_u8: np.ndarray,
                             batch_size: int = 256) -> np.ndarray:
     model.eval()
-    return np.concatenate([model(to_tensor(images_u8[s:s + batch_size]))[:, INFORMATIVE_INDEX]
-                           .exp().numpy() for s in range(0, len(images_u8), batch_size)])
+    return np.concatenate([
+        model(from_uint8_images(images_u8[s:s + batch_size]))[:, INFORMATIVE_INDEX].exp().numpy()
+        for s in range(0, len(images_u8), batch_size)])
 
 
 def train_one(images: np.ndarray, targets: np.ndarray, cfg: InformativityConfig,
@@ -128,7 +130,7 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: InformativityConfig,
             idx = order[start:start + cfg.batch_size]
             if len(idx) < 2:
                 continue  # BatchNorm needs two images
-            loss = F.nll_loss(model(to_tensor(images[idx])), train_targets[idx])
+            loss = F.nll_loss(model(from_uint8_images(images[idx])), train_targets[idx])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -145,18 +147,8 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: InformativityConfig,
 def check_out_dir(out: Path) -> None:
     """Refuse any ``--out`` but a new or empty folder or earlier classifiers (the whole
     folder is replaced, so a labels folder or anything else there would be lost)."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise S2IError(f"--out {out} exists and is not a folder; choose another --out")
-    for name in ("labels.json", "index.json"):
-        if (out / name).exists():
-            raise S2IError(f"--out {out} holds {name} (a samples/labels folder); refusing to "
-                           "replace it: choose another --out")
-    if any(out.iterdir()) and manifest_format(out) != CLASSIFIERS_FORMAT:
-        raise S2IError(f"--out {out} is not empty and holds no informativity classifiers "
-                       f"(manifest.json of format {CLASSIFIERS_FORMAT!r}); it is left "
-                       "untouched, choose another --out")
+    check_replaceable(out, "informativity classifiers", CLASSIFIERS_FORMAT,
+                      never={"labels.json": "a labels folder", "index.json": "a samples folder"})
 
 
 def train_classifiers(folders: list[str | Path], out: str | Path, cfg: InformativityConfig,
@@ -206,12 +198,10 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
     if not folder.is_dir():
         raise S2IError(f"classifiers folder not found: {folder} (train them with `python -m "
                        "trainer informativity LABELS_DIR --out DIR`)")
-    manifest = read_json(folder / "manifest.json", "informativity classifiers manifest")
-    if manifest.get("format") != CLASSIFIERS_FORMAT:
-        raise S2IError(f"{folder}/manifest.json is not an informativity classifiers manifest")
-    if manifest.get("version") != CLASSIFIERS_VERSION:
-        raise S2IError(f"{folder} has classifiers version {manifest.get('version')}, expected "
-                       f"{CLASSIFIERS_VERSION}")
+    path = folder / "manifest.json"
+    manifest = check_format(read_json(path, "informativity classifiers manifest"), path,
+                            "informativity classifiers manifest", CLASSIFIERS_FORMAT,
+                            CLASSIFIERS_VERSION, "retrain the classifiers")
     width = float(manifest["config"].get("width", 1.0))
     models: dict[int, InformativityClassifier] = {}
     for k, name in enumerate(manifest["classes"]):
@@ -230,22 +220,14 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
     return list(manifest["classes"]), models
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer informativity",
-                                description="Train the per-class informativity classifiers.")
-    p.add_argument("folders", nargs="+", help="labelled samples folders (index.json + "
-                   "labels.json)")
-    p.add_argument("--out", required=True, help="output folder for the classifiers")
-    defaults = InformativityConfig()
-    for name, value in asdict(defaults).items():
-        p.add_argument("--" + name.replace("_", "-"), type=type(value), default=value,
-                       help=f"(default: {value})")
-    return p
-
-
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    cfg = InformativityConfig(**{k: getattr(args, k) for k in asdict(InformativityConfig())})
+    parser = config_parser(InformativityConfig, "python -m trainer informativity",
+                           "Train the per-class informativity classifiers.")
+    parser.add_argument("folders", nargs="+", help="labelled samples folders (index.json + "
+                        "labels.json)")
+    parser.add_argument("--out", required=True, help="output folder for the classifiers")
+    args = parser.parse_args(argv)
+    cfg = dataclass_from_args(InformativityConfig, args)
     manifest = train_classifiers(args.folders, args.out, cfg)
     print(f"{'class':<16} {'held-out acc':>12} {'balanced':>9} {'train':>6} {'held':>5}")
     for name, r in manifest["per_class"].items():

@@ -27,16 +27,17 @@ mean of the five previous kept epochs. When D was updated comes from the checkpo
 
 from __future__ import annotations
 
-import argparse
 import csv
 import math
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
+from runtime.config import parse_config, save_config
 from runtime.errors import S2IError
 from runtime.manifest import atomic_write_bytes, atomic_write_json
 from trainer.checkpoint import load_translator
@@ -218,13 +219,56 @@ def summarize(values: list[float | None], epochs: list[int], skipped: list[bool]
             "max_moving_average_epoch": ends[best] if best is not None else None}
 
 
-def evaluate_runs(runs: list[str | Path], classifiers_dir: str | Path, store_path: str | Path,
-                  split: str = "test", samples: int = 1, per_class: int | None = None,
-                  window: int = 50, avg_from: int = 500, avg_to: int = 4000,
-                  skip_after_d: int = 2, d_every: int | None = None,
-                  pixel_key: str | None = None, seed: int = 0, batch_size: int = 64,
-                  progress: bool = True) -> dict[str, Any]:
-    store = Store(store_path)
+@dataclass
+class EvaluateConfig:
+    """What ``python -m trainer evaluate`` is told (saved as ``OUT/config_evaluate.json``)."""
+
+    runs: list[str] = field(metadata={
+        "positional": True, "help": "run folders (several: one per embedding size D)"})
+    store: str = field(metadata={"help": "dataset store with the sounds to translate"})
+    classifiers: str | None = field(default=None, metadata={
+        "help": "output of `python -m trainer informativity`"})
+    auto: bool = field(default=False, metadata={
+        "help": "no classifiers yet (demo set): sample the val sounds, label them "
+                "automatically, train the classifiers in OUT, then evaluate"})
+    auto_snapshots: str = field(default="4", metadata={
+        "help": "--auto: snapshots per run to sample"})
+    auto_epochs: int = field(default=60, metadata={"help": "--auto: classifier epochs"})
+    split: str = "test"
+    samples: int = field(default=1, metadata={"help": "MC-dropout images per sound"})
+    per_class: int | None = field(default=None, metadata={
+        "help": "sounds per class (default all)"})
+    window: int = field(default=50, metadata={"help": "moving-average window in epochs"})
+    avg_from: int = field(default=500, metadata={"help": "first epoch of the average"})
+    avg_to: int = field(default=4000, metadata={"help": "last epoch of the average"})
+    skip_after_d: int = field(default=2, metadata={
+        "help": "epochs after each D update replaced by the mean of the five before "
+                "(0: keep all)"})
+    d_every: int | None = field(default=None, metadata={
+        "help": "D updated every N epochs (overrides what the checkpoint says)"})
+    pixel_key: str | None = field(default=None, metadata={
+        "help": "history key of the pixel loss"})
+    seed: int = 0
+    batch_size: int = 64
+    out: str | None = field(default=None, metadata={
+        "help": "report folder (default RUN/evaluation; required for several runs)"})
+    progress: bool = field(default=True, metadata={"cli": False})
+
+    def __post_init__(self) -> None:
+        self.runs = [str(r) for r in self.runs]
+        self.store = str(self.store)
+        if self.window < 1:
+            raise S2IError(f"--window must be at least 1, got {self.window}")
+
+
+def evaluate_runs(cfg: EvaluateConfig) -> dict[str, Any]:
+    """Score every snapshot of ``cfg.runs`` with the classifiers in ``cfg.classifiers``."""
+    if cfg.classifiers is None:
+        raise S2IError("no --classifiers given")
+    classifiers_dir, split, samples, window = cfg.classifiers, cfg.split, cfg.samples, cfg.window
+    avg_from, avg_to, skip_after_d, d_every = (cfg.avg_from, cfg.avg_to, cfg.skip_after_d,
+                                               cfg.d_every)
+    store = Store(cfg.store)
     classes, classifiers = load_classifiers(classifiers_dir)
     if classes != store.classes:
         raise S2IError(f"the classifiers in {classifiers_dir} are for classes {classes}; store "
@@ -232,15 +276,15 @@ def evaluate_runs(runs: list[str | Path], classifiers_dir: str | Path, store_pat
     if not classifiers:
         raise S2IError(f"{classifiers_dir} holds no trained classifier")
     results = []
-    for run in runs:
-        epochs, shares, state = score_run(run, store, classifiers, split, samples, per_class,
-                                          seed, batch_size, progress)
+    for run in cfg.runs:
+        epochs, shares, state = score_run(run, store, classifiers, split, samples,
+                                          cfg.per_class, cfg.seed, cfg.batch_size, cfg.progress)
         d_epochs, d_source = discriminator_update_epochs(state, epochs, d_every)
         skipped = skipped_after_d(epochs, d_epochs, skip_after_d)
         per_class_report = {classes[k]: summarize(v, epochs, skipped, window, avg_from, avg_to)
                             for k, v in shares.items()}
         mean_curve = [float(np.mean([shares[k][i] for k in shares])) for i in range(len(epochs))]
-        pixel = pixel_loss_history(state, pixel_key)
+        pixel = pixel_loss_history(state, cfg.pixel_key)
         pixel_report = None
         if pixel:
             key, p_epochs, p_values = pixel
@@ -265,31 +309,34 @@ def evaluate_runs(runs: list[str | Path], classifiers_dir: str | Path, store_pat
             "runs": results}
 
 
-def auto_classifiers(runs: list[str | Path], store_path: str | Path, out: str | Path,
-                     snapshots: str = "4", samples: int = 2, per_class: int | None = None,
-                     threshold: float = 0.5, classifier_epochs: int = 60, seed: int = 0,
-                     progress: bool = True) -> Path:
+AUTO_SAMPLES = 2       # --auto: MC images per validation sound to label
+AUTO_THRESHOLD = 0.5   # --auto: the automatic labels' rule (trainer.evaluate.autolabel)
+
+
+def auto_classifiers(cfg: EvaluateConfig, out: str | Path) -> Path:
     """The whole labelling side without a person (demo set): sample the validation sounds
-    with ``snapshots`` snapshots of each run, label them automatically
+    with ``cfg.auto_snapshots`` snapshots of each run, label them automatically
     (``trainer.evaluate.autolabel``), train the classifiers. Returns the classifiers folder.
 
     ``OUT/labels`` is reused when it exists (labels a person gave there are kept)."""
     from trainer.evaluate.autolabel import auto_label
     from trainer.evaluate.informativity import InformativityConfig, train_classifiers
-    from trainer.evaluate.sample import write_samples
+    from trainer.evaluate.sample import SampleConfig, write_samples
 
     out = Path(out)
     labels_dir = out / "labels"
     if not (labels_dir / "index.json").is_file():
-        split = "val" if "val" in Store(store_path).splits else "train"
-        write_samples(list(runs), store_path, labels_dir, split=split, samples=samples,
-                      per_class=per_class, seed=seed, snapshots=snapshots, overwrite=True,
-                      progress=progress)
-    auto_label(labels_dir, store_path, threshold=threshold, seed=seed, progress=progress)
+        split = "val" if "val" in Store(cfg.store).splits else "train"
+        write_samples(SampleConfig(list(cfg.runs), cfg.store, str(labels_dir), split=split,
+                                   samples=AUTO_SAMPLES, seed=cfg.seed,
+                                   snapshots=cfg.auto_snapshots, overwrite=True,
+                                   progress=cfg.progress))
+    auto_label(labels_dir, cfg.store, threshold=AUTO_THRESHOLD, seed=cfg.seed,
+               progress=cfg.progress)
     classifiers = out / "classifiers"
     train_classifiers([labels_dir], classifiers,
-                      InformativityConfig(epochs=classifier_epochs, seed=seed),
-                      progress=progress)
+                      InformativityConfig(epochs=cfg.auto_epochs, seed=cfg.seed),
+                      progress=cfg.progress)
     return classifiers
 
 
@@ -345,63 +392,27 @@ def check_writable(out: Path) -> None:
                        "(expected a writable folder)") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainer evaluate",
-                                description="Score a run's GAN snapshots with the "
-                                "informativity classifiers and write the paper's reports.")
-    p.add_argument("runs", nargs="+", help="run folders (several: one per embedding size D)")
-    p.add_argument("--classifiers", default=None, help="output of `python -m trainer "
-                   "informativity`")
-    p.add_argument("--auto", action="store_true", help="no classifiers yet (demo set): sample "
-                   "the val sounds, label them automatically, train the classifiers in OUT, "
-                   "then evaluate")
-    p.add_argument("--auto-snapshots", default="4", help="--auto: snapshots per run to sample")
-    p.add_argument("--auto-epochs", type=int, default=60, help="--auto: classifier epochs")
-    p.add_argument("--store", required=True, help="dataset store with the sounds to translate")
-    p.add_argument("--split", default="test")
-    p.add_argument("--samples", type=int, default=1, help="MC-dropout images per sound")
-    p.add_argument("--per-class", type=int, default=None, help="sounds per class (default all)")
-    p.add_argument("--window", type=int, default=50, help="moving-average window in epochs")
-    p.add_argument("--avg-from", type=int, default=500, help="first epoch of the average")
-    p.add_argument("--avg-to", type=int, default=4000, help="last epoch of the average")
-    p.add_argument("--skip-after-d", type=int, default=2, help="epochs after each D update "
-                   "replaced by the mean of the five before (0: keep all)")
-    p.add_argument("--d-every", type=int, default=None, help="D updated every N epochs "
-                   "(overrides what the checkpoint says)")
-    p.add_argument("--pixel-key", default=None, help="history key of the pixel loss")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--out", default=None, help="report folder (default RUN/evaluation; "
-                   "required for several runs)")
-    return p
-
-
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    if args.out is None:
-        if len(args.runs) > 1:
+    cfg = parse_config(EvaluateConfig, argv, "python -m trainer evaluate",
+                       "Score a run's GAN snapshots with the informativity classifiers and "
+                       "write the paper's reports.")
+    if cfg.out is None:
+        if len(cfg.runs) > 1:
             raise S2IError("several runs given: pass --out DIR for the combined report")
-        args.out = str(Path(args.runs[0]) / "evaluation")
-    if args.window < 1:
-        raise S2IError(f"--window must be at least 1, got {args.window}")
-    check_writable(Path(args.out))  # before minutes of scoring, not after
-    if args.classifiers is None:
-        if not args.auto:
+        cfg.out = str(Path(cfg.runs[0]) / "evaluation")
+    check_writable(Path(cfg.out))  # before minutes of scoring, not after
+    if cfg.classifiers is None:
+        if not cfg.auto:
             raise S2IError("pass --classifiers DIR (from `python -m trainer informativity`), "
                            "or --auto to label automatically (demo set)")
-        args.classifiers = str(auto_classifiers(
-            args.runs, args.store, args.out, snapshots=args.auto_snapshots,
-            classifier_epochs=args.auto_epochs, seed=args.seed))
-    report = evaluate_runs(args.runs, args.classifiers, args.store, split=args.split,
-                           samples=args.samples, per_class=args.per_class,
-                           window=args.window, avg_from=args.avg_from, avg_to=args.avg_to,
-                           skip_after_d=args.skip_after_d, d_every=args.d_every,
-                           pixel_key=args.pixel_key, seed=args.seed,
-                           batch_size=args.batch_size)
+        cfg.classifiers = str(auto_classifiers(cfg, cfg.out))
+    report = evaluate_runs(cfg)
     try:
-        files = write_reports(report, args.out)
+        files = write_reports(report, cfg.out)
+        save_config(cfg, Path(cfg.out) / "config_evaluate.json")
+        files.append(Path(cfg.out) / "config_evaluate.json")
     except OSError as exc:
-        raise S2IError(f"cannot write the reports to --out {args.out}: "
+        raise S2IError(f"cannot write the reports to --out {cfg.out}: "
                        f"{exc.strerror or exc}") from exc
     for run in report["runs"]:
         avg = run["average"]
@@ -410,5 +421,5 @@ def main(argv: list[str]) -> int:
               f"{avg['average_epochs']}, max {avg['moving_average']['window']}-epoch moving "
               f"average {100 * (avg['max_moving_average'] or 0):.1f}%; D updates: "
               f"{run['d_update_source']}")
-    print(f"wrote {len(files)} files to {args.out}")
+    print(f"wrote {len(files)} files to {cfg.out}")
     return 0

@@ -1,12 +1,12 @@
-"""What every training stage shares: devices, ranks, seeds and RNG state, run folders,
-TensorBoard, image grids and the stage's checkpoint state."""
+"""What every training stage shares: devices, ranks, seeds, TensorBoard, image grids and
+the stage shape (:class:`StageTrainer`, :func:`train_stage`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,10 +14,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from PIL import Image
 
+from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
-from runtime.manifest import atomic_write_bytes
+from runtime.images import save_png
+from trainer.checkpoint import load_checkpoint, save_checkpoint
+from trainer.data.store import Store
+from trainer.presets import preset_overrides
+from trainer.run import RunFolder
 
 
 @dataclass
@@ -110,47 +114,16 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> None:
     seed_everything(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    return model.module if hasattr(model, "module") else model
-
-
-def to_uint8_image(batch: torch.Tensor) -> np.ndarray:
-    """``[B, C, H, W]`` in [-1, 1] -> uint8 ``[B, H, W, 3]``."""
-    x = ((batch.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte()
-    x = x.permute(0, 2, 3, 1).numpy()
-    return np.repeat(x, 3, axis=3) if x.shape[3] == 1 else x
-
-
-def image_grid(rows: Sequence[torch.Tensor], pad: int = 2) -> np.ndarray:
-    """Rows of image batches -> one uint8 picture, white gaps between images."""
-    pictures = [to_uint8_image(r) for r in rows]
-    h, w = pictures[0].shape[1:3]
-    cols = max(p.shape[0] for p in pictures)
-    grid = np.full((len(rows) * (h + pad) + pad, cols * (w + pad) + pad, 3), 255, np.uint8)
-    for r, pics in enumerate(pictures):
-        for c, pic in enumerate(pics):
-            y, x = pad + r * (h + pad), pad + c * (w + pad)
-            grid[y:y + h, x:x + w] = pic
-    return grid
-
-
-def save_png(path: Path, picture: np.ndarray) -> None:
-    import io
-    buffer = io.BytesIO()
-    Image.fromarray(picture).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 class RunWriter:
     """TensorBoard scalars and images plus PNG files; a no-op on non-main ranks."""
 
-    def __init__(self, run_dir: Path, enabled: bool) -> None:
-        self.run_dir = run_dir
+    def __init__(self, run: RunFolder, enabled: bool) -> None:
+        self.run = run
         self.enabled = enabled
         self.tb = None
         if enabled:
             from torch.utils.tensorboard import SummaryWriter
-            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+            self.tb = SummaryWriter(str(run.tensorboard))
 
     def scalars(self, values: dict[str, float], step: int) -> None:
         if self.tb is not None:
@@ -160,7 +133,7 @@ class RunWriter:
     def picture(self, tag: str, picture: np.ndarray, step: int, png_name: str) -> None:
         if self.tb is not None:
             self.tb.add_image(tag, picture, step, dataformats="HWC")
-            save_png(self.run_dir / "samples" / png_name, picture)
+            save_png(self.run.sample(png_name), picture)
 
     def close(self) -> None:
         if self.tb is not None:
@@ -176,12 +149,110 @@ def reduce_mean(value: float, world: Dist) -> float:
     return float(t.item()) / world.world_size
 
 
-def update_metrics(run_dir: Path, section: str, values: dict[str, Any]) -> None:
-    """Merge one stage's figures into ``RUN/metrics.json`` (atomically)."""
-    import json
+class StageTrainer:
+    """The shape of a training stage: ``__init__`` builds the networks, ``resume()`` loads
+    ``RUN/checkpoints/<stage>_last.pt``, ``fit()`` trains to ``cfg.epochs`` and returns the
+    stage's figures; ``state()`` is the checkpoint dict. Run one with :func:`train_stage`."""
 
-    from runtime.manifest import atomic_write_json
-    path = run_dir / "metrics.json"
-    metrics = json.loads(path.read_text()) if path.is_file() else {}
-    metrics[section] = values
-    atomic_write_json(path, metrics)
+    stage = ""
+
+    def __init__(self, cfg: Any, world: Dist) -> None:
+        check_batch_split(cfg.batch_size, world)
+        self.cfg, self.world = cfg, world
+        self.run = RunFolder(cfg.run_dir)
+        self.store = Store(cfg.store)
+        self.epoch, self.step = 0, 0
+        self.history: list[dict[str, Any]] = []
+        self.writer = RunWriter(self.run, False)    # train_stage opens the real one
+        seed_everything(cfg.seed)                     # the networks' initial weights
+
+    def seed_epoch(self, epoch: int) -> None:
+        """Seed this epoch's random draws from (seed, epoch, rank) alone."""
+        seed_epoch(self.cfg.seed, epoch, self.world.rank)
+
+    def mean_over_ranks(self, value: float) -> float:
+        return reduce_mean(value, self.world)
+
+    def parallel(self, model: torch.nn.Module) -> torch.nn.Module:
+        """``model`` as the training loop calls it: DDP-wrapped in a multi-process run."""
+        if self.world.world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+            return DistributedDataParallel(model)
+        return model
+
+    def base_state(self) -> dict[str, Any]:
+        """What every stage's checkpoint holds besides its networks and optimisers."""
+        return {"stage": self.stage, "front_end": self.store.front_end.to_dict(),
+                "classes": self.store.classes, "config": dataclasses.asdict(self.cfg),
+                "epoch": self.epoch, "step": self.step, "history": self.history,
+                "store": {"path": str(self.store.path), "fingerprint": self.store.fingerprint}}
+
+    def load_last(self, **checks: Any) -> dict[str, Any]:
+        """The stage's newest checkpoint, checked (``checks`` go to ``load_checkpoint``) and
+        trained on this store; restores the epoch, step and history counters."""
+        path = self.run.last(self.stage)
+        state = load_checkpoint(path, stage=self.stage, **checks)
+        check_same_store(state, path, self.store)
+        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
+        return state
+
+    def save(self, snapshot: bool) -> None:
+        """Write ``<stage>_last.pt`` and, when ``snapshot``, ``<stage>_eNNNN.pt``."""
+        state = self.state()
+        save_checkpoint(self.run.last(self.stage), state)
+        if snapshot:
+            save_checkpoint(self.run.snapshot(self.stage, self.epoch), state)
+
+    def snapshot_due(self) -> bool:
+        return self.epoch % self.cfg.snapshot_every == 0 or self.epoch == self.cfg.epochs
+
+    def state(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def resume(self) -> None:
+        raise NotImplementedError
+
+    def fit(self) -> Any:
+        raise NotImplementedError
+
+
+def train_stage(trainer_class: type[StageTrainer], cfg: Any, resume: bool = False) -> Any:
+    """Set up the process group, build the stage, resume it if asked, save its config, fit;
+    the writer is closed and the process group left in every case (a failing rank never
+    hangs the others)."""
+    world = setup_distributed(cfg.device)
+    try:
+        run = RunFolder(cfg.run_dir)
+        run.check_ours()                        # before anything is written there
+        with run.lock(world.is_main):           # one writer per run folder
+            trainer = trainer_class(cfg, world)
+            if resume:
+                trainer.resume()
+            if world.is_main:
+                trainer.run.save_config(cfg, trainer.stage)
+            trainer.writer = RunWriter(trainer.run, world.is_main)
+            try:
+                return trainer.fit()
+            finally:
+                trainer.writer.close()
+    finally:
+        teardown_distributed()
+
+
+def parse_stage(argv: list[str], cls: type, stage: str, prog: str,
+                description: str | None = None) -> tuple[Any, bool]:
+    """A stage's config from defaults, ``--preset``, the saved config (with --resume) and the
+    options, each over the one before."""
+    parser = config_parser(cls, prog, description)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from RUN/checkpoints/<stage>_last.pt")
+    args = parser.parse_args(argv)
+    base: dict[str, Any] = preset_overrides(cls, args.preset)   # under the saved config
+    if args.resume:
+        run = RunFolder(args.run_dir or cls().run_dir)
+        base.update(dataclasses.asdict(run.load_config(cls, stage)))
+    cfg = dataclass_from_args(cls, args, **base)
+    if not cfg.store:
+        raise S2IError("--store is required: a dataset store built by `python -m trainer "
+                       "prepare`")
+    return cfg, args.resume

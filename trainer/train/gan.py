@@ -14,27 +14,20 @@ learns. ``batch`` applies the same rule to the global batch counter.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end
-from trainer.checkpoint import (
-    find_checkpoint,
-    generator_transitions,
-    load_checkpoint,
-    save_checkpoint,
-)
+from trainer.checkpoint import generator_transitions, load_checkpoint
 from trainer.data.batches import Batch, count_batches, epoch_batches, load_batch, open_split
 from trainer.data.store import Store
+from trainer.images import image_grid
 from trainer.losses import MovingAverageAdversarialLoss, rc_target_loss
 from trainer.models import (
     AudioEncoder,
@@ -44,23 +37,9 @@ from trainer.models import (
     check_transition_widths,
 )
 from trainer.presets import preset_overrides
-from trainer.run_lock import lock_run
-from trainer.train.audio import PRESET_HELP, parse
-from trainer.train.common import (
-    Dist,
-    RunWriter,
-    check_batch_split,
-    check_positive,
-    check_same_store,
-    image_grid,
-    reduce_mean,
-    seed_epoch,
-    seed_everything,
-    setup_distributed,
-    teardown_distributed,
-    unwrap,
-    update_metrics,
-)
+from trainer.run import find_checkpoint
+from trainer.train.audio import PRESET_HELP
+from trainer.train.common import Dist, StageTrainer, check_positive, parse_stage, train_stage
 
 
 @dataclass
@@ -138,19 +117,17 @@ def load_frozen_encoder(cfg: GanConfig, store: Store, device: torch.device
                      "embedding_dim": state["embedding_dim"]}
 
 
-class GanTrainer:
+class GanTrainer(StageTrainer):
     """Holds the networks, optimisers and loss state of one GAN run."""
 
+    stage = "gan"
+
     def __init__(self, cfg: GanConfig, world: Dist) -> None:
-        check_batch_split(cfg.batch_size, world)
-        self.cfg, self.world = cfg, world
-        self.run_dir = Path(cfg.run_dir)
-        self.store = Store(cfg.store)
+        super().__init__(cfg, world)
         self.train = open_split(self.store, "train", need_images=True)
         held = "test" if "test" in self.store.splits else "val"
         self.held_out = open_split(self.store, held if held in self.store.splits else "train",
                                    need_images=True)
-        seed_everything(cfg.seed)
         self.encoder, self.encoder_info = load_frozen_encoder(cfg, self.store, world.device)
         dim = self.encoder_info["embedding_dim"]
         self.generator = DenseGenerator(dim, cfg.width, cfg.generator_transitions
@@ -159,38 +136,28 @@ class GanTrainer:
         self.opt_g = torch.optim.SGD(self.generator.parameters(), cfg.lr, cfg.momentum)
         self.opt_d = torch.optim.SGD(self.discriminator.parameters(), cfg.lr, cfg.momentum)
         self.ma_loss = MovingAverageAdversarialLoss(cfg.ma_window)
-        self.epoch, self.step, self.history = 0, 0, []
-        self.g: torch.nn.Module = self.generator
-        self.d: torch.nn.Module = self.discriminator
-        if world.world_size > 1:
-            self.g = DistributedDataParallel(self.generator)
-            self.d = DistributedDataParallel(self.discriminator)
+        self.g = self.parallel(self.generator)
+        self.d = self.parallel(self.discriminator)
 
     # -- checkpoints ---------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        return {"stage": "gan", "embedding_dim": self.encoder_info["embedding_dim"],
+        return {**self.base_state(), "embedding_dim": self.encoder_info["embedding_dim"],
                 "width": self.cfg.width, "encoder_width": self.encoder_info["width"],
                 "generator_transitions": self.cfg.generator_transitions,
-                "front_end": self.store.front_end.to_dict(), "classes": self.store.classes,
-                "config": dataclasses.asdict(self.cfg), "epoch": self.epoch, "step": self.step,
                 "models": {"encoder": self.encoder.state_dict(),
                            "generator": self.generator.state_dict(),
                            "discriminator": self.discriminator.state_dict()},
                 "optimizers": {"generator": self.opt_g.state_dict(),
                                "discriminator": self.opt_d.state_dict()},
-                "ma_loss": self.ma_loss.state_dict(),
-                "history": self.history, "encoder_checkpoint": self.encoder_info,
-                "store": {"path": str(self.store.path), "fingerprint": self.store.fingerprint}}
+                "ma_loss": self.ma_loss.state_dict(), "encoder_checkpoint": self.encoder_info}
 
     def resume(self) -> None:
-        last = self.run_dir / "checkpoints" / "gan_last.pt"
-        state = load_checkpoint(last, stage="gan", embedding_dim=self.encoder_info["embedding_dim"],
-                                front_end=self.store.front_end, width=self.cfg.width)
-        check_same_store(state, last, self.store)
+        state = self.load_last(embedding_dim=self.encoder_info["embedding_dim"],
+                               front_end=self.store.front_end, width=self.cfg.width)
         if generator_transitions(state) != self.cfg.generator_transitions:
-            raise S2IError(f"{last} has '{generator_transitions(state)}' generator transitions, "
-                           f"not '{self.cfg.generator_transitions}'; pass "
-                           f"--generator-transitions {generator_transitions(state)}")
+            raise S2IError(f"{self.run.last(self.stage)} has '{generator_transitions(state)}' "
+                           f"generator transitions, not '{self.cfg.generator_transitions}'; "
+                           f"pass --generator-transitions {generator_transitions(state)}")
         # the frozen encoder the run was trained with, even if its audio run trained on since
         self.encoder.load_state_dict(state["models"]["encoder"])
         self.generator.load_state_dict(state["models"]["generator"])
@@ -198,7 +165,6 @@ class GanTrainer:
         self.opt_g.load_state_dict(state["optimizers"]["generator"])
         self.opt_d.load_state_dict(state["optimizers"]["discriminator"])
         self.ma_loss.load_state_dict(state["ma_loss"])
-        self.epoch, self.step, self.history = state["epoch"], state["step"], state["history"]
 
     # -- one batch -----------------------------------------------------------------------
     def train_batch(self, batch: Batch, update_d: bool) -> dict[str, float]:
@@ -241,7 +207,7 @@ class GanTrainer:
     def train_epoch(self) -> dict[str, float]:
         cfg, world = self.cfg, self.world
         epoch = self.epoch + 1
-        seed_epoch(cfg.seed, epoch, world.rank)
+        self.seed_epoch(epoch)
         self.g.train()
         self.d.train()
         n_batches = count_batches(self.train, cfg.batch_size, cfg.max_batches)
@@ -267,13 +233,13 @@ class GanTrainer:
         bar.close()
         self.ma_loss.end_epoch()
         self.epoch = epoch
-        means = {k: reduce_mean(sums[k] / counts[k], world) for k in sorted(sums)}
+        means = {k: self.mean_over_ranks(sums[k] / counts[k]) for k in sorted(sums)}
         return {"epoch": epoch, "d_updates": d_updates, **means}
 
     # -- pictures ------------------------------------------------------------------------
     def sample_grids(self) -> None:
         cfg = self.cfg
-        gen = unwrap(self.g)
+        gen = self.generator
         gen.eval()
         with torch.no_grad():
             for name, split in (("train", self.train), ("held_out", self.held_out)):
@@ -292,8 +258,6 @@ class GanTrainer:
 
     def fit(self) -> list[dict[str, Any]]:
         cfg, world = self.cfg, self.world
-        self.writer = RunWriter(self.run_dir, world.is_main)
-        last = self.run_dir / "checkpoints" / "gan_last.pt"
         while self.epoch < cfg.epochs:
             record = self.train_epoch()
             self.history.append(record)
@@ -304,41 +268,22 @@ class GanTrainer:
                       f"adv {record['adv_loss']:.4f} rc fake {record['rc_fake']:+.3f}"
                       + (f" | D updated: loss {record['d_loss']:.4f} rc real "
                          f"{record['rc_real']:+.3f}" if record["d_updates"] else ""), flush=True)
-                state = self.state()
-                save_checkpoint(last, state)
-                if self.epoch % cfg.snapshot_every == 0 or self.epoch == cfg.epochs:
-                    save_checkpoint(self.run_dir / "checkpoints" / f"gan_e{self.epoch:04d}.pt",
-                                    state)
+                snapshot = self.snapshot_due()
+                self.save(snapshot)
+                if snapshot:
                     self.sample_grids()
-        self.writer.close()
+        if world.is_main:
+            self.run.update_metrics("gan", {
+                "epochs": cfg.epochs, "preset": cfg.preset or None,
+                "d_update": d_update_description(cfg), "history": self.history})
         return self.history
 
 
 def train_gan(cfg: GanConfig, resume: bool = False) -> list[dict[str, Any]]:
-    world = setup_distributed(cfg.device)
-    try:
-        with lock_run(cfg.run_dir, world.is_main):   # one writer per run folder
-            return _train_gan(cfg, resume, world)
-    finally:
-        teardown_distributed()
-
-
-def _train_gan(cfg: GanConfig, resume: bool, world: Dist) -> list[dict[str, Any]]:
-    trainer = GanTrainer(cfg, world)
-    if resume:
-        trainer.resume()
-    if world.is_main:
-        from runtime.config import save_config
-        save_config(cfg, Path(cfg.run_dir) / "config_gan.json")
-    history = trainer.fit()
-    if world.is_main:
-        update_metrics(Path(cfg.run_dir), "gan", {
-            "epochs": cfg.epochs, "preset": cfg.preset or None,
-            "d_update": d_update_description(cfg), "history": history})
-    return history
+    return train_stage(GanTrainer, cfg, resume)
 
 
 def main(argv: list[str]) -> int:
-    cfg, resume = parse(argv, GanConfig, "gan", "python -m trainer gan")
+    cfg, resume = parse_stage(argv, GanConfig, "gan", "python -m trainer gan", __doc__)
     train_gan(cfg, resume)
     return 0

@@ -1,6 +1,6 @@
 """A private PulseAudio server with a null sink: a real capture path without a microphone.
 
-For tests and benchmarks. ``with null_sink_server(workdir) as pulse:`` starts ``pulseaudio``
+Test-only. ``with null_sink_server(workdir) as pulse:`` starts ``pulseaudio``
 (in the foreground, as a child we own) with its own runtime folder, a ``module-null-sink``
 and that sink's ``.monitor`` as the default source. Give ``pulse.env`` to child processes:
 their PyAudio (PortAudio -> ALSA -> the pulse plugin) then records whatever

@@ -1,0 +1,61 @@
+"""runtime.config: one dataclass -> command-line flags -> saved JSON, with presets."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from runtime.config import (
+    config_from_dict,
+    config_parser,
+    dataclass_from_args,
+    parse_config,
+    save_config,
+)
+from runtime.errors import S2IError
+
+
+@dataclass
+class Toy:
+    inputs: list[str] = field(metadata={"positional": True, "help": "files"})
+    out: str = field(metadata={"help": "where"})
+    width: float = 0.125
+    epochs: int = 2
+    fractions: tuple[float, float] = (0.5, 0.5)
+    verbose: bool = True
+    limit: int | None = None
+    kind: str = field(default="a", metadata={"choices": ("a", "b")})
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+
+
+def test_flags_come_from_the_fields(tmp_path: Path) -> None:
+    cfg = parse_config(Toy, ["x.wav", "y.wav", "--out", "o", "--epochs",
+                             "3", "--fractions", "0.25", "0.75", "--no-verbose"], "toy")
+    assert cfg == Toy(["x.wav", "y.wav"], "o", epochs=3, fractions=(0.25, 0.75), verbose=False)
+    assert "--limit" in config_parser(Toy, "toy").format_help()
+    save_config(cfg, tmp_path / "config_toy.json")
+    assert config_from_dict(Toy, json.loads((tmp_path / "config_toy.json").read_text())) == cfg
+
+
+def test_a_base_sits_between_defaults_and_flags() -> None:
+    # a preset or a saved config (--resume) is a base: the flags given still win
+    args = config_parser(Toy, "toy").parse_args(["x", "--out", "o", "--epochs", "5"])
+    cfg = dataclass_from_args(Toy, args, width=1.0, epochs=40)
+    assert (cfg.width, cfg.epochs) == (1.0, 5)
+
+
+def test_bad_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(S2IError, match="epochs must be >= 1"):
+        parse_config(Toy, ["x", "--out", "o", "--epochs", "0"], "toy")
+    with pytest.raises(SystemExit):
+        parse_config(Toy, ["x", "--kind", "c", "--out", "o"], "toy")
+    with pytest.raises(SystemExit):     # a field without a default is a required flag
+        parse_config(Toy, ["x"], "toy")
+    with pytest.raises(S2IError, match="no settings"):
+        config_from_dict(Toy, {"inputs": [], "out": "o", "colour": "red"})
