@@ -139,3 +139,27 @@ def test_front_end_in_a_checkpoint_is_range_checked(tmp_path: Path) -> None:
     with pytest.raises(S2IError, match=r"bad\.pt: front end: hop_ms must be") as info:
         load_checkpoint(tmp_path / "bad.pt")
     one_line(info)
+
+
+def test_damaged_checkpoint_stops_resume(tmp_path: Path) -> None:
+    """The issue: flipped bytes also went through `--resume`."""
+    from runtime.config import save_config
+    from trainer.data.demo_data import build_demo_store
+    from trainer.train.audio import AudioConfig
+
+    store = build_demo_store(tmp_path / "store", n_per_class_train=1, n_val=1, n_test=1,
+                             progress=False)
+    run = tmp_path / "run"
+    save_config(AudioConfig(store=str(store), run_dir=str(run), embedding_dim=16, width=0.125),
+                run / "config_audio.json")
+    last = run / "checkpoints" / "audio_last.pt"
+    save_checkpoint(last, {"stage": "audio", "embedding_dim": 16, "width": 0.125,
+                           "front_end": {}, "models": {"w": torch.ones(1000)}})
+    data = bytearray(last.read_bytes())
+    data[data.index(torch.ones(1000).numpy().tobytes())] ^= 0x04
+    last.write_bytes(bytes(data))
+    result = subprocess.run([sys.executable, "-m", "trainer", "audio", "--resume", "--run-dir",
+                             str(run)], capture_output=True, text=True, timeout=120)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"error: checkpoint {last} is damaged")
