@@ -413,9 +413,25 @@ def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
         "per_class": {"Dog": {"file": "class_0.pt"}}, "config": {"width": WIDTH}}))
     for junk in (b"\x00junk bytes\xff" * 10, b"PK\x03\x04 not a zip"):
         (folder / "class_0.pt").write_bytes(junk)
-        with pytest.raises(S2IError, match="class_0.pt is missing or damaged") as info:
+        with pytest.raises(S2IError, match="class_0.pt carries no S2I sha256 seal") as info:
             load_classifiers(folder)
         assert "\n" not in str(info.value)
+    import io
+
+    from trainer.checkpoint import seal
+    from trainer.models import InformativityClassifier
+    buffer = io.BytesIO()
+    torch.save(InformativityClassifier(WIDTH).state_dict(), buffer)
+    (folder / "class_0.pt").write_bytes(seal(buffer.getvalue()))
+    assert set(load_classifiers(folder)[1]) == {0}
+    data = bytearray((folder / "class_0.pt").read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (folder / "class_0.pt").write_bytes(bytes(data))
+    with pytest.raises(S2IError, match=r"classifier .*class_0.pt is damaged: .* retrain"):
+        load_classifiers(folder)
+    (folder / "class_0.pt").unlink()
+    with pytest.raises(S2IError, match="class_0.pt is missing or damaged"):
+        load_classifiers(folder)
 
 
 def test_broken_gan_checkpoint_is_one_clear_error(tmp_path: Path) -> None:

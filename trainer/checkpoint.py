@@ -62,8 +62,10 @@ def seal(data: bytes) -> bytes:
     return data[:-2] + struct.pack("<H", len(comment)) + comment
 
 
-def check_seal(path: Path, chunk: int = 1 << 20) -> None:
-    """Recompute a checkpoint's sha256 and compare it with its seal (one ``S2IError`` line)."""
+def check_seal(path: Path, what: str = "checkpoint", remedy: str = "use another checkpoint",
+               chunk: int = 1 << 20) -> None:
+    """Recompute a sealed file's sha256 and compare it with its seal (one ``S2IError`` line
+    naming ``what`` and the file)."""
     size = path.stat().st_size
     tail = 2 + _SEAL_LENGTH
     with open(path, "rb") as f:
@@ -74,9 +76,8 @@ def check_seal(path: Path, chunk: int = 1 << 20) -> None:
             end = f.read()
         if end[:4] != _END_OF_ZIP or end[-tail:-_SEAL_LENGTH] != struct.pack("<H", _SEAL_LENGTH) \
                 or not end[-_SEAL_LENGTH:].startswith(_SEAL_PREFIX):
-            raise S2IError(f"checkpoint {path} carries no S2I sha256 seal (damaged, or not "
-                           "written by `python -m trainer` of S2I checkpoint version "
-                           f"{CHECKPOINT_VERSION}); refused")
+            raise S2IError(f"{what} {path} carries no S2I sha256 seal (damaged, or not written "
+                           f"by this S2I, checkpoint version {CHECKPOINT_VERSION}); refused")
         digest = hashlib.sha256()
         f.seek(0)
         left = size - tail
@@ -84,8 +85,8 @@ def check_seal(path: Path, chunk: int = 1 << 20) -> None:
             digest.update(block)
             left -= len(block)
     if digest.hexdigest().encode() != end[-64:]:
-        raise S2IError(f"checkpoint {path} is damaged: its bytes do not match the sha256 it "
-                       "was sealed with (changed after it was written); use another checkpoint")
+        raise S2IError(f"{what} {path} is damaged: its bytes do not match the sha256 it was "
+                       f"sealed with (changed after it was written); {remedy}")
 
 
 def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:

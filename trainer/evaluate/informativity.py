@@ -14,7 +14,8 @@ Output (written atomically as a whole)::
     OUT/manifest.json    {"format": "s2i-informativity", "classes": [...], "per_class":
                           {class: {"file", "accuracy", "balanced_accuracy", ...} or
                           {"skipped": reason}}, "config": {...}}
-    OUT/class_<k>.pt     the classifier of class k (state dict)
+    OUT/class_<k>.pt     the classifier of class k (state dict, sealed with its sha256 like a
+                         checkpoint: ``trainer.checkpoint.seal``)
 """
 
 from __future__ import annotations
@@ -33,13 +34,14 @@ from runtime.artifacts import check_format, check_replaceable
 from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
 from runtime.manifest import atomic_dir, atomic_write_json, read_json
+from trainer.checkpoint import check_seal, seal
 from trainer.evaluate.autolabel import load_png
 from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels
 from trainer.images import from_uint8_images
 from trainer.models import InformativityClassifier
 
 CLASSIFIERS_FORMAT = "s2i-informativity"
-CLASSIFIERS_VERSION = 1
+CLASSIFIERS_VERSION = 2   # 2: each class_K.pt sealed with its sha256 (trainer.checkpoint)
 INFORMATIVE_INDEX = 1  # column of log P(informative) in the classifier's output
 
 
@@ -177,7 +179,7 @@ def train_classifiers(folders: list[str | Path], out: str | Path, cfg: Informati
             model, figures = train_one(images, targets, cfg, rng)
             buffer = io.BytesIO()
             torch.save(model.state_dict(), buffer)
-            (tmp / f"class_{k}.pt").write_bytes(buffer.getvalue())
+            (tmp / f"class_{k}.pt").write_bytes(seal(buffer.getvalue()))
             report[name] = {"file": f"class_{k}.pt", **figures}
         trained = [r for r in report.values() if "file" in r]
         if not trained:
@@ -209,11 +211,15 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
         if "file" not in entry:
             continue
         model = InformativityClassifier(width)
+        path = folder / str(entry["file"])
         try:
-            model.load_state_dict(torch.load(folder / entry["file"], map_location="cpu",
-                                             weights_only=True))
+            # every byte as written (one line naming the file), before anything is unpickled
+            check_seal(path, "classifier", "retrain the classifiers")
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except S2IError:
+            raise
         except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on junk
-            raise S2IError(f"classifier {folder / entry['file']} is missing or damaged "
+            raise S2IError(f"classifier {path} is missing or damaged "
                            f"({type(exc).__name__}); retrain the classifiers") from exc
         model.eval()
         models[k] = model
