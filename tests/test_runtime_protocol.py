@@ -162,3 +162,25 @@ def test_newest_only_subscriber_gets_the_newest_frame():
 
     row = measure_stale("subscriber", consumer_s=0.4, hop_s=0.05, frames=8)
     assert row["stale"] <= 1, row
+
+
+def test_ingress_reports_stopped_and_expired_streams():
+    from runtime.ingress import NetworkIngress
+
+    ends = []
+    ctx = zmq.Context()
+    ingress = NetworkIngress(ctx, "tcp://127.0.0.1:*", 16000, 16000, 8000, idle_expiry_s=0.2,
+                             on_end=lambda sid, reason: ends.append((sid, reason)))
+    try:
+        block = np.zeros(800, np.float32)
+        assert ingress.handle(encode_audio("a", 0, block, 16000, time.time())) == "a"
+        assert ingress.handle(encode_audio("b", 0, block, 16000, time.time())) == "b"
+        assert ingress.handle(encode_audio("a", 1, np.zeros(0, np.float32), 16000,
+                                           time.time(), end=True)) == "a"
+        assert ends == [("a", "node-stopped")] and set(ingress.streams) == {"b"}
+        time.sleep(0.3)
+        assert ingress.expire_idle() == 1
+        assert ends == [("a", "node-stopped"), ("b", "node-expired")]
+    finally:
+        ingress.pull.close(linger=0)
+        ctx.term()
