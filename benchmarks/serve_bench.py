@@ -68,6 +68,24 @@ def sensitive_export(out_dir: Path, width: float, embedding_dim: int, seed: int 
     return export_translator(checkpoint, out_dir, fused=False, tensorrt=False)
 
 
+def export_for(checkout: Path, export: Path) -> Path:
+    """``export`` as an older checkout's runtime reads it: the same model files (linked), the
+    manifest's ``version`` set to that runtime's ``EXPORT_VERSION`` (nothing else differs)."""
+    source = (checkout / "runtime" / "manifest.py").read_text()
+    match = re.search(r"^EXPORT_VERSION = (\d+)", source, re.MULTILINE)
+    manifest = json.loads((export / "manifest.json").read_text())
+    if match is None or int(match.group(1)) == manifest.get("version"):
+        return export
+    copy = export.with_name(f"{export.name}-as-v{match.group(1)}")
+    copy.mkdir(exist_ok=True)
+    for path in export.iterdir():
+        if path.name != "manifest.json" and not (copy / path.name).exists():
+            (copy / path.name).symlink_to(path.resolve())
+    manifest["version"] = int(match.group(1))
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return copy
+
+
 # --------------------------------------------------------------------------- load and subscriber
 
 
@@ -410,11 +428,13 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted({max(1, round(c * f)) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1)})
     here = Path(__file__).resolve().parents[1]
     runs = []
-    servers = [("after", here, None, args.server_args.split())]
+    servers = [("after", here, export, None, args.server_args.split())]
     if args.before is not None:
-        servers.insert(0, ("before", args.before.resolve(), args.before_protocol, []))
-    for label, path, protocol, extra in servers:
-        runs.append(run_server(label, export, path, counts, args.seconds, args.hop, rate,
+        before = args.before.resolve()
+        servers.insert(0, ("before", before, export_for(before, export), args.before_protocol,
+                           []))
+    for label, path, folder, protocol, extra in servers:
+        runs.append(run_server(label, folder, path, counts, args.seconds, args.hop, rate,
                                protocol, extra, grace_s=2.0 * args.hop + 1.0))
     result = {
         "benchmark": "serve", "machine": report.machine_info(), "versions": report.versions(),
