@@ -31,6 +31,7 @@ DEFAULT_OUT = Path(__file__).parent / "results"
 # (backend, precision) rows in the order they are run and shown; eager first: the baseline.
 CANDIDATES: tuple[tuple[str, str], ...] = (
     ("pytorch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"),
+    ("onnxruntime-cpu", "int8"),
     ("pytorch-cuda", "fp32"), ("onnxruntime-cuda", "fp32"), ("onnxruntime-cuda", "fp16"),
     ("tensorrt", "fp32"), ("tensorrt", "fp16"),
 )
@@ -45,11 +46,13 @@ class Skipped(Exception):
 
 
 def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
-                 seed: int = 0) -> Path:
+                 seed: int = 0, int8: bool = False) -> Path:
     """Export an untrained translator of the given size (timings need the real sizes, not
     trained weights), its BatchNorm statistics calibrated on synthetic sounds so that its
     images depend on the input and the export's parity check can fail: a GAN checkpoint,
-    then ``export.translator``."""
+    then ``export.translator``. With ``int8`` the INT8 graphs are calibrated on a small
+    synthesised demo store (real windows, untrained weights: for timing only, the quality
+    gates are not measured)."""
     import torch
 
     from export.translator import export_translator
@@ -63,7 +66,16 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
     checkpoint = save_untrained_translator(
         out_dir.parent / "fresh_gan.pt", encoder, generator, embedding_dim, width,
         "benchmarks.latency: freshly initialised, for timing only")
-    return export_translator(checkpoint, out_dir, fp16=fp16, fused=False, tensorrt=True)
+    options = None
+    if int8:
+        from export.int8 import Int8Options
+        from trainer.data.demo_data import build_demo_store
+
+        store = build_demo_store(out_dir.parent / "calibration_store", 4, 2, 2, seed=seed,
+                                 progress=False)
+        options = Int8Options(store=str(store), windows=16, gates=False)
+    return export_translator(checkpoint, out_dir, fp16=fp16, fused=False, tensorrt=True,
+                             int8=options)
 
 
 def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str, Any],
@@ -144,6 +156,13 @@ def check_targets(rows: list[dict[str, Any]], machine: dict[str, Any]) -> dict[s
         if speed is not None:
             out["cpu_ort_speedup_vs_eager"] = {"measured_p99": speed,
                                                "met": speed >= t["cpu_ort_speedup_vs_eager"]}
+    for k, target in ((1, 2.5), (8, 2.0)):   # issue 17: INT8 end-to-end p99 vs eager
+        int8 = next((r for r in rows if r["backend"] == "onnxruntime-cpu" and r["k"] == k
+                     and r["precision"] == "int8"), None)
+        speed = (int8 or {}).get("speedup_vs_eager", {}).get("p99")
+        if speed is not None:
+            out[f"cpu_int8_k{k}_p99_speedup_vs_eager"] = {"measured": speed, "target": target,
+                                                          "met": speed >= target}
     trt = next((r for r in rows if r["backend"] == "tensorrt" and r["precision"] == "fp16"
                 and r["k"] == 8), None)
     if trt is not None:
@@ -228,8 +247,9 @@ def run(args: argparse.Namespace, work: Path,
         raise S2IError("--windows, --k and --threads must be at least 1, --warmup at least 0")
     rows_planned = plan_rows(args.backends)
     wants_fp16 = any(q == "fp16" for _, q in rows_planned)
+    wants_int8 = any(q == "int8" for _, q in rows_planned)
     export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
-                                             fp16=wants_fp16)
+                                             fp16=wants_fp16, int8=wants_int8)
     manifest = load_export_manifest(export_dir)
     front_end = FrontEndConfig.from_dict(manifest["front_end"])
     from runtime.audio_io import load_audio

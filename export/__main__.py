@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from export.edge_cli import add_edge_args, int8_options
 from export.onnx_export import DEFAULT_OPSET
 from export.translator import DEFAULT_BATCH_SIZES, export_translator
 from runtime.errors import S2IError, run_cli
@@ -46,6 +47,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--checkpoint", type=Path, default=None,
                         help="with --verify: the checkpoint to compare with (default: the "
                              "manifest's checkpoint path; its sha256 must match)")
+    add_edge_args(parser)
     return parser.parse_args(argv)
 
 
@@ -62,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     export_translator(args.source, args.out, fp16=args.fp16, opset=args.opset,
                       batch_sizes=tuple(args.batch_sizes), fused=not args.no_fused,
                       tensorrt=not args.no_tensorrt, timing_cache=args.timing_cache,
+                      conv_rewrite=not args.no_conv_rewrite, int8=int8_options(args),
                       log=print)
     return 0
 

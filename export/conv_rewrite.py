@@ -206,9 +206,13 @@ def rewrite_model(model: onnx.ModelProto) -> dict[str, Any]:
 
 
 def rewrite_file(path: Path) -> dict[str, Any]:
-    """Rewrite an ONNX file in place (self-contained files only); returns the report."""
+    """Rewrite an ONNX file in place (self-contained files only) and check the result
+    (``export.onnx_export.check_onnx``); returns the report."""
+    from export.onnx_export import check_onnx
+
     model = onnx.load(str(path))
     report = rewrite_model(model)
     if report["stride1"] or report["strided"]:
         onnx.save_model(model, str(path))
+        check_onnx(path)
     return report

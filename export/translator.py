@@ -13,8 +13,10 @@ from typing import Any
 
 import torch
 
+from export.conv_rewrite import rewrite_file
 from export.folding import fold_batchnorm
 from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
+from export.int8 import Int8Options, export_int8, store_path
 from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
@@ -57,9 +59,12 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
                       fp16: bool = False, opset: int = DEFAULT_OPSET,
                       batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
                       fused: bool = True, tensorrt: bool = True,
-                      timing_cache: Path | None = None,
+                      timing_cache: Path | None = None, conv_rewrite: bool = True,
+                      int8: Int8Options | None = None,
                       log: Callable[[str], None] = lambda _: None) -> Path:
-    """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path."""
+    """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path.
+    ``conv_rewrite`` writes the generator's ConvTranspose layers as Conv (export/conv_rewrite);
+    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8)."""
     source = Path(source)
     checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
@@ -71,6 +76,9 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
                        f"time, so the engine profile minimum is 1), got {list(batch_sizes)}")
     _check_out_dir(out)
     state, encoder, generator = load_networks(checkpoint)
+    if int8 is not None:
+        int8.check()
+        store_path(state, int8)     # a missing calibration store fails before any export
     log(f"checkpoint {checkpoint}: D={state['embedding_dim']}, width={state['width']}, "
         f"epoch {state.get('epoch')}")
     enc_folded, gen_folded = fold_batchnorm(encoder), fold_batchnorm(generator)
@@ -88,7 +96,7 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
     try:
         _write_export(out, checkpoint, state, encoder, generator, graphs, fp16=fp16,
                       opset=opset, sizes=sizes, tensorrt=tensorrt, timing_cache=timing_cache,
-                      log=log)
+                      conv_rewrite=conv_rewrite, int8=int8, log=log)
     except OSError as exc:
         raise S2IError(f"cannot write the export to {out}: {exc.strerror or exc}") from exc
     log(f"export written to {out}")
@@ -103,6 +111,7 @@ def _check_out_dir(out: Path) -> None:
 def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: AudioEncoder,
                   generator: DenseGenerator, graphs: list[Any], *, fp16: bool, opset: int,
                   sizes: list[int], tensorrt: bool, timing_cache: Path | None,
+                  conv_rewrite: bool, int8: Int8Options | None,
                   log: Callable[[str], None]) -> None:
     dropout = dropout_spec(generator)
     stamp = export_stamp(FrontEndConfig.from_dict(state["front_end"]), dropout)
@@ -116,8 +125,11 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                 if precision == "fp16":
                     graph = _half_copy(graph)
                 exporter = write_onnx(graph, example, path, dynamic, opset, metadata=stamp)
+                rewritten = rewrite_file(path) if conv_rewrite else None
                 files[key] = path
                 models[key] = {**onnx_entry(path, precision), "exporter": exporter}
+                if rewritten is not None:
+                    models[key]["conv_rewrite"] = rewritten
                 log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
         parity = check_parity(encoder, generator, files, dropout)
         log_parity(parity, log)
@@ -136,9 +148,16 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
             for entry in engines.values():
                 log(f"wrote {entry['file']}")
         written = max(model_opset(path) for path in files.values())  # may exceed --opset
+        quantized: dict[str, Any] | None = None
+        if int8 is not None:
+            int8_models, quantized = export_int8(tmp, files, dropout, state, int8, log,
+                                                    stamp=stamp)
+            models.update(int8_models)
         manifest = build_manifest(state=state, checkpoint=checkpoint, dropout=dropout,
                                   opset=written, models=models, parity=parity,
                                   tensorrt=trt_info, batch_sizes=sizes)
+        if quantized is not None:
+            manifest["int8"] = quantized
         atomic_write_json(tmp / "manifest.json", manifest)
 
 

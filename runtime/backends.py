@@ -26,6 +26,7 @@ from runtime.gpu_env import (
     tensorrt_unavailable_reason,
 )
 from runtime.manifest import load_export_manifest
+from runtime.precision import PRECISIONS, check_precision, missing_hint, model_key
 
 try:
     import onnxruntime as ort
@@ -36,7 +37,6 @@ __all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_bac
            "open_translator", "tensorrt_unavailable_reason"]
 
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
-PRECISIONS = ("fp32", "fp16")
 SPECTROGRAM_TAIL = (1, 128, 100)
 
 
@@ -296,11 +296,10 @@ def _float_array(value: Any, what: str) -> np.ndarray:
 
 def _model_entry(manifest: dict[str, Any], export_dir: Path, graph: str, precision: str,
                  tensorrt: bool) -> dict[str, Any]:
-    key = graph + ("_fp16" if precision == "fp16" else "") + ("_trt" if tensorrt else "")
+    key = model_key(graph, precision, tensorrt)
     entry = manifest["models"].get(key)
     if entry is None:
-        hint = ("re-export with --fp16" if precision == "fp16" and not tensorrt else
-                "export on a machine with TensorRT and a GPU")
+        hint = missing_hint(precision, tensorrt)
         raise S2IError(f"{export_dir} has no {'TensorRT engine' if tensorrt else 'ONNX graph'} "
                        f"'{key}' ({precision}); {hint}")
     return entry
@@ -370,6 +369,8 @@ def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, 
 def _auto_candidates(manifest: dict[str, Any], precision: str) -> list[str]:
     """``auto``'s order: TensorRT where the export has engines for ``precision``, then ONNX
     Runtime CUDA where the provider is listed, then ONNX Runtime CPU (always last)."""
+    if precision == "int8":
+        return ["onnxruntime-cpu"]
     suffix = ("_fp16" if precision == "fp16" else "") + "_trt"
     candidates = []
     if f"encoder{suffix}" in manifest["models"]:
@@ -394,8 +395,7 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
     if backend != "auto" and backend not in BACKENDS:
         raise S2IError(f"unknown backend '{backend}'; expected auto or one of "
                        f"{', '.join(BACKENDS)}")
-    if precision not in PRECISIONS:
-        raise S2IError(f"unknown precision '{precision}'; expected fp32 or fp16")
+    check_precision(precision, backend)
     manifest = load_export_manifest(export_dir)
     conflict = onnxruntime_conflict()
     if conflict:      # it may still work (whichever build pip wrote last), so only say it
@@ -435,7 +435,7 @@ def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: s
             provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
                 else "CPUExecutionProvider"
             loaded[graph] = (path.name, _OrtModel(path, provider, threads))
-    key = "translator" + ("_fp16" if precision == "fp16" else "")
+    key = model_key("translator", precision)
     if not tensorrt and key in manifest["models"]:
         path = export_dir / manifest["models"][key]["file"]
         provider = loaded["encoder"][1].session.get_providers()[0]

@@ -8,6 +8,7 @@ from typing import Any
 
 from runtime.errors import S2IError
 from runtime.pipeline import Pipeline
+from runtime.precision import PRECISIONS
 from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
 
 DEFAULT_EXPORT = "runs/demo/export"
@@ -22,7 +23,8 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                    help=f"export folder (default: {DEFAULT_EXPORT})")
     g.add_argument("--backend", default="auto",
                    help="auto | tensorrt | onnxruntime-cuda | onnxruntime-cpu (default: auto)")
-    g.add_argument("--precision", default="fp32", choices=("fp32", "fp16"))
+    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="fp32 (default), fp16, or int8 (onnxruntime-cpu; export --int8)")
     g.add_argument("--hop", type=float, default=1.0,
                    help="seconds between windows (1-s window; down to 0.25 or less)")
     g.add_argument("--samples", type=int, default=1,

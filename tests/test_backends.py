@@ -127,6 +127,8 @@ def test_missing_tampered_and_unavailable(export_dir: Path, tmp_path: Path) -> N
     with pytest.raises(S2IError, match="unknown backend"):
         open_translator(export_dir, "cuda")
     with pytest.raises(S2IError, match="unknown precision"):
+        open_translator(export_dir, "onnxruntime-cpu", "int4")
+    with pytest.raises(S2IError, match="re-export with --int8"):
         open_translator(export_dir, "onnxruntime-cpu", "int8")
     for row in list_backends():
         if not row["available"]:
