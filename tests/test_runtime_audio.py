@@ -225,7 +225,8 @@ def test_runtime_never_imports_torch():
 
     code = ("import sys, runtime.stream, runtime.server, runtime.capture, runtime.view, "
             "runtime.client, runtime.sources, runtime.audio_io, runtime.backends, runtime.images, "
-            "runtime.web, runtime.artifacts, runtime.config; "
+            "runtime.web, runtime.artifacts, runtime.config, runtime.cluster, "
+            "runtime.cluster.bridge; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'export')]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
