@@ -147,6 +147,7 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: 
     # MinMax keeps only per-tensor ReduceMin/ReduceMax values per batch anyway)
     for leftover in dst.parent.glob("*-inferred.onnx"):   # older quantizers leave this
         leftover.unlink()
+    return kept
 
 
 def _batches(n: int, size: int) -> list[slice]:

@@ -44,6 +44,7 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
     assert record["kept"] is True
     assert record["calibration"]["windows"] == 8 and record["calibration"]["split"] == "train"
     assert record["calibration"]["store"] == str(store.resolve())
+    assert "node_tanh" in record["quantizer"]["fp32_output_layer"]["generator"]
     gates = record["gates"]
     assert gates["passed"] and gates["images"]["windows"] == 6
     assert gates["images"]["psnr_db_mean"] > 0 and gates["images"]["max_error_grey_levels"] >= 0
