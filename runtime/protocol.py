@@ -450,15 +450,20 @@ class Publisher:
                 self._hello_due = True
             elif event[:1] == b"\x00":
                 self.subscribers = max(0, self.subscribers - 1)
+        self._send_due_hello()
+        if self._ends:
+            self.flush_ends()
+        return self.subscribers
+
+    def _send_due_hello(self, force: bool = False) -> None:
+        """The hello owed to new subscriptions, at most one per ``HELLO_INTERVAL_S``
+        (``force``: now, before the last messages of a run, so that none is owed at exit)."""
         now = time.monotonic()
-        if self._hello_due and now >= self._next_hello:
+        if self._hello_due and (force or now >= self._next_hello):
             self._hello_due = False
             self._next_hello = now + HELLO_INTERVAL_S
             self.hellos += 1
             self._send(hello_message(self.topic, self.info))
-        if self._ends:
-            self.flush_ends()
-        return self.subscribers
 
     def _send(self, parts: list[bytes]) -> None:
         try:
@@ -482,7 +487,10 @@ class Publisher:
             self._ends.append((time.monotonic() + delay_s, stream, reason))
 
     def flush_ends(self, force: bool = False) -> int:
-        """Send the end messages that are due (all of them with ``force``); returns how many."""
+        """Send the end messages that are due (all of them with ``force``, after a hello still
+        owed to a subscriber); returns how many."""
+        if force:
+            self._send_due_hello(force=True)
         now = time.monotonic()
         with self._ends_lock:
             due = [e for e in self._ends if force or e[0] <= now]
