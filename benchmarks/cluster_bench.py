@@ -17,7 +17,6 @@ CPU box the cluster rows measure the overhead, not what more machines would give
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import sys
@@ -201,15 +200,13 @@ def main(argv: list[str] | None = None) -> int:
         "hop_latency": hops, "runs": runs,
         "held": {run["label"]: held(run) for run in runs},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name or ("cluster-quick" if args.quick
                          else f"cluster-{report.machine_slug(result['machine'])}")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     md = ("The Ray hop (same batch, same masks, calls interleaved):\n\n" + hop_table(hops)
           + "\n\nStreams held (>= 99% of frames to every stream, p99 <= "
           f"{args.hop * 1000:.0f} ms): " + ", ".join(f"{k} {v}" for k, v in
                                                    result["held"].items())
           + "\n\n" + streams_table(runs))
-    (args.out / f"{stem}.md").write_text(md + "\n")
+    report.write_result(args.out, stem, result, md)
     print(md)
     return 0

@@ -108,6 +108,13 @@ def write_json(path: Path, results: dict[str, Any]) -> None:
     atomic_write_json(path, {"format": RESULTS_FORMAT, "version": RESULTS_VERSION, **results})
 
 
+def write_result(out: Path, stem: str, result: dict[str, Any], md: str) -> None:
+    """``OUT/STEM.json`` (the result as it is) and ``OUT/STEM.md`` (its tables)."""
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / f"{stem}.json", result)
+    (out / f"{stem}.md").write_text(md + "\n")
+
+
 def _fmt(x: float | None, digits: int = 1) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
 

@@ -445,14 +445,12 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": top, "runs": runs,
         "held": {run["label"]: held(run) for run in runs},
     }
-    args.out.mkdir(parents=True, exist_ok=True)
     stem = args.name or ("serve-quick" if args.quick
                          else f"serve-{report.machine_slug(result['machine'])}")
-    (args.out / f"{stem}.json").write_text(json.dumps(result, indent=1))
     md = (f"Batched-step ceiling: {top['streams']} streams. Held (>= 99% to every stream, "
           f"p99 <= {args.hop * 1000:.0f} ms): "
           + ", ".join(f"{k} {v}" for k, v in result["held"].items()) + "\n\n" + table(runs))
-    (args.out / f"{stem}.md").write_text(md + "\n")
+    report.write_result(args.out, stem, result, md)
     if not args.quick:
         plot(runs, args.out / f"{stem}.png", args.hop, top["streams"])
     print(md)

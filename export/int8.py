@@ -11,8 +11,6 @@ INT8 export that misses them is not kept (the FP32 graphs stay) and the manifest
 
 from __future__ import annotations
 
-import contextlib
-import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from export.manifest import onnx_entry
-from export.onnx_export import stamp_onnx_file
+from export.onnx_export import quiet_logger, stamp_onnx_file
 from export.parity import cpu_session
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
@@ -95,18 +93,6 @@ def _reader(feeds: list[dict[str, np.ndarray]]) -> Any:
     return _Feeds()
 
 
-@contextlib.contextmanager
-def _quiet_quantizer() -> Iterator[None]:
-    """The quantizer logs a pre-processing hint on the root logger for every call."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def output_layer(path: Path) -> list[str]:
     """Names of the nodes between the graph's outputs and the last convolutions (those
     included): the output layer, kept in FP32. On the trained demo, quantizing the
@@ -138,7 +124,7 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: 
 
     fmt = QuantFormat.QOperator if options.format == "qoperator" else QuantFormat.QDQ
     kept = output_layer(src)
-    with _quiet_quantizer():
+    with quiet_logger(""):      # the quantizer logs a hint on the root logger every call
         quantize_static(str(src), str(dst), _reader(feeds), quant_format=fmt,
                         per_channel=options.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,

@@ -115,14 +115,15 @@ def _export_torchscript(graph: nn.Module, example: tuple[torch.Tensor, ...],
 def _quiet():  # type: ignore[no-untyped-def]
     """The exporters print progress and warnings; the CLI prints its own summary."""
     with (warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()),
-          _quiet_logger("torch.onnx"), _quiet_logger("torch.export"),
-          _quiet_logger("onnxscript")):
+          quiet_logger("torch.onnx"), quiet_logger("torch.export"),
+          quiet_logger("onnxscript")):
         warnings.simplefilter("ignore")
         yield
 
 
 @contextlib.contextmanager
-def _quiet_logger(name: str):  # type: ignore[no-untyped-def]
+def quiet_logger(name: str):  # type: ignore[no-untyped-def]
+    """Errors only from logger ``name`` (``""``: the root logger) inside the block."""
     logger = logging.getLogger(name)
     level = logger.level
     logger.setLevel(logging.ERROR)
