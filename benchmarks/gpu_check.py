@@ -204,32 +204,42 @@ def check_parity(check: Check, export_dir: Path) -> None:
         if k > 1:
             spread = rms_relative_error(want[k][1:], np.repeat(want[k][:1], k - 1, axis=0))
             check.results.setdefault("reference_sensitivity", {})[str(k)] = round(spread, 4)
-    for backend, precision in PARITY_ROWS:
+    def parity(backend: str, precision: str, translator: Any) -> None:
+        limit = PARITY_LIMIT_RMS[precision]
+        for k in sizes:
+            z = translator.encode(inputs[k][0])
+            got = translator.generate(want_z[k], inputs[k][1])
+            rms_z = rms_relative_error(z, want_z[k])
+            rms = rms_relative_error(got, want[k])
+            row = {"backend": backend, "precision": precision, "k": k,
+                   "rms_relative_error": _round(rms),
+                   "max_relative_error": _round(relative_error(got, want[k])),
+                   "embedding_rms_relative_error": _round(rms_z),
+                   "limit_rms": limit, "ok": bool(max(rms, rms_z) <= limit)}
+            check.results["parity"].append(row)
+            print(f"parity {backend:<17} {precision} K={k:<3} image rms {rms:.2e} max "
+                  f"{row['max_relative_error']:.2e}, embedding rms {rms_z:.2e} "
+                  f"{'ok' if row['ok'] else 'MISMATCH'}", flush=True)
+
+    for_each_row(check, export_dir, PARITY_ROWS, "parity", parity)
+
+
+def for_each_row(check: Check, export_dir: Path, rows: tuple[tuple[str, str], ...], step: str,
+                 body: Callable[[str, str, Any], None]) -> None:
+    """Open each (backend, precision) row of ``export_dir`` and run ``body`` on it. A row
+    that cannot open here (no GPU, no TensorRT, out of memory) or fails is kept as skipped
+    with its reason; each row's memory is released before the next opens."""
+    for backend, precision in rows:
+        where = {"step": step, "backend": backend, "precision": precision}
         try:
             translator = open_row(export_dir, backend, precision)
         except Exception as exc:  # noqa: BLE001 - S2IError (unavailable), out of memory...
-            check.skip({"step": "parity", "backend": backend, "precision": precision},
-                       str(exc) if isinstance(exc, S2IError) else skip_reason(exc))
+            check.skip(where, str(exc) if isinstance(exc, S2IError) else skip_reason(exc))
             continue
-        limit = PARITY_LIMIT_RMS[precision]
         try:
-            for k in sizes:
-                z = translator.encode(inputs[k][0])
-                got = translator.generate(want_z[k], inputs[k][1])
-                rms_z = rms_relative_error(z, want_z[k])
-                rms = rms_relative_error(got, want[k])
-                row = {"backend": backend, "precision": precision, "k": k,
-                       "rms_relative_error": _round(rms),
-                       "max_relative_error": _round(relative_error(got, want[k])),
-                       "embedding_rms_relative_error": _round(rms_z),
-                       "limit_rms": limit, "ok": bool(max(rms, rms_z) <= limit)}
-                check.results["parity"].append(row)
-                print(f"parity {backend:<17} {precision} K={k:<3} image rms {rms:.2e} max "
-                      f"{row['max_relative_error']:.2e}, embedding rms {rms_z:.2e} "
-                      f"{'ok' if row['ok'] else 'MISMATCH'}", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            check.skip({"step": "parity", "backend": backend, "precision": precision},
-                       skip_reason(exc))
+            body(backend, precision, translator)
+        except Exception as exc:  # noqa: BLE001 - one row failing must not lose the others
+            check.skip(where, skip_reason(exc))
         finally:
             del translator
             release_memory()
@@ -248,35 +258,23 @@ def model_latency(check: Check, export_dir: Path, reps: int) -> None:
     manifest = load_export_manifest(export_dir)
     spec, _ = parity_inputs(manifest, 1)
     rng = np.random.default_rng(0)
-    for backend, precision in LATENCY_ROWS:
-        try:
-            translator = open_row(export_dir, backend, precision)
-        except Exception as exc:  # noqa: BLE001
-            check.skip({"step": "model latency", "backend": backend, "precision": precision},
-                       str(exc) if isinstance(exc, S2IError) else skip_reason(exc))
-            continue
-        try:
-            for k in (1, 8):
-                masks = [draw_masks(manifest["dropout"], k, rng) for _ in range(reps + 3)]
-                times = []
-                for i, mask in enumerate(masks):
-                    start = time.perf_counter()
-                    z = np.repeat(translator.encode(spec), k, axis=0)
-                    translator.generate(z, mask)
-                    if i >= 3:                               # 3 warm-up calls
-                        times.append((time.perf_counter() - start) * 1000)
-                stats = report.summarize(times)
-                check.results["model_latency"].append(
-                    {"backend": backend, "precision": precision, "k": k, "ms": stats})
-                print(f"model  {backend:<17} {precision} K={k}: p50 {stats['p50']:.2f} ms p99 "
-                      f"{stats['p99']:.2f}", flush=True)
-        except Exception as exc:  # noqa: BLE001
-            check.skip({"step": "model latency", "backend": backend, "precision": precision},
-                       skip_reason(exc))
-        finally:
-            del translator
-            release_memory()
-        check.write()
+    def latency(backend: str, precision: str, translator: Any) -> None:
+        for k in (1, 8):
+            masks = [draw_masks(manifest["dropout"], k, rng) for _ in range(reps + 3)]
+            times = []
+            for i, mask in enumerate(masks):
+                start = time.perf_counter()
+                z = np.repeat(translator.encode(spec), k, axis=0)
+                translator.generate(z, mask)
+                if i >= 3:                               # 3 warm-up calls
+                    times.append((time.perf_counter() - start) * 1000)
+            stats = report.summarize(times)
+            check.results["model_latency"].append(
+                {"backend": backend, "precision": precision, "k": k, "ms": stats})
+            print(f"model  {backend:<17} {precision} K={k}: p50 {stats['p50']:.2f} ms p99 "
+                  f"{stats['p99']:.2f}", flush=True)
+
+    for_each_row(check, export_dir, LATENCY_ROWS, "model latency", latency)
 
 
 def end_to_end(check: Check, export_dir: Path, work: Path, windows: int,
