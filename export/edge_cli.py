@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from export.int8 import FORMATS, Int8Options
+from export.int8 import AUTO_CALIBRATIONS, FORMATS, Int8Options
 from runtime.errors import S2IError
 
 BF16_UNSUPPORTED = (
@@ -26,6 +26,11 @@ def add_edge_args(parser: argparse.ArgumentParser) -> None:
                    help="store to calibrate on (default: the checkpoint's training store)")
     g.add_argument("--calibration-windows", type=int, default=defaults.windows, metavar="N",
                    help=f"train-split windows to calibrate on (default {defaults.windows})")
+    g.add_argument("--int8-calibration", default=defaults.calibration,
+                   metavar="auto|minmax|percentile:P",
+                   help="how activation ranges are set (default auto: each of "
+                        f"{', '.join(AUTO_CALIBRATIONS)} is tried and the one closest to FP32 "
+                        "on other train windows is kept)")
     g.add_argument("--int8-format", choices=FORMATS, default=defaults.format,
                    help=f"quantized graph form (default {defaults.format})")
     g.add_argument("--int8-per-tensor", action="store_true",
@@ -42,7 +47,7 @@ def int8_options(args: argparse.Namespace) -> Int8Options | None:
     if not args.int8:
         return None
     options = Int8Options(store=args.calibration_store, windows=args.calibration_windows,
-                          format=args.int8_format, per_channel=not args.int8_per_tensor,
-                          gates=not args.no_int8_gates)
+                          calibration=args.int8_calibration, format=args.int8_format,
+                          per_channel=not args.int8_per_tensor, gates=not args.no_int8_gates)
     options.check()
     return options

@@ -13,7 +13,7 @@ import pytest
 from helpers_export import make_tiny_checkpoint
 
 from export.__main__ import main as export_main
-from export.int8 import Int8Options
+from export.int8 import AUTO_CALIBRATIONS, Int8Options
 from export.translator import export_translator
 from runtime.backends import open_translator
 from runtime.errors import S2IError, run_cli
@@ -44,6 +44,15 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
     assert record["kept"] is True
     assert record["calibration"]["windows"] == 8 and record["calibration"]["split"] == "train"
     assert record["calibration"]["store"] == str(store.resolve())
+    # "auto" tried every candidate on other train windows and kept the closest to FP32
+    calibration = record["calibration"]
+    figures = calibration["selection"]["psnr_vs_fp32"]
+    assert sorted(figures) == sorted(AUTO_CALIBRATIONS)   # (the manifest sorts its keys)
+    assert calibration["method"] == max(figures, key=lambda n: figures[n]["psnr_db_pooled"])
+    assert record["quantizer"]["calibration"] == calibration["method"]
+    assert not set(calibration["selection"]["positions"]) & set(calibration["positions"])
+    assert sorted(p.name for p in out.glob("*.int8*.onnx")) == ["encoder.int8.onnx",
+                                                                 "generator.int8.onnx"]
     assert "node_tanh" in record["quantizer"]["fp32_output_layer"]["generator"]
     gates = record["gates"]
     assert gates["passed"] and gates["images"]["windows"] == 6
@@ -70,11 +79,13 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
 def test_missed_gate_keeps_fp32_and_says_why(tiny, tmp_path: Path) -> None:
     checkpoint, store = tiny
     options = Int8Options(store=str(store), windows=4, gate_windows=4, mc_samples=1,
-                          min_psnr_db=200.0)
+                          min_psnr_db=200.0, calibration="percentile:99.9")
     out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=False,
                             int8=options)
     manifest = _manifest(out)
     assert manifest["int8"]["kept"] is False
+    assert manifest["int8"]["calibration"]["method"] == "percentile:99.9"
+    assert "selection" not in manifest["int8"]["calibration"]     # one method: no choice
     assert "PSNR" in manifest["int8"]["reason"]
     assert not any("int8" in key for key in manifest["models"])
     assert not list(out.glob("*.int8.onnx"))
@@ -87,7 +98,9 @@ def test_cli_refuses_bf16_and_missing_store_in_one_line(tiny, tmp_path: Path) ->
     checkpoint, _ = tiny
     for args, expected in (([str(checkpoint), "--bf16"], "no bfloat16 convolution"),
                            ([str(checkpoint), "--int8", "--calibration-store",
-                             str(tmp_path / "nowhere")], "calibration store")):
+                             str(tmp_path / "nowhere")], "calibration store"),
+                           ([str(checkpoint), "--int8", "--int8-calibration", "percentile:100"],
+                            "auto, minmax or percentile:P")):
         err = io.StringIO()
         with contextlib.redirect_stderr(err):
             code = run_cli(lambda a=args: export_main([*a, "--out", str(tmp_path / "x"),
