@@ -166,15 +166,13 @@ def output_layer(path: Path) -> list[str]:
 
 
 def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: Int8Options,
-             calibration: str) -> list[str]:
+             calibration: str) -> None:
     """Static INT8 quantization of ``src`` into ``dst``, ranges from ``feeds`` by
-    ``calibration`` (``calibration_method``); the output layer stays FP32 (``output_layer``).
-    Returns the names of the FP32 nodes."""
+    ``calibration`` (``calibration_method``); the output layer stays FP32 (``output_layer``)."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     fmt = QuantFormat.QOperator if options.format == "qoperator" else QuantFormat.QDQ
     method, extra = calibration_method(calibration)
-    kept = output_layer(src)
     # STRIDE batches at a time, merged (MinMax: min/max; percentile: histograms): without it
     # the calibrator holds every intermediate tensor of every batch at once
     stride = STRIDE if len(feeds) % STRIDE == 0 else 1
@@ -182,11 +180,10 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: 
         quantize_static(str(src), str(dst), _reader(feeds), quant_format=fmt,
                         per_channel=options.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method,
-                        nodes_to_exclude=kept,
+                        nodes_to_exclude=output_layer(src),
                         extra_options={**extra, "CalibStridedMinMax": stride})
     for leftover in dst.parent.glob("*-inferred.onnx"):   # older quantizers leave this
         leftover.unlink()
-    return kept
 
 
 @contextlib.contextmanager
@@ -232,8 +229,7 @@ def choose_calibration(folder: Path, files: dict[str, Path], dropout: list[dict[
     fp32 = OrtChain(files["encoder"], files["generator"], dropout)
     reference = chain_images(fp32, windows, masks) if len(candidates) > 1 else None
     figures: dict[str, dict[str, float]] = {}
-    best: dict[str, Path] = {}
-    best_psnr = -np.inf
+    chosen, best = candidates[0], {}
     for i, name in enumerate(candidates):
         trial = {graph: folder / f"{graph}.int8.{i}.onnx" for graph in GRAPHS}
         for graph in GRAPHS:
@@ -246,15 +242,11 @@ def choose_calibration(folder: Path, files: dict[str, Path], dropout: list[dict[
                                                       windows, masks))
         figures[name] = {k: errors[k] for k in ("psnr_db_pooled", "psnr_db_mean", "psnr_db_min",
                                                 "max_error_grey_levels")}
-        if errors["psnr_db_pooled"] > best_psnr:
-            for file in best.values():
-                file.unlink()
-            best, best_psnr = trial, errors["psnr_db_pooled"]
-        else:
-            for file in trial.values():
-                file.unlink()
-    chosen = candidates[0] if reference is None else max(
-        figures, key=lambda n: figures[n]["psnr_db_pooled"])
+        better = not best or errors["psnr_db_pooled"] > figures[chosen]["psnr_db_pooled"]
+        for file in (best if better else trial).values():
+            file.unlink()
+        if better:
+            chosen, best = name, trial
     if figures:
         log("INT8 calibration " + ", ".join(f"{n} {f['psnr_db_pooled']:.1f} dB"
                                              for n, f in figures.items())
@@ -286,10 +278,14 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
     selection: dict[str, Any] = {}
     windows = spectrograms[:0]
     if len(options.candidates()) > 1:
+        # the windows after the calibration ones in the same permutation; a store too small
+        # for both compares on the calibration windows (recorded)
+        skip = options.windows if len(store.split(split)) > options.windows else 0
         windows, chosen_from = store_windows(store, split, options.selection_windows,
-                                             options.seed, skip=options.windows)
+                                             options.seed, skip=skip)
         selection = {"split": split, "windows": int(len(windows)),
                      "positions": [int(i) for i in chosen_from],
+                     "same_as_calibration": skip == 0,
                      "masks": f"runtime.masks.draw_masks, seed {options.seed + 3}"}
     out, choice = choose_calibration(folder, files, dropout, feeds, windows, options, log)
     for graph in GRAPHS:

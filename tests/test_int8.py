@@ -110,3 +110,16 @@ def test_cli_refuses_bf16_and_missing_store_in_one_line(tiny, tmp_path: Path) ->
         assert len(lines) == 1 and expected in lines[0]
     with pytest.raises(S2IError, match="bf16 is not offered"):
         open_translator(tmp_path, precision="bf16")
+
+
+def test_auto_calibration_on_a_store_too_small_for_separate_selection_windows(
+        tiny, tmp_path: Path) -> None:
+    checkpoint, store = tiny        # 20 train windows: all of them calibrate
+    options = Int8Options(store=str(store), windows=64, selection_windows=8, gates=False)
+    out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=False,
+                            int8=options)
+    calibration = _manifest(out)["int8"]["calibration"]
+    assert calibration["windows"] == 20
+    assert calibration["selection"]["same_as_calibration"] is True
+    assert set(calibration["selection"]["positions"]) <= set(calibration["positions"])
+    assert calibration["method"] in AUTO_CALIBRATIONS
