@@ -321,14 +321,15 @@ def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: 
 # --------------------------------------------------------------------------- the ceiling
 
 
-def ceiling(export: Path, hop_s: float, time_cap_s: float, limit: int = 65536) -> dict[str, Any]:
+def ceiling(export: Path, hop_s: float, time_cap_s: float, limit: int = 65536,
+            precision: str = "fp32") -> dict[str, Any]:
     from benchmarks.throughput import max_streams
     from runtime.backends import open_translator
     from runtime.frontend import FrontEndConfig
     from runtime.pipeline import single_threaded_blas
 
     single_threaded_blas()            # as the server's stages run it
-    translator = open_translator(export, backend="onnxruntime-cpu")
+    translator = open_translator(export, backend="onnxruntime-cpu", precision=precision)
     cfg = FrontEndConfig.from_dict(translator.manifest["front_end"])
     rng = np.random.default_rng(0)
     windows = (rng.standard_normal((16, cfg.n_samples)) * 0.3).astype(np.float32)
@@ -402,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="a checkout of an older server to run side by side")
     parser.add_argument("--before-protocol", type=int, default=1,
                         help="protocol number the older server reads (default: 1)")
+    parser.add_argument("--precision", default="fp32",
+                        help="the new server's --precision, also used for the ceiling "
+                             "(default fp32; int8 needs an export made with --int8)")
     parser.add_argument("--server-args", default="", help="extra s2i-serve options (new server)")
     parser.add_argument("--ceiling-cap", type=float, default=6.0,
                         help="seconds per batch size when measuring the ceiling")
@@ -419,7 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     from runtime.manifest import load_export_manifest
 
     rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
-    top = ceiling(export, args.hop, args.ceiling_cap, limit=8 if args.quick else 65536)
+    top = ceiling(export, args.hop, args.ceiling_cap, limit=8 if args.quick else 65536,
+                  precision=args.precision)
     print(f"batched-step ceiling: {top['streams']} streams", file=sys.stderr, flush=True)
     if args.streams:
         counts = [int(n) for n in args.streams.split(",")]
@@ -428,7 +433,8 @@ def main(argv: list[str] | None = None) -> int:
         counts = sorted({max(1, round(c * f)) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1)})
     here = Path(__file__).resolve().parents[1]
     runs = []
-    servers = [("after", here, export, None, args.server_args.split())]
+    servers = [("after", here, export, None,
+                ["--precision", args.precision, *args.server_args.split()])]
     if args.before is not None:
         before = args.before.resolve()
         servers.insert(0, ("before", before, export_for(before, export), args.before_protocol,
@@ -438,9 +444,10 @@ def main(argv: list[str] | None = None) -> int:
                                protocol, extra, grace_s=2.0 * args.hop + 1.0))
     result = {
         "benchmark": "serve", "machine": report.machine_info(), "versions": report.versions(),
-        "note": "2 CPU cores shared with other engineers' jobs while measuring; compare rows "
-                "of one run, not across runs",
+        "note": "compare rows of one run, not across runs (machine.load_average: the load "
+                "when the run started)",
         "export": str(export), "width": args.width, "embedding_dim": args.dim,
+        "precision": args.precision,
         "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds,
         "ceiling": top, "runs": runs,
         "held": {run["label"]: held(run) for run in runs},
