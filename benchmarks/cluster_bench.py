@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "benchmark": "serve --cluster", "machine": report.machine_info(),
         "versions": {**report.versions(), "ray": ray_module.__version__},
-        "note": "2 CPU cores shared by the front, the replicas, the load, the subscriber and "
-                "other engineers' jobs while measuring: compare rows of one run only",
+        "note": "the front, the replicas, the load and the subscriber share this machine's "
+                "cores: compare rows of one run only (machine.load_average: the load when the "
+                "run started)",
         "export": str(export), "width": args.width, "embedding_dim": args.dim,
         "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds, "threads": args.threads,
         "hop_latency": hops, "runs": runs,
