@@ -3,12 +3,12 @@ guard that never replaces a folder S2I did not write (or one holding a person's 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from runtime.errors import S2IError
-from runtime.manifest import manifest_format
 
 
 def check_format(data: Any, where: str | Path, kind: str, fmt: str, version: int,
@@ -23,6 +23,16 @@ def check_format(data: Any, where: str | Path, kind: str, fmt: str, version: int
         raise S2IError(f"{where} has {kind} version {data.get('version')!r}, this S2I reads "
                        f"version {version}{hint}")
     return data
+
+
+def manifest_format(folder: str | Path) -> object:
+    """The ``format`` field of ``folder/manifest.json``; None if missing or unreadable (what
+    kind of S2I folder this is, before replacing it)."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return manifest.get("format") if isinstance(manifest, dict) else None
 
 
 def check_replaceable(out: str | Path, what: str, fmt: str | None = None,

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from runtime.artifacts import check_format
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.onnx_metadata import read_onnx_metadata
@@ -119,16 +120,6 @@ def read_json(path: str | Path, what: str) -> dict[str, Any]:
     return data
 
 
-def manifest_format(folder: str | Path) -> object:
-    """The ``format`` field of ``folder/manifest.json``; None if missing or unreadable (what
-    kind of S2I folder this is, before replacing it)."""
-    try:
-        manifest = json.loads((Path(folder) / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return manifest.get("format") if isinstance(manifest, dict) else None
-
-
 def canonical_json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
@@ -147,13 +138,8 @@ def load_export_manifest(export_dir: str | Path, verify_hashes: bool = True) -> 
     if not export_dir.is_dir():
         raise S2IError(f"export folder not found: {export_dir} (run `python -m export RUN` first)")
     where = f"{export_dir}/manifest.json"
-    manifest = read_json(export_dir / "manifest.json", "export manifest")
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise S2IError(f"{where} is not an S2I export (format "
-                       f"{manifest.get('format')!r}, expected {EXPORT_FORMAT!r})")
-    if manifest.get("version") != EXPORT_VERSION:
-        raise S2IError(f"{export_dir} has export version {manifest.get('version')}, this runtime "
-                       f"reads version {EXPORT_VERSION}; re-export the checkpoint")
+    manifest = check_format(read_json(export_dir / "manifest.json", "export manifest"), where,
+                            "export", EXPORT_FORMAT, EXPORT_VERSION, "re-export the checkpoint")
     for key in ("front_end", "embedding_dim", "dropout", "models"):
         if key not in manifest:
             raise S2IError(f"{where} lacks '{key}'; re-export the checkpoint")

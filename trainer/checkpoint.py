@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from runtime.artifacts import check_format
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig, check_same_front_end
 from runtime.manifest import atomic_write_bytes
@@ -130,11 +131,7 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
         raise S2IError(f"checkpoint not found: {path}")
     check_seal(path)
     state = read_state(path)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise S2IError(f"{path} is not an S2I checkpoint")
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise S2IError(f"{path} has checkpoint version {state.get('version')}, "
-                       f"expected {CHECKPOINT_VERSION}")
+    check_format(state, path, "checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
     try:
         checked = FrontEndConfig.from_dict(state.get("front_end"))
     except S2IError as exc:
