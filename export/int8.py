@@ -166,9 +166,10 @@ def output_layer(path: Path) -> list[str]:
 
 
 def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: Int8Options,
-             calibration: str) -> None:
+             calibration: str, fp32_nodes: list[str]) -> None:
     """Static INT8 quantization of ``src`` into ``dst``, ranges from ``feeds`` by
-    ``calibration`` (``calibration_method``); the output layer stays FP32 (``output_layer``)."""
+    ``calibration`` (``calibration_method``); ``fp32_nodes`` (its ``output_layer``) stay
+    FP32."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
     fmt = QuantFormat.QOperator if options.format == "qoperator" else QuantFormat.QDQ
@@ -176,20 +177,15 @@ def quantize(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], options: 
     # STRIDE batches at a time, merged (MinMax: min/max; percentile: histograms): without it
     # the calibrator holds every intermediate tensor of every batch at once
     stride = STRIDE if len(feeds) % STRIDE == 0 else 1
-    with quiet_logger(""), _quiet_stdout():   # root-logger hints; histogram progress prints
+    # root-logger hints; histogram progress prints
+    with quiet_logger(""), contextlib.redirect_stdout(io.StringIO()):
         quantize_static(str(src), str(dst), _reader(feeds), quant_format=fmt,
                         per_channel=options.per_channel, activation_type=QuantType.QUInt8,
                         weight_type=QuantType.QInt8, calibrate_method=method,
-                        nodes_to_exclude=output_layer(src),
+                        nodes_to_exclude=fp32_nodes,
                         extra_options={**extra, "CalibStridedMinMax": stride})
     for leftover in dst.parent.glob("*-inferred.onnx"):   # older quantizers leave this
         leftover.unlink()
-
-
-@contextlib.contextmanager
-def _quiet_stdout() -> Iterator[None]:
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
 
 
 def _batches(n: int, size: int) -> list[slice]:
@@ -216,8 +212,8 @@ def calibration_feeds(encoder_fp32: Path, spectrograms: np.ndarray,
 
 def choose_calibration(folder: Path, files: dict[str, Path], dropout: list[dict[str, Any]],
                        feeds: dict[str, list[dict[str, np.ndarray]]], windows: np.ndarray,
-                       options: Int8Options, log: Callable[[str], None]
-                       ) -> tuple[dict[str, Path], dict[str, Any]]:
+                       fp32_nodes: dict[str, list[str]], options: Int8Options,
+                       log: Callable[[str], None]) -> tuple[dict[str, Path], dict[str, Any]]:
     """Quantize both graphs with each of ``options.candidates()``; keep the one whose images
     are closest to FP32 (least mean squared error, i.e. highest pooled PSNR: a few badly
     clipped images count against a candidate) on ``windows``, masks fixed for all. Returns
@@ -233,7 +229,8 @@ def choose_calibration(folder: Path, files: dict[str, Path], dropout: list[dict[
     for i, name in enumerate(candidates):
         trial = {graph: folder / f"{graph}.int8.{i}.onnx" for graph in GRAPHS}
         for graph in GRAPHS:
-            quantize(files[graph], trial[graph], feeds[graph], options, name)
+            quantize(files[graph], trial[graph], feeds[graph], options, name,
+                     fp32_nodes[graph])
         if reference is None:
             best = trial
             break
@@ -287,7 +284,9 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
                      "positions": [int(i) for i in chosen_from],
                      "same_as_calibration": skip == 0,
                      "masks": f"runtime.masks.draw_masks, seed {options.seed + 3}"}
-    out, choice = choose_calibration(folder, files, dropout, feeds, windows, options, log)
+    fp32_nodes = {graph: output_layer(files[graph]) for graph in GRAPHS}
+    out, choice = choose_calibration(folder, files, dropout, feeds, windows, fp32_nodes,
+                                     options, log)
     for graph in GRAPHS:
         stamp_onnx_file(out[graph], stamp or {})   # the S2I stamp the runtime checks
         log(f"wrote {out[graph].name} ({out[graph].stat().st_size / 1e6:.1f} MB)")
@@ -297,8 +296,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
                       "format": options.format, "per_channel": options.per_channel,
                       "weights": "int8", "activations": "uint8",
                       "calibration": choice["method"],
-                      "fp32_output_layer": {graph: output_layer(files[graph])
-                                            for graph in GRAPHS}},
+                      "fp32_output_layer": fp32_nodes},
         "calibration": {"store": str(path.resolve()), "store_fingerprint": store.fingerprint,
                         "split": split, "windows": int(len(spectrograms)),
                         "positions": [int(i) for i in picked],
