@@ -6,11 +6,7 @@ import argparse
 
 from export.int8 import AUTO_CALIBRATIONS, FORMATS, Int8Options
 from runtime.errors import S2IError
-
-BF16_UNSUPPORTED = (
-    "--bf16: ONNX Runtime's CPU provider has no bfloat16 convolution (the ONNX Conv operator "
-    "does not take bfloat16, and its CPU MatMul has no bfloat16 kernel), so a BF16 graph "
-    "cannot run on the runtime's CPU path; use --int8 for CPU speed (docs/EXPORT.md, BF16)")
+from runtime.precision import BF16_REASON
 
 
 def add_edge_args(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +39,7 @@ def add_edge_args(parser: argparse.ArgumentParser) -> None:
 
 def int8_options(args: argparse.Namespace) -> Int8Options | None:
     if args.bf16:
-        raise S2IError(BF16_UNSUPPORTED)
+        raise S2IError(f"--bf16: {BF16_REASON}")
     if not args.int8:
         return None
     options = Int8Options(store=args.calibration_store, windows=args.calibration_windows,

@@ -12,7 +12,9 @@ from runtime.errors import S2IError
 PRECISIONS = ("fp32", "fp16", "int8")
 CPU_ONLY = frozenset({"int8"})
 BF16_REASON = ("bf16 is not offered: ONNX Runtime's CPU provider has no bfloat16 convolution "
-               "(ONNX Conv does not take bfloat16); use int8 for CPU speed")
+               "(the ONNX Conv operator does not take bfloat16, and its CPU MatMul has no "
+               "bfloat16 kernel), so a BF16 graph cannot run on the runtime's CPU path; use "
+               "int8 for CPU speed (docs/EXPORT.md, BF16)")
 
 
 def check_precision(precision: str, backend: str = "auto") -> None:
