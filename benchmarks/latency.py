@@ -24,6 +24,7 @@ from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
+from runtime.precision import GPU_BACKENDS
 from runtime.server import Pipeline
 
 DEFAULT_WINDOWS = 300
@@ -35,7 +36,7 @@ CANDIDATES: tuple[tuple[str, str], ...] = (
     ("pytorch-cuda", "fp32"), ("onnxruntime-cuda", "fp32"), ("onnxruntime-cuda", "fp16"),
     ("tensorrt", "fp32"), ("tensorrt", "fp16"),
 )
-GPU_BACKENDS = {"pytorch-cuda", "onnxruntime-cuda", "tensorrt"}
+GPU_ROWS = GPU_BACKENDS | {"pytorch-cuda"}
 
 
 class Skipped(Exception):
@@ -103,7 +104,7 @@ def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str
         raise Skipped(f"runtime.backends.open_translator is not available ({exc})") from exc
     try:
         return open_translator(export_dir, backend=name, precision=precision,
-                               threads=None if name in GPU_BACKENDS else threads)
+                               threads=None if name in GPU_ROWS else threads)
     except S2IError as exc:
         raise Skipped(str(exc)) from exc
 
@@ -135,7 +136,7 @@ def row_summary(backend: str, precision: str, k: int, records: list[dict[str, fl
 def add_speedups(rows: list[dict[str, Any]]) -> None:
     """Speed-up of each row over PyTorch eager with the same K (on the same device class)."""
     for row in rows:
-        base_name = "pytorch-cuda" if row["backend"] in GPU_BACKENDS else "pytorch-eager"
+        base_name = "pytorch-cuda" if row["backend"] in GPU_ROWS else "pytorch-eager"
         base = next((r for r in rows if r["backend"] == base_name and r["k"] == row["k"]), None)
         if base is None:
             continue
@@ -293,7 +294,7 @@ def run(args: argparse.Namespace, work: Path,
             return
         result = max_streams(translator, windows_audio, front_end, k,
                              reps=args.throughput_reps, time_cap_s=args.throughput_cap,
-                             limit=args.max_streams, pipelined=backend in GPU_BACKENDS)
+                             limit=args.max_streams, pipelined=backend in GPU_ROWS)
         throughput.append({"backend": backend, "precision": precision, "k": k, **result})
         print(f"{'':<17} streams held: {result['streams']}"
               f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)

@@ -32,8 +32,8 @@ from export.manifest import onnx_entry
 from export.onnx_export import quiet_logger, stamp_onnx_file
 from export.parity import cpu_session
 from runtime.errors import S2IError
-from runtime.frontend import from_uint8
 from runtime.masks import draw_masks
+from runtime.precision import model_file, model_key
 
 FORMATS = ("qoperator", "qdq")
 GRAPHS = ("encoder", "generator")
@@ -103,21 +103,6 @@ def store_path(state: dict[str, Any], options: Int8Options) -> Path:
         raise S2IError(f"calibration store {path} not found (expected a dataset store "
                        "folder with manifest.json); give one with --calibration-store")
     return path
-
-
-def store_windows(store: Any, split: str, count: int, seed: int, skip: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """``count`` windows of ``split`` (a seeded permutation's items ``skip`` to
-    ``skip + count``, so that two calls with the same seed can pick disjoint sets), as the
-    runtime feeds them: float32 ``[N,1,128,100]`` in [-1, 1]; and their positions."""
-    arrays = store.split(split)
-    n = len(arrays)
-    picked = np.sort(np.random.default_rng(seed).permutation(n)[skip:skip + count])
-    if len(picked) == 0:
-        raise S2IError(f"store {store.path} has too few {split} windows ({n}) for "
-                       f"{skip} + {count}")
-    spectrograms = from_uint8(arrays.spectrograms[picked])[:, None]
-    return np.ascontiguousarray(spectrograms, dtype=np.float32), picked
 
 
 def _reader(feeds: list[dict[str, np.ndarray]]) -> Any:
@@ -248,7 +233,7 @@ def choose_calibration(folder: Path, files: dict[str, Path], dropout: list[dict[
         log("INT8 calibration " + ", ".join(f"{n} {f['psnr_db_pooled']:.1f} dB"
                                              for n, f in figures.items())
             + f" (pooled PSNR vs FP32 on {len(windows)} other train windows) -> {chosen}")
-    out = {graph: folder / f"{graph}.int8.onnx" for graph in GRAPHS}
+    out = {graph: folder / model_file(graph, "int8") for graph in GRAPHS}
     for graph in GRAPHS:
         best[graph].replace(out[graph])
     return out, {"method": chosen, "candidates": figures}
@@ -269,7 +254,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
     path = store_path(state, options)
     store = Store(path)
     split = "train" if "train" in store.splits else store.splits[0]
-    spectrograms, picked = store_windows(store, split, options.windows, options.seed)
+    spectrograms, picked = store.windows(split, options.windows, options.seed)
     log(f"INT8 calibration: {len(spectrograms)} windows of {path} ({split} split)")
     feeds = calibration_feeds(files["encoder"], spectrograms, dropout, options.seed)
     selection: dict[str, Any] = {}
@@ -278,7 +263,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
         # the windows after the calibration ones in the same permutation; a store too small
         # for both compares on the calibration windows (recorded)
         skip = options.windows if len(store.split(split)) > options.windows else 0
-        windows, chosen_from = store_windows(store, split, options.selection_windows,
+        windows, chosen_from = store.windows(split, options.selection_windows,
                                              options.seed, skip=skip)
         selection = {"split": split, "windows": int(len(windows)),
                      "positions": [int(i) for i in chosen_from],
@@ -316,6 +301,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
             log(f"INT8 graphs NOT kept: {gates['reason']}; the export keeps FP32")
             return {}, record
     record["kept"] = True
-    models = {f"{graph}_int8": {**onnx_entry(file, "int8"), "quantized_from": files[graph].name}
+    models = {model_key(graph, "int8"): {**onnx_entry(file, "int8"),
+                                         "quantized_from": files[graph].name}
               for graph, file in out.items()}
     return models, record

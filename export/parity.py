@@ -18,6 +18,7 @@ import onnxruntime as ort
 import torch
 
 from runtime.masks import draw_masks, ones_masks
+from runtime.precision import parse_model_key
 from trainer.calibrate import synthetic_spectrograms
 from trainer.models import AudioEncoder, DenseGenerator
 
@@ -55,14 +56,6 @@ def rms_relative_error(got: np.ndarray, want: np.ndarray) -> float:
     if scale == 0.0:
         return 0.0 if diff == 0.0 else float("inf")
     return diff / scale
-
-
-def precision_of(key: str) -> str:
-    """``generator_fp16_trt`` -> ``fp16``; a key without a precision tag is FP32."""
-    for tag in ("fp16", "int8", "bf16"):
-        if f"_{tag}" in key:
-            return tag
-    return "fp32"
 
 
 def cpu_session(path: Path) -> ort.InferenceSession:
@@ -107,7 +100,7 @@ def verdict(key: str, got: np.ndarray, want: np.ndarray,
             ) -> dict[str, Any]:
     """One file's figures: relative (max and RMS) and absolute error, the metric and limit
     of its precision, ok (False for a precision without a limit)."""
-    metric, limit = tolerance.get(precision_of(key), (None, None))
+    metric, limit = tolerance.get(parse_model_key(key)[1], (None, None))
     rel, rms = relative_error(got, want, scale), rms_relative_error(got, want)
     diff = float(np.abs(got - want).max()) if got.shape == want.shape else float("inf")
     judged = rel if metric == "max" else rms
@@ -220,7 +213,7 @@ def check_engine_parity(encoder: AudioEncoder, generator: DenseGenerator, folder
                 rows[key] = verdict(key, image, image_ref, ENGINE_TOLERANCE)
             del engine
         except Exception as exc:  # noqa: BLE001 - TensorRT/CUDA raise many types
-            metric, limit = ENGINE_TOLERANCE.get(precision_of(key), (None, None))
+            metric, limit = ENGINE_TOLERANCE.get(parse_model_key(key)[1], (None, None))
             rows[key] = {"relative_error": None, "rms_relative_error": None,
                          "max_abs_error": None, "metric": metric, "limit": limit, "ok": False,
                          "error": first_line(exc, with_type=True)}

@@ -87,7 +87,7 @@ def score_translator(encode: Encode, generate: Generate, classifier: Any,
                      masks: list[np.ndarray]) -> dict[str, float]:
     """Class coherence and informativity of one backend: ``masks`` hold one row per
     (MC sample, sound), samples outer (``len(masks[i]) == samples * len(labels)``)."""
-    from trainer.evaluate.autolabel import class_probabilities
+    from trainer.evaluate.real_classifier import class_probabilities
 
     samples = len(masks[0]) // len(labels)
     repeated = np.tile(spectrograms, (samples, 1, 1, 1))
@@ -104,8 +104,6 @@ def gate_report(fp32_files: dict[str, Path], int8_files: dict[str, Path],
                 log: Callable[[str], None]) -> dict[str, Any]:
     """Measure the gates of ``int8_files`` against ``fp32_files`` (``Int8Options``
     thresholds); ``passed`` and, when not, ``reason``."""
-    from export.int8 import store_windows
-
     fp32 = OrtChain(fp32_files["encoder"], fp32_files["generator"], dropout)
     int8 = OrtChain(int8_files["encoder"], int8_files["generator"], dropout)
     held = "val" if "val" in store.splits else "test" if "test" in store.splits else None
@@ -115,7 +113,7 @@ def gate_report(fp32_files: dict[str, Path], int8_files: dict[str, Path],
     if held is None:
         failures.append(f"store {store.path} has no val or test split for held-out windows")
     else:
-        windows, _ = store_windows(store, held, options.gate_windows, options.seed + 1)
+        windows, _ = store.windows(held, options.gate_windows, options.seed + 1)
         masks = draw_masks(dropout, len(windows), np.random.default_rng(options.seed + 1))
         errors = image_errors(chain_images(fp32, windows, masks),
                               chain_images(int8, windows, masks))
@@ -146,7 +144,7 @@ def _demo_scores(fp32: OrtChain, int8: OrtChain, dropout: list[dict[str, Any]], 
     split = "test" if "test" in store.splits else "val" if "val" in store.splits else None
     if split is None:
         return {"skipped": f"store {store.path} has no test or val split"}
-    from trainer.evaluate.autolabel import train_real_classifier
+    from trainer.evaluate.real_classifier import train_real_classifier
 
     classifier, real_accuracy = train_real_classifier(store, seed=options.seed, progress=False)
     arrays = store.split(split)

@@ -18,6 +18,7 @@ from typing import Any
 from runtime.errors import S2IError, first_line
 from runtime.gpu_env import cuda_device_info, tensorrt_unavailable_reason
 from runtime.manifest import atomic_write_bytes, sha256_file
+from runtime.precision import model_file, model_key
 
 ENGINE_GRAPHS = ("encoder", "generator")          # the fused translator stays ONNX-only
 WORKSPACE_BYTES = 2 << 30
@@ -57,13 +58,13 @@ def build_engines(folder: Path, models: dict[str, dict[str, Any]], batch_sizes: 
     failed: dict[str, dict[str, Any]] = {}
     for graph in ENGINE_GRAPHS:
         jobs = [("fp32", models[graph])]
-        if f"{graph}_fp16" in models:
+        if model_key(graph, "fp16") in models:
             # TensorRT 10: FP16 flag on the FP32 graph; 11: the FP16 graph, strongly typed
-            source = models[graph] if has_fp16_flag() else models[f"{graph}_fp16"]
+            source = models[graph] if has_fp16_flag() else models[model_key(graph, "fp16")]
             jobs.append(("fp16", source))
         for precision, onnx_entry in jobs:
-            name = f"{graph}.plan" if precision == "fp32" else f"{graph}.fp16.plan"
-            key = f"{graph}_trt" if precision == "fp32" else f"{graph}_fp16_trt"
+            name = model_file(graph, precision, tensorrt=True)
+            key = model_key(graph, precision, tensorrt=True)
             try:   # one engine failing (e.g. FP16 on this GPU) does not stop the others
                 plan = _build_one(trt, folder / onnx_entry["file"], onnx_entry, precision,
                                   (lo, opt, hi), cache_path)

@@ -25,6 +25,7 @@ from runtime.artifacts import check_replaceable
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, export_stamp
+from runtime.precision import model_file, model_key
 from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 from trainer.run import RunFolder, find_checkpoint
@@ -120,8 +121,8 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
         models: dict[str, dict[str, Any]] = {}
         for precision in (["fp32", "fp16"] if fp16 else ["fp32"]):
             for name, graph, example, dynamic in graphs:
-                key = name if precision == "fp32" else f"{name}_fp16"
-                path = tmp / (f"{name}.onnx" if precision == "fp32" else f"{name}.fp16.onnx")
+                key = model_key(name, precision)
+                path = tmp / model_file(name, precision)
                 if precision == "fp16":
                     graph = _half_copy(graph)
                 exporter = write_onnx(graph, example, path, dynamic, opset, metadata=stamp)

@@ -26,7 +26,7 @@ from runtime.gpu_env import (
     tensorrt_unavailable_reason,
 )
 from runtime.manifest import load_export_manifest
-from runtime.precision import PRECISIONS, check_precision, missing_hint, model_key
+from runtime.precision import BACKENDS, PRECISIONS, check_precision, missing_hint, model_key
 
 try:
     import onnxruntime as ort
@@ -36,7 +36,6 @@ except ImportError:   # neither [cpu] nor [gpu] installed: _ort() says so when i
 __all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_backends",
            "open_translator", "tensorrt_unavailable_reason"]
 
-BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 SPECTROGRAM_TAIL = (1, 128, 100)
 
 
@@ -371,9 +370,8 @@ def _auto_candidates(manifest: dict[str, Any], precision: str) -> list[str]:
     Runtime CUDA where the provider is listed, then ONNX Runtime CPU (always last)."""
     if precision == "int8":
         return ["onnxruntime-cpu"]
-    suffix = ("_fp16" if precision == "fp16" else "") + "_trt"
     candidates = []
-    if f"encoder{suffix}" in manifest["models"]:
+    if model_key("encoder", precision, tensorrt=True) in manifest["models"]:
         reason = tensorrt_unavailable_reason()
         if reason is None:
             candidates.append("tensorrt")

@@ -4,7 +4,9 @@ A command's settings are one dataclass. :func:`config_parser` turns its fields i
 (``batch_size`` -> ``--batch-size``; ``bool`` -> ``--x/--no-x``; ``list``/``tuple`` -> several
 values; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
 ``required``, ``positional``, ``flag`` (another flag name), or ``cli: False`` to keep it off
-the command line);
+the command line); a field whose type is itself a config dataclass is a group: its fields become
+flags of their own (flat names, no prefix) under a titled section of ``--help`` (metadata
+``title``), so that commands share option groups (the model, publishing, batching) as types;
 :func:`parse_config` builds the config from defaults and the flags given
 (:func:`dataclass_from_args` also takes a base: a preset, a saved config for ``--resume``);
 :func:`save_config` writes it as JSON next to what the command made, and
@@ -56,13 +58,22 @@ def _default(field: dataclasses.Field[Any]) -> Any:
     return dataclasses.MISSING
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One ``--field-name`` option (or positional argument) per dataclass field."""
+def _is_group(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None:
+    """One ``--field-name`` option (or positional argument) per dataclass field; a dataclass
+    field adds its own fields as a titled argument group."""
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
         if not field.init or field.metadata.get("cli") is False:
             continue
         tp = _base_type(hints[field.name])
+        if _is_group(tp):
+            title = field.metadata.get("title", field.name.replace("_", " "))
+            add_dataclass_args(parser.add_argument_group(title, field.metadata.get("help")), tp)
+            continue
         default = _default(field)
         required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
         help_text = field.metadata.get("help", "")
@@ -98,7 +109,14 @@ def config_parser(cls: type, prog: str, description: str | None = None
 def dataclass_from_args(cls: type[T], args: argparse.Namespace, **base: Any) -> T:
     """Defaults, then ``base`` values (a preset, a saved config), then the flags given."""
     values = dict(base)
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        tp = _base_type(hints[field.name])
+        if _is_group(tp):
+            inner = values.get(field.name, {})
+            inner = config_json(inner) if dataclasses.is_dataclass(inner) else dict(inner)
+            values[field.name] = dataclass_from_args(tp, args, **inner)
+            continue
         given = getattr(args, field.name, None)
         if given is not None:
             values[field.name] = given
@@ -119,8 +137,14 @@ def make_config(cls: type[T], values: dict[str, Any]) -> T:
     if unknown:
         raise S2IError(f"{cls.__name__} has no settings {unknown}")
     hints = typing.get_type_hints(cls)
-    fixed = {k: tuple(v) if isinstance(v, list) and _base_type(hints[k]) is tuple else v
-             for k, v in values.items()}
+    fixed = {}
+    for k, v in values.items():
+        tp = _base_type(hints[k])
+        if _is_group(tp) and isinstance(v, dict):
+            v = make_config(tp, v)
+        elif isinstance(v, list) and tp is tuple:
+            v = tuple(v)
+        fixed[k] = v
     try:
         return cls(**fixed)
     except (TypeError, ValueError) as exc:

@@ -8,13 +8,12 @@ from typing import Any
 
 from runtime.errors import S2IError
 from runtime.pipeline import Pipeline
-from runtime.precision import PRECISIONS
+from runtime.precision import GPU_BACKENDS, PRECISIONS
 from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
 
 DEFAULT_EXPORT = "runs/demo/export"
 # (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
 BATCHING_DEFAULTS = {"cpu": (64, 10.0), "gpu": (512, 5.0)}
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 from runtime.errors import S2IError
 
-PRECISIONS = ("fp32", "fp16", "int8")
-CPU_ONLY = frozenset({"int8"})
+# The one table of precision x backend: each precision's manifest tag, file tag and the backends
+# whose kernels run it. Export writes model keys and file names through ``model_key`` and
+# ``model_file``; the runtime and the parity checks read them back through ``parse_model_key``.
+BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+GPU_BACKENDS = frozenset({"tensorrt", "onnxruntime-cuda"})
+RUNS_ON: dict[str, tuple[str, ...]] = {
+    "fp32": BACKENDS,
+    "fp16": BACKENDS,
+    "int8": ("onnxruntime-cpu",),   # QLinear/QDQ operators: ONNX Runtime CPU kernels only
+}
+PRECISIONS = tuple(RUNS_ON)
 BF16_REASON = ("bf16 is not offered: ONNX Runtime's CPU provider has no bfloat16 convolution "
                "(the ONNX Conv operator does not take bfloat16, and its CPU MatMul has no "
                "bfloat16 kernel), so a BF16 graph cannot run on the runtime's CPU path; use "
@@ -24,9 +33,10 @@ def check_precision(precision: str, backend: str = "auto") -> None:
     if precision not in PRECISIONS:
         raise S2IError(f"unknown precision '{precision}'; expected one of "
                        f"{', '.join(PRECISIONS)}")
-    if precision in CPU_ONLY and backend not in ("auto", "onnxruntime-cpu"):
-        raise S2IError(f"precision {precision} runs on onnxruntime-cpu only (its quantized "
-                       f"operators have no {backend} kernels); use --backend onnxruntime-cpu")
+    where = RUNS_ON[precision]
+    if backend != "auto" and where != BACKENDS and backend not in where:
+        raise S2IError(f"precision {precision} runs on {', '.join(where)} only (its operators "
+                       f"have no {backend} kernels); use --backend {where[0]}")
 
 
 def model_key(graph: str, precision: str, tensorrt: bool = False) -> str:
@@ -34,6 +44,23 @@ def model_key(graph: str, precision: str, tensorrt: bool = False) -> str:
     ``encoder_fp16_trt``..."""
     return graph + ("" if precision == "fp32" else f"_{precision}") + ("_trt" if tensorrt
                                                                           else "")
+
+
+def model_file(graph: str, precision: str, tensorrt: bool = False) -> str:
+    """The file a model key names: ``generator.onnx``, ``generator.fp16.onnx``,
+    ``encoder.int8.onnx``, ``encoder.plan``, ``encoder.fp16.plan``..."""
+    return graph + ("" if precision == "fp32" else f".{precision}") + (".plan" if tensorrt
+                                                                          else ".onnx")
+
+
+def parse_model_key(key: str) -> tuple[str, str, bool]:
+    """``generator_fp16_trt`` -> ``("generator", "fp16", True)``; no precision tag is FP32."""
+    tensorrt = key.endswith("_trt")
+    stem = key[:-len("_trt")] if tensorrt else key
+    for precision in PRECISIONS:
+        if precision != "fp32" and stem.endswith(f"_{precision}"):
+            return stem[:-len(precision) - 1], precision, tensorrt
+    return stem, "fp32", tensorrt
 
 
 def missing_hint(precision: str, tensorrt: bool) -> str:

@@ -59,3 +59,28 @@ def test_bad_values_are_one_line_errors(capsys: pytest.CaptureFixture[str]) -> N
         parse_config(Toy, ["x"], "toy")
     with pytest.raises(S2IError, match="no settings"):
         config_from_dict(Toy, {"inputs": [], "out": "o", "colour": "red"})
+
+
+@dataclass
+class Model:
+    export: str = "runs/demo/export"
+    threads: int | None = None
+
+
+@dataclass
+class Serve:
+    model: Model = field(default_factory=Model, metadata={"title": "the model"})
+    port: int = 5556
+
+
+def test_a_dataclass_field_is_a_titled_flag_group(tmp_path: Path) -> None:
+    parser = config_parser(Serve, "serve")
+    assert "the model:" in parser.format_help()
+    cfg = parse_config(Serve, ["--export", "x", "--port", "7"], "serve")
+    assert cfg == Serve(Model("x", None), 7)
+    save_config(cfg, tmp_path / "c.json")
+    saved = json.loads((tmp_path / "c.json").read_text())
+    assert saved == {"model": {"export": "x", "threads": None}, "port": 7}
+    assert config_from_dict(Serve, saved) == cfg
+    base = dataclass_from_args(Serve, parser.parse_args(["--threads", "2"]), **saved)
+    assert base == Serve(Model("x", 2), 7)

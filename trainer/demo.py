@@ -30,7 +30,7 @@ from trainer.data.batches import load_batch, open_split
 from trainer.data.demo_data import build_demo_store
 from trainer.data.prepare_common import DEMO_SIZES
 from trainer.data.store import Store
-from trainer.evaluate.autolabel import class_probabilities, train_real_classifier
+from trainer.evaluate.real_classifier import class_probabilities, train_real_classifier
 from trainer.images import image_grid, to_uint8_images
 from trainer.run import RunFolder
 from trainer.train.audio import AudioConfig, train_audio

@@ -30,7 +30,7 @@ import numpy as np
 
 from runtime.artifacts import check_format, check_replaceable
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig
+from runtime.frontend import FrontEndConfig, from_uint8
 from runtime.manifest import atomic_dir, atomic_write_json, read_json, sha256_file
 
 STORE_FORMAT = "s2i-store"
@@ -91,6 +91,20 @@ class Store:
         self._cache: dict[str, SplitArrays] = {}
         if verify_checksums:
             self.verify()
+
+    def windows(self, split: str, count: int, seed: int, skip: int = 0
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``count`` windows of ``split`` (a seeded permutation's items ``skip`` to
+        ``skip + count``, so that two calls with the same seed can pick disjoint sets), as the
+        runtime feeds them: float32 ``[N,1,128,100]`` in [-1, 1]; and their positions."""
+        arrays = self.split(split)
+        n = len(arrays)
+        picked = np.sort(np.random.default_rng(seed).permutation(n)[skip:skip + count])
+        if len(picked) == 0:
+            raise S2IError(f"store {self.path} has too few {split} windows ({n}) for "
+                           f"{skip} + {count}")
+        spectrograms = from_uint8(arrays.spectrograms[picked])[:, None]
+        return np.ascontiguousarray(spectrograms, dtype=np.float32), picked
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickles small (for worker processes): the memmaps are reopened, not copied."""
