@@ -20,7 +20,6 @@ reason; on a CPU machine the whole check still runs. ``--quick``: tiny sizes, fe
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import subprocess
@@ -28,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ import numpy as np
 
 from benchmarks import report
 from benchmarks.isolation import release_memory, skip_reason
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError, first_line
 
 FORMAT = "s2i-gpu-check"
@@ -51,34 +52,38 @@ PARITY_LIMIT_RMS = {"fp32": 2e-2, "fp16": 1e-1}
 BATCH_SIZES = (1, 8, 64)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks gpu-check",
-                                description="Verify and time the GPU path in one command.")
-    p.add_argument("--quick", action="store_true",
-                   help="tiny sizes (width 0.125, D=64), few repetitions: a smoke run")
-    p.add_argument("--export", type=Path, default=None,
-                   help="check this export instead of building a full-size one")
-    p.add_argument("--windows", type=int, default=None,
-                   help="end-to-end windows per row (default 200; quick 3)")
-    p.add_argument("--reps", type=int, default=None,
-                   help="model-only repetitions per row (default 200; quick 3)")
-    p.add_argument("--budget-s", type=float, default=540.0,
-                   help="skip steps that would start after this many seconds (default 540)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"results folder (default {DEFAULT_OUT})")
-    return p
+@dataclass
+class GpuCheckConfig:
+    quick: bool = field(default=False, metadata={
+        "help": "tiny sizes (width 0.125, D=64), few repetitions: a smoke run"})
+    export: Path | None = field(default=None, metadata={
+        "help": "check this export instead of building a full-size one"})
+    windows: int | None = field(default=None, metadata={
+        "help": "end-to-end windows per row (default 200; quick 3)"})
+    reps: int | None = field(default=None, metadata={
+        "help": "model-only repetitions per row (default 200; quick 3)"})
+    budget_s: float = field(default=540.0, metadata={
+        "help": "skip steps that would start after this many seconds"})
+    out: Path = field(default=DEFAULT_OUT, metadata={"help": "results folder"})
+
+    def __post_init__(self) -> None:
+        self.windows = self.windows or (3 if self.quick else 200)
+        self.reps = self.reps or (3 if self.quick else 200)
+        if self.windows < 1 or self.reps < 1:
+            raise ValueError("--windows and --reps must be at least 1")
 
 
 class Check:
     """The results being built, written after every step."""
 
-    def __init__(self, args: argparse.Namespace, json_path: Path) -> None:
+    def __init__(self, args: GpuCheckConfig, json_path: Path) -> None:
         self.args = args
         self.json_path = json_path
         self.started = time.monotonic()
         self.results: dict[str, Any] = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "machine": report.machine_info(), "versions": report.versions(),
+            "config": config_json(args),
             "settings": {"quick": bool(args.quick), "budget_s": args.budget_s,
                          "batch_sizes": list(BATCH_SIZES),
                          "parity_limit_rms": dict(PARITY_LIMIT_RMS)},
@@ -372,11 +377,9 @@ def markdown(results: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> int:
-    args = build_parser().parse_args(argv)
-    windows = args.windows or (3 if args.quick else 200)
-    reps = args.reps or (3 if args.quick else 200)
-    if windows < 1 or reps < 1:
-        raise S2IError("--windows and --reps must be at least 1")
+    args = parse_config(GpuCheckConfig, argv, "python -m benchmarks gpu-check",
+                        "Verify and time the GPU path in one command.")
+    windows, reps = int(args.windows or 1), int(args.reps or 1)
     args.out.mkdir(parents=True, exist_ok=True)
     name = report.machine_info()["name"]
     json_path = args.out / f"gpu-check-{name}.json"

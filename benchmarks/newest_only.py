@@ -15,11 +15,12 @@ before the consumer asked. Side by side in one run:
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import zmq
 
 from benchmarks import report
 from runtime.client import Subscriber
+from runtime.config import config_json, parse_config
 from runtime.protocol import DEFAULT_TOPIC, Publisher, decode_header, encode_frame
 
 RESULTS = Path(__file__).parent / "results"
@@ -135,21 +137,24 @@ def measure_stale(consumer: str, consumer_s: float, hop_s: float, frames: int) -
             "max_lag_frames": max(lags), "mean_lag_frames": round(float(np.mean(lags)), 3)}
 
 
+@dataclass
+class NewestOnlyConfig:
+    consumer: float = field(default=2.0, metadata={"help": "seconds per frame"})
+    hop: float = field(default=0.25, metadata={"help": "seconds between frames"})
+    frames: int = field(default=30, metadata={"help": "frames taken per consumer"})
+    out: Path = RESULTS / "newest_only.json"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks newest-only",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--consumer", type=float, default=2.0, help="seconds per frame")
-    parser.add_argument("--hop", type=float, default=0.25, help="seconds between frames")
-    parser.add_argument("--frames", type=int, default=30, help="frames taken per consumer")
-    parser.add_argument("--out", type=Path, default=RESULTS / "newest_only.json")
-    args = parser.parse_args(argv)
+    args = parse_config(NewestOnlyConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m benchmarks newest-only", __doc__.split("\n\n")[0])
     rows = []
     for consumer in CONSUMERS:
         row = measure_stale(consumer, args.consumer, args.hop, args.frames)
         print(json.dumps(row))
         rows.append(row)
     record = {"benchmark": "newest-only", "machine": report.machine_info(),
-              "versions": report.versions(), "rows": rows,
+              "versions": report.versions(), "config": config_json(args), "rows": rows,
               "note": "the machine was shared with other work while this ran"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")

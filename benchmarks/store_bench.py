@@ -9,12 +9,12 @@ Figures (issue 2 targets: build < 60 s on 2 cores, batch of 64 < 5 ms) go to
 
 from __future__ import annotations
 
-import argparse
 import os
 import platform
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import cpu_model
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
 from runtime.manifest import atomic_write_json
@@ -76,29 +77,29 @@ def load_batches(store: Store, split: str, batch: int, n_batches: int, seed: int
             "per_item": stats_ms(per_item)}
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m benchmarks store", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--archive", type=Path, default=DEFAULT_ARCHIVE,
-                   help=f"JPG spectrogram archive (default: {DEFAULT_ARCHIVE})")
-    p.add_argument("--store", type=Path, default=None,
-                   help="where to build the store (default: a temporary folder, removed after)")
-    p.add_argument("--limit", type=int, default=None, help="use only the first N files")
-    p.add_argument("--batches", type=int, default=200)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--results", type=Path, default=DEFAULT_RESULTS)
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    return p
+@dataclass
+class StoreBenchConfig:
+    archive: Path = field(default=DEFAULT_ARCHIVE,
+                          metadata={"help": "JPG spectrogram archive (s2i_data train.tar.gz)"})
+    store: Path | None = field(default=None, metadata={
+        "help": "where to build the store (default: a temporary folder, removed after)"})
+    limit: int | None = field(default=None, metadata={"help": "use only the first N files"})
+    batches: int = 200
+    batch_size: int = 64
+    seed: int = 0
+    results: Path = DEFAULT_RESULTS
+    quiet: bool = field(default=False, metadata={"help": "no progress bars"})
+
+    def __post_init__(self) -> None:
+        if self.batches <= 0 or self.batch_size <= 0:
+            raise ValueError("--batches and --batch-size must be positive")
 
 
 def main(argv: list[str]) -> int:
-    args = parser().parse_args(argv)
+    args = parse_config(StoreBenchConfig, argv, "python -m benchmarks store", __doc__)
     if not args.archive.is_file():
         raise S2IError(f"archive not found: {args.archive} (pass --archive PATH to the s2i_data "
                        "train.tar.gz)")
-    if args.batches <= 0 or args.batch_size <= 0:
-        raise S2IError("--batches and --batch-size must be positive")
     scratch = None
     out = args.store
     if out is None:
@@ -121,6 +122,7 @@ def main(argv: list[str]) -> int:
         "format": "s2i-store-benchmark", "version": 1,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine_info(),
+        "config": config_json(args),
         "build": {"archive": str(args.archive), "files": files,
                   "items": int(store.manifest["splits"][split]["count"]),
                   "seconds": round(seconds, 3), "files_per_second": round(files / seconds, 1),

@@ -89,7 +89,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
         elif tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         else:
-            kwargs["type"] = tp if tp in (int, float, str) else str
+            kwargs["type"] = tp if tp in (int, float, str, Path) else str
         if field.metadata.get("positional"):
             parser.add_argument(field.name, **kwargs)
             continue

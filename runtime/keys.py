@@ -9,15 +9,16 @@ client's ``--server-key``). The ``.key_secret`` file stays with its owner (mode 
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq.auth
 
 from runtime.cli import log
+from runtime.config import parse_config
 from runtime.errors import S2IError, run_cli
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -45,14 +46,18 @@ def make_key_pair(name: str, folder: str | Path) -> tuple[Path, Path]:
     return Path(made_public), Path(made_secret)
 
 
+@dataclass
+class KeysConfig:
+    name: str = field(metadata={"positional": True,
+                                "help": "key name, e.g. server, viewer-1, node-kitchen"})
+    dir: Path = field(default=Path("keys"), metadata={"help": "folder to write into"})
+
+
 def keys_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="s2i-keys", description="Make a CURVE key pair (NAME.key public, NAME.key_secret "
-                                      "secret) for s2i-serve/s2i-stream and their clients.")
-    parser.add_argument("name", help="key name, e.g. server, viewer-1, node-kitchen")
-    parser.add_argument("--dir", default="keys", help="folder to write into (default: keys)")
-    args = parser.parse_args(argv)
-    public, secret = make_key_pair(args.name, args.dir)
+    cfg = parse_config(KeysConfig, sys.argv[1:] if argv is None else argv, "s2i-keys",
+                       "Make a CURVE key pair (NAME.key public, NAME.key_secret secret) for "
+                       "s2i-serve/s2i-stream and their clients.")
+    public, secret = make_key_pair(cfg.name, cfg.dir)
     log(f"wrote {public} (public: give it to the other side) and {secret} (secret: keep it)")
     print(public)
     return 0
