@@ -34,7 +34,7 @@ from runtime.artifacts import check_format, check_replaceable
 from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
 from runtime.manifest import atomic_dir, atomic_write_json, read_json
-from trainer.checkpoint import check_seal, seal
+from trainer.checkpoint import check_seal, read_state, seal
 from trainer.evaluate.autolabel import load_png
 from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels
 from trainer.images import from_uint8_images
@@ -215,7 +215,7 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
         try:
             # every byte as written (one line naming the file), before anything is unpickled
             check_seal(path, "classifier", "retrain the classifiers")
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(read_state(path, "classifier"))
         except S2IError:
             raise
         except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on junk
