@@ -194,6 +194,77 @@ def test_store_ids_go_through_the_safe_reader(tmp_path: Path) -> None:
     one_line(lambda: Store(store).split(split.name), "ids.json")
 
 
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def run_config(folder: Path) -> Any:
+    from trainer.demo import DemoConfig
+    from trainer.run import RunFolder
+
+    (folder / "config_demo.json").write_text(DEEP)
+    return RunFolder(folder).load_config(DemoConfig, "demo")
+
+
+def run_metrics(folder: Path) -> Any:
+    from trainer.run import RunFolder
+
+    (folder / "metrics.json").write_text(DEEP)
+    return RunFolder(folder).metrics()
+
+
+def samples_index(folder: Path) -> Any:
+    from trainer.evaluate.sample_files import read_index
+
+    (folder / "index.json").write_text(DEEP)
+    return read_index(folder)
+
+
+def labels_file(folder: Path) -> Any:
+    from trainer.evaluate.sample_files import read_labels
+
+    (folder / "labels.json").write_text(DEEP)
+    return read_labels(folder)
+
+
+def classifiers(folder: Path) -> Any:
+    from trainer.evaluate.informativity import load_classifiers
+
+    (folder / "manifest.json").write_text(DEEP)
+    return load_classifiers(folder)
+
+
+@pytest.mark.parametrize("read", [run_config, run_metrics, samples_index, labels_file,
+                                  classifiers])
+def test_every_trainer_json_file_goes_through_the_safe_reader(tmp_path: Path,
+                                                              read: Callable) -> None:
+    one_line(lambda: read(tmp_path), rf"{tmp_path}/\w+\.json is not valid S2I JSON: nested")
+
+
+@pytest.mark.parametrize("items", [[{"file": "../../etc/passwd"}], [{"file": "/etc/x.png"}],
+                                   [3], [{"file": ["a"]}]])
+def test_samples_index_items_name_files_of_the_folder(tmp_path: Path, items: list) -> None:
+    from trainer.evaluate.sample_files import read_index
+
+    (tmp_path / "index.json").write_text(json.dumps(
+        {"format": "s2i-samples", "version": 1, "items": items}))
+    one_line(lambda: read_index(tmp_path), "names no image file of the folder")
+
+
+@pytest.mark.parametrize("change", [
+    lambda m: m.update(config=[]), lambda m: m["config"].update(width=10**6),
+    lambda m: m.update(classes="ab"), lambda m: m["per_class"].update(a={"file": "../x.pt"}),
+])
+def test_damaged_classifiers_manifest_is_one_line(tmp_path: Path,
+                                                  change: Callable[[dict], Any]) -> None:
+    from trainer.evaluate.informativity import load_classifiers
+
+    manifest = {"format": "s2i-informativity", "version": 2, "classes": ["a"],
+                "per_class": {"a": {"file": "class_0.pt"}}, "config": {"width": 0.125}}
+    change(manifest)
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    one_line(lambda: load_classifiers(tmp_path), "classifiers manifest")
+
+
 # --- export --verify runs the runtime's checks; manifest shapes are the graph's --------
 
 def test_verify_refuses_what_the_runtime_refuses(export: Path, tmp_path: Path) -> None:
