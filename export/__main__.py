@@ -13,15 +13,17 @@ import argparse
 import sys
 from pathlib import Path
 
-from export.edge_cli import add_edge_args, int8_options
-from export.onnx_export import DEFAULT_OPSET
-from export.translator import DEFAULT_BATCH_SIZES, export_translator
+from runtime.cli import raise_on_signals
 from runtime.errors import S2IError, run_cli
 
 DEFAULT_RUN = Path("runs/demo")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    from export.edge_cli import add_edge_args  # torch: imported under raise_on_signals
+    from export.onnx_export import DEFAULT_OPSET
+    from export.translator import DEFAULT_BATCH_SIZES
+
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n\n")[1])
     parser.add_argument("source", nargs="?", type=Path, default=DEFAULT_RUN,
                         help=f"run folder or GAN checkpoint (default: {DEFAULT_RUN})")
@@ -52,6 +54,16 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """SIGINT/SIGTERM at any moment: the half-written export is removed, one line, exit
+    130/143 (``runtime.cli.raise_on_signals``)."""
+    with raise_on_signals():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
+    from export.edge_cli import int8_options
+    from export.translator import export_translator
+
     args = parse_args(list(sys.argv[1:] if argv is None else argv))
     if args.verify is not None:
         from export.verify import verify_export

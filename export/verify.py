@@ -8,19 +8,27 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import check_engine_parity, check_parity, describe
-from runtime.errors import S2IError
+from runtime.backends import open_translator
+from runtime.errors import S2IError, first_line
 from runtime.gpu_env import tensorrt_unavailable_reason
 from runtime.manifest import load_export_manifest, sha256_file
+from runtime.precision import PRECISIONS, model_key
 
 
 def verify_export(export_dir: Path, checkpoint: Path | None = None,
                   log: Callable[[str], None] = print) -> bool:
     """Check every model file of ``export_dir`` against ``checkpoint`` (default: the one
     the manifest names, whose sha256 must match). ONNX files run on ONNX Runtime CPU;
-    TensorRT engines where TensorRT and a GPU exist (else one ``skipped`` line each)."""
+    TensorRT engines where TensorRT and a GPU exist (else one ``skipped`` line each).
+    First the runtime's own checks: the export is opened on ONNX Runtime CPU in every
+    precision it has (``runtime.backends.open_translator``), so what verify passes the
+    runtime loads. ONNX Runtime errors are one ``S2IError`` line."""
     from export.translator import load_networks
 
     manifest = load_export_manifest(export_dir)
+    for precision in PRECISIONS:
+        if model_key("encoder", precision) in manifest["models"]:
+            open_translator(export_dir, "onnxruntime-cpu", precision, threads=2)
     recorded = manifest.get("checkpoint") or {}
     checkpoint = checkpoint or Path(str(recorded.get("path") or ""))
     if not checkpoint.is_file():
@@ -35,15 +43,21 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
                   if e.get("backend") == "onnx"}
     engines = {key: e for key, e in models.items() if e.get("backend") == "tensorrt"}
     rows: dict[str, dict[str, Any]] = {}
-    parity = check_parity(encoder, generator, onnx_files, manifest["dropout"])
-    rows.update(parity["files"])
-    if engines:
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            rows.update({key: {"skipped": reason} for key in engines})
-        else:
-            rows.update(check_engine_parity(encoder, generator, export_dir, engines,
-                                            manifest["dropout"])["files"])
+    try:
+        parity = check_parity(encoder, generator, onnx_files, manifest["dropout"])
+        rows.update(parity["files"])
+        if engines:
+            reason = tensorrt_unavailable_reason()
+            if reason:
+                rows.update({key: {"skipped": reason} for key in engines})
+            else:
+                rows.update(check_engine_parity(encoder, generator, export_dir, engines,
+                                                manifest["dropout"])["files"])
+    except S2IError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime/TensorRT raise their own types
+        raise S2IError(f"{export_dir}: running its models failed: "
+                       f"{first_line(exc, with_type=True)}") from exc
     for key, row in rows.items():
         log(_line(models[key]["file"], key, row))
     sens = parity["sensitivity"]

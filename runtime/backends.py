@@ -348,6 +348,24 @@ def _check_inputs(file: str, model: Any, want: dict[str, int]) -> None:
                        "re-export")
 
 
+def _check_declared(file: str, entry: dict[str, Any], model: _OrtModel) -> None:
+    """The manifest entry's ``inputs``/``outputs`` (names and shapes; what a hello announces)
+    are the ONNX graph's: a fixed dimension the same size, a dynamic one dynamic."""
+    for side, found in (("inputs", model.session.get_inputs()),
+                        ("outputs", model.session.get_outputs())):
+        declared = entry.get(side)
+        if declared is None:
+            continue
+        graph = [(t.name, [n if _known(n) else None for n in t.shape]) for t in found]
+        stated = [(t["name"], [n if _known(n) else None for n in t["shape"]])
+                  for t in declared]        # checked for form by load_export_manifest
+        if graph != stated:
+            show = "; ".join(f"{name} {shape}" for name, shape in graph)
+            mine = "; ".join(f"{name} {shape}" for name, shape in stated)
+            raise S2IError(f"{file}: the manifest's {side} ({mine[:200]}) are not the graph's "
+                           f"({show}); re-export")
+
+
 def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, Any]]) -> None:
     """Compare the manifest's embedding_dim and dropout specs (``_manifest_specs``) with the
     loaded models' real inputs (``models``: graph -> (file name, model)); a mismatch is an
@@ -433,11 +451,13 @@ def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: s
             provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
                 else "CPUExecutionProvider"
             loaded[graph] = (path.name, _OrtModel(path, provider, threads))
+            _check_declared(path.name, entry, loaded[graph][1])
     key = model_key("translator", precision)
     if not tensorrt and key in manifest["models"]:
         path = export_dir / manifest["models"][key]["file"]
         provider = loaded["encoder"][1].session.get_providers()[0]
         loaded["translator"] = (path.name, _OrtModel(path, provider, threads))
+        _check_declared(path.name, manifest["models"][key], loaded["translator"][1])
     _check_models(dim, masks, loaded)
     fused = loaded["translator"][1] if "translator" in loaded else None
     return Translator(export_dir, manifest, backend, precision, loaded["encoder"][1],

@@ -75,6 +75,35 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(s, h)
 
 
+@contextlib.contextmanager
+def raise_on_signals() -> Iterator[None]:
+    """For a command that works in one go (``python -m export``): SIGINT raises
+    ``KeyboardInterrupt`` and SIGTERM ``runtime.errors.Terminated`` in the main thread, so the
+    stack unwinds (``runtime.manifest.atomic_dir`` removes its ``.partial`` folder) and
+    ``runtime.errors.run_cli`` prints one line. The first signal makes both ignored from then
+    on, so that clean-up is not itself interrupted; without one the old handlers come back."""
+    from runtime.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+
+    def handler(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_IGN)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        if not received:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+
 def exit_code(stop: threading.Event) -> int:
     signum = getattr(stop, "signal", None)
     if signum == signal.SIGINT:

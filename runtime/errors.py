@@ -13,6 +13,11 @@ class S2IError(Exception):
         super().__init__(" ".join(str(message).split()))
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM as an exception (``runtime.cli.raise_on_signals``): it unwinds like Ctrl-C, so
+    ``finally`` blocks and ``runtime.manifest.atomic_dir`` remove what was half written."""
+
+
 def first_line(exc: BaseException, with_type: bool = False) -> str:
     """The first line of an exception's message (libraries raise multi-line ones), or its type
     name when the message is empty; ``with_type`` prefixes ``"TypeName: "``."""
@@ -24,12 +29,14 @@ def first_line(exc: BaseException, with_type: bool = False) -> str:
 
 
 def run_cli(main: Callable[[], int | None]) -> int:
-    """Run a CLI body: ``S2IError`` -> ``error: ...`` on stderr (exit 2), Ctrl-C -> exit 130."""
+    """Run a CLI body: ``S2IError`` -> ``error: ...`` on stderr (exit 2), Ctrl-C -> exit 130,
+    ``Terminated`` (SIGTERM under ``runtime.cli.raise_on_signals``) -> exit 143."""
     try:
         return int(main() or 0)
     except S2IError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        terminated = isinstance(exc, Terminated)
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130

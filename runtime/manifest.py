@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.artifacts import check_format
+from runtime.artifacts import check_format, parse_json, read_json
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.onnx_metadata import read_onnx_metadata
@@ -33,6 +33,9 @@ STAMP_FRONT_END = "s2i.front_end"                # canonical JSON of the front-e
 STAMP_FINGERPRINT = "s2i.front_end_fingerprint"  # FrontEndConfig.fingerprint()
 STAMP_DROPOUT = "s2i.dropout"                    # canonical JSON of the manifest's dropout
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_FILE_NAME = re.compile(r"[A-Za-z0-9._/-]{1,255}")   # what export writes: encoder.fp16.onnx
+MAX_IMAGE_SIDE = 4096     # the generator's images are 96 x 96; a manifest claiming more lies
+MAX_DIM = 2**31 - 1       # a tensor dimension ONNX Runtime and TensorRT can hold
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -105,19 +108,6 @@ def atomic_dir(final_path: str | Path, replace: bool = True) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def read_json(path: str | Path, what: str) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise S2IError(f"{what} not found: {path}")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise S2IError(f"{what} {path} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise S2IError(f"{what} {path} should hold a JSON object")
-    return data
 
 
 def canonical_json(value: Any) -> str:
@@ -197,9 +187,39 @@ def _check_entry(export_dir: Path, where: str, name: str, entry: Any) -> None:
     if not inside:
         raise S2IError(f"{where}: model {name!r} file {file!r} is outside the export folder; "
                        "expected a path inside it (no '..', not absolute)")
+    if not _FILE_NAME.fullmatch(file):
+        raise S2IError(f"{where}: model {name!r} file {file[:80]!r} is not a file name export "
+                       "writes (1-255 of A-Z a-z 0-9 . _ - /); re-export the checkpoint")
     if not isinstance(entry.get("sha256"), str) or not _SHA256.fullmatch(entry["sha256"]):
         raise S2IError(f"{where}: model {name!r} has no valid \"sha256\" (64 hex digits); "
                        "re-export the checkpoint")
+    for side in ("inputs", "outputs"):
+        _check_io(where, name, side, entry.get(side, []))
+    outputs = entry.get("outputs") or []
+    if name.startswith("generator") and outputs:     # the image shape a hello announces
+        shape = outputs[0]["shape"]
+        if len(shape) != 4 or shape[1] != 3 or not all(
+                isinstance(n, int) and 1 <= n <= MAX_IMAGE_SIDE for n in shape[2:]):
+            raise S2IError(f"{where}: model {name!r} output shape {shape} is no batch of RGB "
+                           f"images [batch, 3, H, W] with 1 <= H, W <= {MAX_IMAGE_SIDE}; "
+                           "re-export the checkpoint")
+
+
+def _check_io(where: str, name: str, side: str, specs: Any) -> None:
+    """A model entry's ``inputs``/``outputs``: ``[{"name", "shape", "dtype"}]``, each dimension
+    a size (0..2**31-1) or a dynamic name (what ``export.onnx_export.describe_io`` writes;
+    the runtime compares it with the graph when it opens the file)."""
+    if not isinstance(specs, list) or len(specs) > 64:
+        raise S2IError(f"{where}: model {name!r} {side} should be a list of tensors; re-export")
+    for spec in specs:
+        shape = spec.get("shape") if isinstance(spec, dict) else None
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str) \
+                or not isinstance(shape, list) or len(shape) > 8 or not all(
+                    isinstance(n, str) and len(n) <= 64
+                    or type(n) is int and 0 <= n <= MAX_DIM for n in shape):
+            raise S2IError(f"{where}: model {name!r} {side} entry {str(spec)[:80]} should be "
+                           "{\"name\", \"shape\": [sizes 0..2**31-1 or names], \"dtype\"}; "
+                           "re-export")
 
 
 def check_stamp(path: Path, front_end: FrontEndConfig, dropout: list[dict[str, Any]],
@@ -211,8 +231,8 @@ def check_stamp(path: Path, front_end: FrontEndConfig, dropout: list[dict[str, A
         raise S2IError(f"{path} carries no S2I stamp (metadata_props {STAMP_FRONT_END}, "
                        f"{STAMP_DROPOUT}); re-export the checkpoint")
     try:
-        stamped = FrontEndConfig.from_dict(json.loads(metadata[STAMP_FRONT_END]))
-        stamped_dropout = json.loads(metadata[STAMP_DROPOUT])
+        stamped = FrontEndConfig.from_dict(parse_json(metadata[STAMP_FRONT_END], "front end"))
+        stamped_dropout = parse_json(metadata[STAMP_DROPOUT], "dropout")
         if not isinstance(stamped_dropout, list) \
                 or not all(isinstance(spec, dict) for spec in stamped_dropout):
             raise ValueError("its dropout is not a list of objects")

@@ -18,6 +18,7 @@ import io
 import re
 import struct
 import warnings
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any
 
 import torch
 
-from runtime.artifacts import check_format
+from runtime.artifacts import check_format, check_tree
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig, check_same_front_end
 from runtime.manifest import atomic_write_bytes
@@ -37,6 +38,10 @@ CHECKPOINT_VERSION = 2   # 2: sealed with a sha256, plain data only (weights_onl
 _SEAL_PREFIX = b"s2i-sha256:"
 _SEAL_LENGTH = len(_SEAL_PREFIX) + 64
 _END_OF_ZIP = b"PK\x05\x06"  # the zip end-of-central-directory record: 22 bytes + comment
+MAX_CHECKPOINT_BYTES = 8 << 30   # uncompressed; S2I's checkpoints are a few to a few 100 MB
+MAX_ENTRIES = 100_000            # torch.save writes one entry per tensor storage, plus 6
+_SLACK = 1 << 20                 # declared sizes may exceed the file by this much
+_ENTRY_NAME = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)+")
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -101,22 +106,57 @@ def save_checkpoint(path: str | Path, state: dict[str, Any]) -> None:
     atomic_write_bytes(path, seal(buffer.getvalue()))
 
 
-def read_state(path: Path) -> Any:
+def check_archive(path: Path, what: str = "checkpoint") -> None:
+    """Refuse, from its central directory alone, a zip that ``torch.load`` should not open:
+    one that is no zip, has more than ``MAX_ENTRIES`` entries, a name that is absolute,
+    holds ``..``, a backslash or a control character, or is not under the one top folder
+    ``torch.save`` writes, a name twice, or declared sizes adding up to more than the file
+    (+1 MiB) or ``MAX_CHECKPOINT_BYTES`` (a zip bomb). One ``S2IError`` line naming it."""
+    def refuse(why: str) -> S2IError:
+        return S2IError(f"{what} {path} {why}; refused (expected a file written by "
+                        "`python -m trainer`)")
+
+    try:
+        size = path.stat().st_size
+        with zipfile.ZipFile(path) as archive:
+            entries = archive.infolist()
+    except (OSError, zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, EOFError) as exc:
+        raise refuse(f"is not a readable zip archive ({first_line(exc)})") from exc
+    if not entries or len(entries) > MAX_ENTRIES:
+        raise refuse(f"has {len(entries)} zip entries (expected 1 to {MAX_ENTRIES})")
+    names = [entry.filename for entry in entries]
+    top = names[0].split("/")[0]
+    for name in names:
+        if not _ENTRY_NAME.fullmatch(name) or name.split("/")[0] != top or ".." in name:
+            raise refuse(f"has a zip entry named {name[:80]!r} (expected {top}/NAME, no '..')")
+    if len(set(names)) != len(names):
+        raise refuse("names a zip entry twice")
+    declared = sum(entry.file_size for entry in entries)
+    if declared > min(size + _SLACK, MAX_CHECKPOINT_BYTES):
+        raise refuse(f"declares {declared} bytes of contents in a {size}-byte file (a zip "
+                     f"bomb; torch.save stores its entries uncompressed)")
+
+
+def read_state(path: Path, what: str = "checkpoint") -> Any:
     """``torch.load`` with the restricted unpickler (nothing but tensors and plain data is
-    built; no seal check); every failure one ``S2IError`` line."""
+    built; no seal check) of an archive ``check_archive`` accepts, its contents bounded by
+    ``runtime.artifacts.check_tree``; every failure one ``S2IError`` line."""
+    check_archive(path, what)
     try:
         with warnings.catch_warnings():   # old pickle protocols warn; the answer is the same
             warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged or foreign file
         refused = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if refused or "Weights only load failed" in str(exc):
-            what = f" ({refused.group(1)})" if refused else ""
-            raise S2IError(f"checkpoint {path} holds objects other than tensors and plain "
-                           f"data{what}; refused (S2I never unpickles code). Expected a "
+            detail = f" ({refused.group(1)})" if refused else ""
+            raise S2IError(f"{what} {path} holds objects other than tensors and plain "
+                           f"data{detail}; refused (S2I never unpickles code). Expected a "
                            "file written by `python -m trainer`") from exc
-        raise S2IError(f"checkpoint {path} is unreadable ({type(exc).__name__}); "
+        raise S2IError(f"{what} {path} is unreadable ({type(exc).__name__}); "
                        "expected a file written by `python -m trainer`") from exc
+    check_tree(state, f"{what} {path}")
+    return state
 
 
 def load_checkpoint(path: str | Path, stage: str | None = None,
@@ -132,6 +172,7 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
     check_seal(path)
     state = read_state(path)
     check_format(state, path, "checkpoint", CHECKPOINT_FORMAT, CHECKPOINT_VERSION)
+    check_state(state, path)
     try:
         checked = FrontEndConfig.from_dict(state.get("front_end"))
     except S2IError as exc:
@@ -147,6 +188,50 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
     if front_end is not None:
         check_same_front_end(front_end, checked, f"checkpoint {path}")
     return state
+
+
+# networks are built from these: the paper's D is 512; parameters grow as width**2 (38 M at
+# width 1.0, 150 M at 2.0), so a crafted checkpoint cannot make them allocate gigabytes
+MAX_EMBEDDING_DIM = 4096
+MAX_WIDTH = 2.0
+# field -> (what it must be, test); only fields present are checked (stages write subsets)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "stage": ("a stage name", lambda v: isinstance(v, str) and len(v) <= 64),
+    "embedding_dim": (f"an integer 4..{MAX_EMBEDDING_DIM}",
+                      lambda v: type(v) is int and 4 <= v <= MAX_EMBEDDING_DIM),
+    "width": (f"a number in (0, {MAX_WIDTH:g}]", lambda v: _number(v, MAX_WIDTH)),
+    "encoder_width": (f"a number in (0, {MAX_WIDTH:g}]", lambda v: _number(v, MAX_WIDTH)),
+    "generator_transitions": ("a name", lambda v: isinstance(v, str) and len(v) <= 64),
+    "classes": ("a list of class names",
+                lambda v: isinstance(v, list) and all(isinstance(c, str) for c in v)),
+    "epoch": ("a count", lambda v: type(v) is int and 0 <= v < 2**63),
+    "step": ("a count", lambda v: type(v) is int and 0 <= v < 2**63),
+    "models": ("an object of weights", lambda v: isinstance(v, dict)),
+    "front_end": ("an object", lambda v: isinstance(v, dict)),
+}
+
+
+def _number(value: Any, most: float) -> bool:
+    return type(value) in (int, float) and 0 < value <= most
+
+
+def _show(value: Any) -> str:
+    """A short form of an unpickled value for an error line (never a huge string)."""
+    if type(value) is int and value.bit_length() > 64:
+        return f"an integer of {value.bit_length()} bits"
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return repr(value)[:80]
+    return f"a {type(value).__name__}"
+
+
+def check_state(state: dict[str, Any], path: Path) -> None:
+    """The fields S2I reads from a checkpoint have their types and ranges (a network is built
+    from ``embedding_dim`` and ``width``: 10**9 would allocate before failing)."""
+    for key, (expected, ok) in _FIELDS.items():
+        if key in state and not ok(state[key]):
+            raise S2IError(f"checkpoint {path}: {key} should be {expected}, got "
+                           f"{_show(state[key])}; expected a file written by "
+                           "`python -m trainer`")
 
 
 @dataclass

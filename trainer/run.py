@@ -17,11 +17,11 @@ Torch-free: training, the demo, sampling, evaluation and export all ask it for p
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime.artifacts import read_json
 from runtime.config import config_from_dict, save_config
 from runtime.errors import S2IError
 from runtime.manifest import atomic_write_json
@@ -127,10 +127,10 @@ class RunFolder:
         path = self.config_file(command)
         if not path.is_file():
             raise S2IError(f"nothing to resume in {self.path}: {path} not found")
-        return config_from_dict(cls, json.loads(path.read_text()))
+        return config_from_dict(cls, read_json(path, "run config"))
 
     def metrics(self) -> dict[str, Any]:
-        return json.loads(self.metrics_file.read_text()) if self.metrics_file.is_file() else {}
+        return read_json(self.metrics_file, "run metrics") if self.metrics_file.is_file() else {}
 
     def update_metrics(self, section: str, values: dict[str, Any]) -> None:
         """Merge one stage's figures into ``metrics.json`` (atomically)."""

@@ -20,6 +20,7 @@ import io
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,15 +29,16 @@ from typing import Any
 
 import numpy as np
 
-from runtime.artifacts import check_format, check_replaceable
+from runtime.artifacts import check_format, check_replaceable, load_json, read_json
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, from_uint8
-from runtime.manifest import atomic_dir, atomic_write_json, read_json, sha256_file
+from runtime.manifest import atomic_dir, atomic_write_json, sha256_file
 
 STORE_FORMAT = "s2i-store"
 STORE_VERSION = 1
 SPLIT_NAMES = ("train", "val", "test")
 IMAGE_SHAPE = (96, 96, 3)
+_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")   # a split folder or file in it
 
 log = logging.getLogger("s2i.store")
 
@@ -78,8 +80,18 @@ class Store:
                 raise S2IError(f"store manifest {manifest_path} is damaged: it lacks '{key}'")
         if not isinstance(manifest["splits"], dict) or not manifest["splits"]:
             raise S2IError(f"store manifest {manifest_path} is damaged: it lists no splits")
+        for name, split in manifest["splits"].items():
+            count = split.get("count") if isinstance(split, dict) else None
+            if not _NAME.fullmatch(name) or type(count) is not int or not 0 <= count < 2**40:
+                raise S2IError(f"store manifest {manifest_path} is damaged: split {name[:40]!r} "
+                               "should be a folder name (A-Z a-z 0-9 _ -) with a \"count\"")
         if not isinstance(manifest["classes"], list) or not manifest["classes"]:
             raise S2IError(f"store manifest {manifest_path} is damaged: it lists no classes")
+        if not isinstance(manifest["checksums"], dict) or not all(
+                isinstance(v, str) and all(_NAME.fullmatch(part) for part in k.split("/"))
+                for k, v in manifest["checksums"].items()):
+            raise S2IError(f"store manifest {manifest_path} is damaged: its checksums should "
+                           "map files of the store (split/name) to sha256 digests")
         try:
             self.front_end = FrontEndConfig.from_dict(manifest["front_end"])
         except TypeError as exc:
@@ -146,10 +158,7 @@ class Store:
         images = (self._load(folder / "images.npy", np.uint8, (expected, *IMAGE_SHAPE))
                   if self.has_images else None)
         ids_path = folder / "ids.json"
-        try:
-            ids = json.loads(ids_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise S2IError(f"store file {ids_path} is missing or damaged: {exc}") from exc
+        ids = load_json(ids_path, "store file")
         if not isinstance(ids, list) or len(ids) != expected:
             raise S2IError(f"store file {ids_path} is damaged: expected a list of {expected} ids")
         if labels.size and (labels.min() < 0 or labels.max() >= len(self.classes)):

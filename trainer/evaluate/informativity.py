@@ -21,6 +21,7 @@ Output (written atomically as a whole)::
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from runtime.artifacts import check_format, check_replaceable
 from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
 from runtime.manifest import atomic_dir, atomic_write_json, read_json
-from trainer.checkpoint import check_seal, seal
+from trainer.checkpoint import MAX_WIDTH, check_seal, read_state, seal
 from trainer.evaluate.autolabel import load_png
 from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels
 from trainer.images import from_uint8_images
@@ -43,6 +44,7 @@ from trainer.models import InformativityClassifier
 CLASSIFIERS_FORMAT = "s2i-informativity"
 CLASSIFIERS_VERSION = 2   # 2: each class_K.pt sealed with its sha256 (trainer.checkpoint)
 INFORMATIVE_INDEX = 1  # column of log P(informative) in the classifier's output
+_FILE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}")   # class_K.pt, in the folder
 
 
 @dataclass
@@ -204,18 +206,31 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
     manifest = check_format(read_json(path, "informativity classifiers manifest"), path,
                             "informativity classifiers manifest", CLASSIFIERS_FORMAT,
                             CLASSIFIERS_VERSION, "retrain the classifiers")
-    width = float(manifest["config"].get("width", 1.0))
+    config, classes, per_class = (manifest.get(key) for key in ("config", "classes",
+                                                                  "per_class"))
+    width = config.get("width", 1.0) if isinstance(config, dict) else None
+    if type(width) not in (int, float) or not 0 < width <= MAX_WIDTH \
+            or not isinstance(classes, list) or not all(isinstance(c, str) for c in classes) \
+            or not isinstance(per_class, dict) \
+            or not all(isinstance(e, dict) for e in per_class.values()):
+        raise S2IError(f"informativity classifiers manifest {path} is damaged (expected "
+                       f"config.width in (0, {MAX_WIDTH:g}], classes and per_class); "
+                       "retrain the classifiers")
     models: dict[int, InformativityClassifier] = {}
-    for k, name in enumerate(manifest["classes"]):
-        entry = manifest["per_class"].get(name, {})
+    for k, name in enumerate(classes):
+        entry = per_class.get(name, {})
         if "file" not in entry:
             continue
+        if not isinstance(entry["file"], str) or not _FILE.fullmatch(entry["file"]):
+            raise S2IError(f"informativity classifiers manifest {path}: class {name!r} names "
+                           f"no file of its folder ({str(entry['file'])[:80]!r}); retrain "
+                           "the classifiers")
         model = InformativityClassifier(width)
-        path = folder / str(entry["file"])
+        path = folder / entry["file"]
         try:
             # every byte as written (one line naming the file), before anything is unpickled
             check_seal(path, "classifier", "retrain the classifiers")
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            model.load_state_dict(read_state(path, "classifier"))
         except S2IError:
             raise
         except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on junk
@@ -223,7 +238,7 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
                            f"({type(exc).__name__}); retrain the classifiers") from exc
         model.eval()
         models[k] = model
-    return list(manifest["classes"]), models
+    return list(classes), models
 
 
 def main(argv: list[str]) -> int:

@@ -117,6 +117,14 @@ def read_index(folder: str | Path) -> dict[str, Any]:
                          "expected the output of `python -m trainer sample`")
     if not isinstance(index.get("items"), list):
         raise S2IError(f"{path} is damaged: it has no 'items' list")
+    for item in index["items"]:     # each names an image of this folder, read from it later
+        file = item.get("file") if isinstance(item, dict) else None
+        if not isinstance(file, str) or not file.isprintable() or not 0 < len(file) <= 1024 \
+                or file.startswith("/") or "\\" in file or ".." in file.split("/"):
+            raise S2IError(f"{path} is damaged: item {str(item)[:80]} names no image file of "
+                           "the folder (expected {\"file\": \"NAME.png\", ...})")
+    if not isinstance(index.get("classes", []), list):
+        raise S2IError(f"{path} is damaged: its 'classes' is no list")
     return index
 
 
