@@ -32,13 +32,16 @@ from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
 from runtime.pipeline import Window
 from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio
+from runtime.resilience import ConnectionWatch, survived
 from runtime.ring import AudioRing
 from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
 
 DEFAULT_MAX_STREAMS = 1024
 IDLE_EXPIRY_S = 30.0
-TAKEOVER_S = 0.5          # a stream's node silent this long may be replaced by another node
-PULL_RCVHWM = 1000
+TAKEOVER_S = 0.5          # a stream silent this long may be reset (a new node, a restart)
+# Messages queued per connection (libzmq's HWM is per peer, so each node has its own share):
+# at most PULL_RCVHWM x MAX_AUDIO_PAYLOAD_BYTES = 16 MiB per connection, 0.8 s of 50-ms blocks.
+PULL_RCVHWM = 16
 MAX_DRAIN = 2000          # messages read per pass, so a flood cannot starve the rest
 POLL_MS = 20
 
@@ -63,12 +66,20 @@ class IngressCounters:
     bad_messages: int = 0
     refused_streams: int = 0      # new streams past --max-streams
     refused_duplicates: int = 0   # messages from a second node claiming a live stream id
+    stale_seq: int = 0            # messages whose seq did not rise (duplicates): dropped
+    unexpected_errors: int = 0    # messages dropped by an unexpected exception (a bug)
     restarts: int = 0
     expired: int = 0
     skipped: int = 0              # stale hops skipped, all streams
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+
+def grid_position(next_total: int, hop: int, sample_rate: int) -> float:
+    """``position_s`` of the window just taken: the hop-grid point ``window + n * hop`` it
+    stands for (its audio is the newest window, which ends less than one hop after it)."""
+    return (next_total - hop) / sample_rate
 
 
 class DueStreams:
@@ -123,8 +134,9 @@ class NetworkIngress:
         self.pull = ctx.socket(zmq.PULL)
         self.pull.setsockopt(zmq.LINGER, 0)
         self.pull.setsockopt(zmq.RCVHWM, PULL_RCVHWM)
-        # A peer sending a part larger than any valid message is disconnected by libzmq.
-        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_AUDIO_PAYLOAD_BYTES + 4096)
+        # A peer sending a part larger than any valid one (the payload cap; headers are at
+        # most 2 KiB) is disconnected by libzmq: the watch below logs it.
+        self.pull.setsockopt(zmq.MAXMSGSIZE, MAX_AUDIO_PAYLOAD_BYTES)
         if security is not None:
             security.secure(self.pull, NODES_DOMAIN)   # CURVE: only allowed capture nodes
         bind(self.pull, bind_address, "audio input (PULL)")
@@ -136,21 +148,24 @@ class NetworkIngress:
         self.max_batch_hint = 1
         self.on_end = on_end     # (stream, reason): a stream stopped or expired (protocol end)
         self.say = RateLimitedLog()
-        self._told_duplicates: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._next_expiry = time.monotonic() + 1.0
 
     # --- the ingress thread ------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Read, validate and file audio until ``stop``; closes the PULL socket at the end."""
+        self.watch = ConnectionWatch(self.pull, "audio input (PULL)", self.say,
+                                     MAX_AUDIO_PAYLOAD_BYTES)
         try:
             while not stop.is_set():
                 if self.pull.poll(POLL_MS, zmq.POLLIN):
                     self.drain()
                 if time.monotonic() >= self._next_expiry:
                     self.expire_idle()
+                    self.watch.poll()
                     self._next_expiry = time.monotonic() + 1.0
         finally:
+            self.watch.close()
             self.pull.close(linger=0)
 
     def drain(self, limit: int = MAX_DRAIN) -> int:
@@ -170,14 +185,21 @@ class NetworkIngress:
         a message that was refused (logged, rate-limited, and counted)."""
         self.counters.messages += 1
         try:
-            header, samples = decode_audio(parts)
+            return self._file(parts)
         except S2IError as exc:
             self.counters.bad_messages += 1
             # One line per kind of fault (its text without numbers), rate-limited.
             self.say("bad:" + re.sub(r"[0-9]+", "#", str(exc))[:60],
                      f"ignoring a bad audio message: {exc}")
-            return None
-        if header.get("end") is True:      # the capture node stopped (protocol 2)
+        except Exception as exc:  # noqa: BLE001 - a bug costs only its message
+            self.counters.unexpected_errors += 1
+            survived(self.say, "the audio ingress", exc, self.counters.unexpected_errors,
+                     "one audio message")
+        return None
+
+    def _file(self, parts: list[bytes]) -> str | None:
+        header, samples = decode_audio(parts)
+        if header["end"]:                   # the capture node stopped (protocol 2)
             return self._end(header)
         state = self._state(header)
         if state is None:
@@ -198,15 +220,26 @@ class NetworkIngress:
         rate, channels = header["sample_rate"], header["channels"]
         now = time.monotonic()
         state = self.streams.get(sid)
+        live = state is not None and now - state.last_seen < self.takeover_s
         if state is not None and node != state.node:
-            if now - state.last_seen < self.takeover_s:
+            if live:
                 self._refuse_duplicate(sid, node, state.node)
                 return None
-            log(f"{sid}: now sent by node {node} (node {state.node} went silent)")
-        elif state is not None and (rate != state.rate or channels != state.channels
-                                    or seq <= state.last_seq):
+            self.say(f"takeover:{sid}", f"{sid}: now sent by node {node} (node {state.node} "
+                                        "went silent)")
+        elif state is not None and seq <= state.last_seq:
+            # A duplicate or an old seq: dropped while the stream is live (a second node of
+            # protocol 1 under the same id, a replay); after takeover_s of silence it is the
+            # node starting again.
+            if live:
+                self.counters.stale_seq += 1
+                return None
             self.counters.restarts += 1
-            self.say(f"restart:{sid}", f"{sid}: capture node restarted or changed format; "
+            self.say(f"restart:{sid}", f"{sid}: capture node restarted (its seq went back "
+                                       "after a silence); resetting its buffer")
+        elif state is not None and (rate != state.rate or channels != state.channels):
+            self.counters.restarts += 1
+            self.say(f"restart:{sid}", f"{sid}: capture node changed rate or channels; "
                                        "resetting its buffer")
         elif state is not None:
             state.last_seq, state.last_seen = seq, now
@@ -233,6 +266,9 @@ class NetworkIngress:
         with self.scheduler.cond:
             state = self.streams.get(sid)
             if state is None or state.node != header["node"]:
+                owner = "no live stream" if state is None else f"node {state.node} sends it"
+                self.say(f"end:{sid}", f"ignoring the end of stream {sid!r} from node "
+                                       f"{header['node']}: {owner}")
                 return None
             del self.streams[sid]
             self.scheduler.due.pop(sid, None)
@@ -242,14 +278,9 @@ class NetworkIngress:
 
     def _refuse_duplicate(self, sid: str, node: str, owner: str) -> None:
         self.counters.refused_duplicates += 1
-        key = (sid, node)
-        if key in self._told_duplicates:
-            return
-        self._told_duplicates[key] = None
-        while len(self._told_duplicates) > 1024:
-            self._told_duplicates.popitem(last=False)
-        log(f"refusing audio for stream {sid!r} from node {node}: node {owner} is already "
-            "sending that stream id (give each capture node its own --stream-id)")
+        self.say(f"duplicate:{sid}", f"refusing audio for stream {sid!r} from node {node}: "
+                                     f"node {owner} is already sending that stream id (give "
+                                     "each capture node its own --stream-id)")
 
     def expire_idle(self) -> int:
         """Forget streams silent for ``idle_expiry_s``; returns how many."""
@@ -294,8 +325,10 @@ class NetworkIngress:
             state.next_total += self.hop
             state.skipped += 1
             self.counters.skipped += 1
-        window = Window(sid, audio, capture_time, written / self.sample_rate, state.frames,
-                        due_time)
+        # position_s is on the hop grid (window + n hops): skipped hops show as jumps.
+        window = Window(sid, audio, capture_time, grid_position(state.next_total, self.hop,
+                                                                self.sample_rate),
+                        state.frames, due_time)
         state.frames += 1
         return window
 
@@ -327,7 +360,8 @@ class RingIngress:
         while self.next_total <= written:
             self.next_total += self.hop
             self.skipped += 1
-        window = Window(self.stream_id, audio, capture_time, written / self.sample_rate,
+        window = Window(self.stream_id, audio, capture_time,
+                        grid_position(self.next_total, self.hop, self.sample_rate),
                         self.frames, due_time)
         self.frames += 1
         return [window]

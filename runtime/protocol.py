@@ -28,8 +28,10 @@ from typing import Any
 import numpy as np
 import zmq
 
+from runtime.cli import RateLimitedLog
 from runtime.errors import S2IError
 from runtime.images import png_bytes, png_image
+from runtime.resilience import ConnectionWatch
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 2
@@ -263,7 +265,10 @@ MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 192000
 MAX_AUDIO_CHANNELS = 32
 MAX_AUDIO_SECONDS = 2.0          # one message carries at most this much audio
 MAX_AUDIO_HEADER_BYTES = 2048
-MAX_AUDIO_PAYLOAD_BYTES = 4 * 1024 * 1024   # 2 s of 8 channels of float32 at 48 kHz is 3 MiB
+# One message part is at most 1 MiB (2 s of stereo float32 at 48 kHz is 750 KiB): the server
+# queues at most PULL_RCVHWM of them per connection, so the worst case is bounded in bytes.
+MAX_AUDIO_PAYLOAD_BYTES = 1024 * 1024
+MAX_AUDIO_SEQ = 2**53            # seq is an integer a double holds exactly (JavaScript nodes)
 STREAM_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 NODE_ID = secrets.token_hex(8)   # this process's capture-node instance id (new every start)
@@ -283,24 +288,44 @@ def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int
     return [AUDIO_TOPIC, dumps_header(header), data]
 
 
-def _finite_number(header: dict[str, Any], key: str, default: Any = None) -> float:
-    value = header.get(key, default)
+def _loads_audio_header(data: bytes) -> dict[str, Any]:
+    """The audio header as strict JSON (no NaN/Infinity, no absurd numbers): a dict, or one
+    ``S2IError`` line."""
+    def refuse_constant(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
     try:
-        number = float(value) if not isinstance(value, (bool, str)) else math.nan
-    except (TypeError, OverflowError):
-        number = math.nan
-    if not math.isfinite(number):
+        header = json.loads(data, parse_constant=refuse_constant)
+    except (ValueError, RecursionError) as exc:   # JSONDecodeError, UTF-8, 4,300+ digits
+        raise S2IError(f"audio message header is not strict JSON: "
+                       f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
+                       ) from exc
+    if not isinstance(header, dict):
+        raise S2IError(f"audio message header should be a JSON object, got "
+                       f"{type(header).__name__}")
+    return header
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _finite_number(header: dict[str, Any], key: str) -> float:
+    value = header.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) \
+            or not math.isfinite(float(value)):
         raise S2IError(f"audio message header {key!r} should be a finite number, got "
                        f"{str(value)[:40]}")
-    return number
+    return float(value)
 
 
 def _integer(header: dict[str, Any], key: str, low: int, high: int, default: Any = None) -> int:
-    number = _finite_number(header, key, default)
-    if not number.is_integer() or not low <= number <= high:
+    """A JSON integer (``5``, never ``5.0`` or ``true``) in ``[low, high]``."""
+    value = header.get(key, default)
+    if not _is_int(value) or not low <= value <= high:
         raise S2IError(f"audio message header {key!r} should be an integer in [{low}, {high}], "
-                       f"got {str(header.get(key, default))[:40]}")
-    return int(number)
+                       f"got {str(value)[:40]}")
+    return int(value)
 
 
 def _name(header: dict[str, Any], key: str, pattern: re.Pattern[str], default: str) -> str:
@@ -311,39 +336,67 @@ def _name(header: dict[str, Any], key: str, pattern: re.Pattern[str], default: s
     return value
 
 
+def audio_payload_cap(sample_rate: int, channels: int, dtype: str) -> int:
+    """Most payload bytes one audio message may carry: ``MAX_AUDIO_SECONDS`` of audio, and
+    never more than ``MAX_AUDIO_PAYLOAD_BYTES`` (a whole number of frames)."""
+    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * channels
+    frames = min(int(MAX_AUDIO_SECONDS * sample_rate), MAX_AUDIO_PAYLOAD_BYTES // frame_bytes)
+    return frames * frame_bytes
+
+
 def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     """A checked audio message -> (normalised header, float32 samples ``[n, channels]``).
 
     The header comes back with ``stream``, ``node`` (str), ``seq``, ``sample_rate``,
-    ``channels`` (int) and ``capture_time`` (float), each validated; anything wrong raises
-    one ``S2IError`` line naming the field and what was expected.
+    ``channels`` (int), ``capture_time`` (float) and ``end`` (bool), each validated with
+    the types of docs/PROTOCOL.md; anything wrong raises one ``S2IError`` line naming the
+    field and what was expected. An end message (``"end": true``) needs only ``kind``,
+    ``protocol``, ``stream`` and ``node`` and an empty payload; it returns no samples.
     """
-    if len(parts) != 3 or parts[0] != AUDIO_TOPIC:
+    if not isinstance(parts, list) or len(parts) != 3 or parts[0] != AUDIO_TOPIC:
         raise S2IError("not an S2I audio message ([b'audio', header, samples])")
     if len(parts[1]) > MAX_AUDIO_HEADER_BYTES:
         raise S2IError(f"audio message header of {len(parts[1])} bytes is over "
                        f"{MAX_AUDIO_HEADER_BYTES}")
-    header = decode_header(parts, AUDIO_PROTOCOLS)
-    dtype = header.get("dtype")
-    if dtype not in AUDIO_DTYPES:
-        raise S2IError(f"audio message dtype should be one of {sorted(AUDIO_DTYPES)}, got "
-                       f"{str(dtype)[:20]!r}")
-    checked = {
+    header = _loads_audio_header(parts[1])
+    if header.get("kind") != "audio":
+        raise S2IError(f"audio message header 'kind' should be \"audio\", got "
+                       f"{str(header.get('kind'))[:20]!r}")
+    version = header.get("protocol")
+    if not _is_int(version) or version not in AUDIO_PROTOCOLS:
+        raise S2IError(f"audio message has protocol {str(version)[:20]}; this server reads "
+                       f"{' or '.join(map(str, AUDIO_PROTOCOLS))}")
+    end = header.get("end", False)
+    if not isinstance(end, bool):
+        raise S2IError(f"audio message header 'end' should be true or false, got "
+                       f"{str(end)[:20]}")
+    checked: dict[str, Any] = {
         "stream": _name(header, "stream", STREAM_ID_PATTERN, "capture"),
         "node": _name(header, "node", NODE_ID_PATTERN, "unnamed"),
-        "seq": _integer(header, "seq", 0, 2**53),
-        "sample_rate": _integer(header, "sample_rate", MIN_AUDIO_RATE, MAX_AUDIO_RATE),
-        "channels": _integer(header, "channels", 1, MAX_AUDIO_CHANNELS, 1),
-        "capture_time": _finite_number(header, "capture_time"),
-        "dtype": dtype,
+        "end": end,
     }
     payload = parts[2]
-    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * checked["channels"]
-    cap = min(MAX_AUDIO_PAYLOAD_BYTES,
-              int(MAX_AUDIO_SECONDS * checked["sample_rate"]) * frame_bytes)
+    if end:
+        if len(payload):
+            raise S2IError(f"audio end message should have an empty payload, got "
+                           f"{len(payload)} bytes")
+        return dict(header, **checked), np.zeros((0, 1), np.float32)
+    dtype = header.get("dtype")
+    if not isinstance(dtype, str) or dtype not in AUDIO_DTYPES:
+        raise S2IError(f"audio message dtype should be one of {sorted(AUDIO_DTYPES)}, got "
+                       f"{str(dtype)[:20]!r}")
+    checked.update(
+        seq=_integer(header, "seq", 0, MAX_AUDIO_SEQ),
+        sample_rate=_integer(header, "sample_rate", MIN_AUDIO_RATE, MAX_AUDIO_RATE),
+        channels=_integer(header, "channels", 1, MAX_AUDIO_CHANNELS, 1),
+        capture_time=_finite_number(header, "capture_time"),
+        dtype=dtype)
+    cap = audio_payload_cap(checked["sample_rate"], checked["channels"], dtype)
     if len(payload) > cap:
         raise S2IError(f"audio message payload of {len(payload)} bytes is over the cap of "
-                       f"{cap} ({MAX_AUDIO_SECONDS:g} s at its rate and channels)")
+                       f"{cap} (at most {MAX_AUDIO_SECONDS:g} s and "
+                       f"{MAX_AUDIO_PAYLOAD_BYTES} bytes)")
+    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * checked["channels"]
     if len(payload) % frame_bytes:
         raise S2IError(f"audio message payload of {len(payload)} bytes does not split into "
                        f"{checked['channels']}-channel {dtype} frames")
@@ -430,6 +483,7 @@ class Publisher:
         self.last_seq: dict[str, int] = {}        # stream -> last seq published (live streams)
         self._ends: list[tuple[float, str, str]] = []   # (due monotonic time, stream, reason)
         self._ends_lock = threading.Lock()
+        self._watch: ConnectionWatch | None = None   # made by the owning thread
 
     def _ours(self, prefix: bytes) -> bool:
         """Whether a subscription to ``prefix`` receives our topic (SUB matches prefixes)."""
@@ -440,6 +494,10 @@ class Publisher:
 
         Returns the live subscriptions that receive our topic; others are ignored.
         """
+        if self._watch is None:     # failed accepts (no file descriptor left), handshakes
+            self._watch = ConnectionWatch(self.socket, "publisher (PUB)", RateLimitedLog(),
+                                          disconnects=False)
+        self._watch.poll()
         while self.socket.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
             event = self.socket.recv()
@@ -501,4 +559,6 @@ class Publisher:
 
     def close(self, linger_ms: int = 0) -> None:
         """Close; ``linger_ms`` > 0 lets frames already queued go out (end of a file)."""
+        if self._watch is not None:
+            self._watch.close()
         self.socket.close(linger=linger_ms)

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import re
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
+from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from runtime.cli import log
@@ -87,23 +90,41 @@ def warn_if_open(address: str, what: str, curve: bool, bound: bool = True) -> No
 
 # --- keys -----------------------------------------------------------------------------------
 
+def _check_key(key: bytes | None, path: Path, what: str, which: str) -> bytes:
+    """A CURVE key as 40 Z85 characters (32 bytes), else one line naming the file."""
+    try:
+        if key is not None and len(key) == 40 and len(z85.decode(key)) == 32:
+            return key
+    except (ValueError, KeyError, TypeError, IndexError):
+        pass
+    shown = "none" if key is None else f"{len(key)} characters"
+    raise S2IError(f"{what} key file {path}: its {which} key should be 40 Z85 characters, "
+                   f"got {shown} (make key pairs with s2i-keys)")
+
+
 def _read_certificate(path: str | Path, what: str) -> tuple[bytes, bytes | None]:
     path = Path(path)
     if not path.is_file():
         raise S2IError(f"{what} key file {path} not found (make key pairs with s2i-keys)")
     try:
-        return zmq.auth.load_certificate(path)
+        public, secret = zmq.auth.load_certificate(path)
     except (ValueError, OSError, UnicodeDecodeError) as exc:
-        raise S2IError(f"{what} key file {path} is not a ZeroMQ certificate: {exc}") from exc
+        raise S2IError(f"{what} key file {path} is not a ZeroMQ certificate: "
+                       f"{str(exc)[:100]}") from exc
+    return _check_key(public, path, what, "public"), secret
 
 
 def load_secret(path: str | Path, what: str) -> tuple[bytes, bytes]:
-    """(public, secret) Z85 keys from a ``.key_secret`` file."""
+    """(public, secret) Z85 keys from a ``.key_secret`` file that only its owner can read."""
     public, secret = _read_certificate(path, what)
     if not secret:
         raise S2IError(f"{what} key file {path} holds no secret key; give the .key_secret "
                        "file made by s2i-keys")
-    return public, secret
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    if os.name == "posix" and mode & 0o077:
+        raise S2IError(f"{what} key file {path} is readable by other users (mode "
+                       f"{mode:04o}); run `chmod 600 {path}` (s2i-keys writes it so)")
+    return public, _check_key(secret, Path(path), what, "secret")
 
 
 def load_public(path: str | Path, what: str) -> bytes:
@@ -111,14 +132,28 @@ def load_public(path: str | Path, what: str) -> bytes:
     return _read_certificate(path, what)[0]
 
 
-def _allowed_folder(path: str | Path, what: str) -> str:
-    folder = Path(path)
-    if not folder.is_dir():
-        raise S2IError(f"allowed {what} folder {folder} not found (expected a folder of "
-                       "public .key files made by s2i-keys)")
-    if not list(folder.glob("*.key")):
-        log(f"warning: allowed {what} folder {folder} holds no .key file: nobody can connect")
-    return str(folder)
+class AllowedKeys:
+    """The public keys of a folder's ``*.key`` files (read at start), as pyzmq's ZAP
+    credentials provider. A broken file is skipped with a warning naming it: it costs only
+    the client it was for, not every client."""
+
+    def __init__(self, path: str | Path, what: str) -> None:
+        folder = Path(path)
+        if not folder.is_dir():
+            raise S2IError(f"allowed {what} folder {folder} not found (expected a folder of "
+                           "public .key files made by s2i-keys)")
+        self.keys: set[bytes] = set()
+        for file in sorted(folder.glob("*.key")):
+            try:
+                self.keys.add(load_public(file, f"allowed {what}"))
+            except S2IError as exc:
+                log(f"warning: skipping {file}: {exc}")
+        if not self.keys:
+            log(f"warning: allowed {what} folder {folder} holds no usable .key file: nobody "
+                "can connect")
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        return key in self.keys
 
 
 # --- servers --------------------------------------------------------------------------------
@@ -129,13 +164,13 @@ class ServerSecurity:
     def __init__(self, ctx: zmq.Context, secret_file: str | Path,
                  allowed: dict[str, str | Path]) -> None:
         self.public, self.secret = load_secret(secret_file, "server secret")
-        folders = {domain: _allowed_folder(path, domain.removeprefix("s2i-"))
-                   for domain, path in allowed.items()}
+        keys = {domain: AllowedKeys(path, domain.removeprefix("s2i-"))
+                for domain, path in allowed.items()}
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        for domain, folder in folders.items():
-            self.auth.configure_curve(domain=domain, location=folder)
-        self.domains = set(folders)
+        for domain, provider in keys.items():
+            self.auth.configure_curve_callback(domain=domain, credentials_provider=provider)
+        self.domains = set(keys)
 
     def secure(self, socket: zmq.Socket, domain: str) -> None:
         """Make ``socket`` a CURVE server checked against ``domain``'s allowed keys

@@ -21,7 +21,7 @@ import time
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
-from runtime.errors import run_cli
+from runtime.errors import S2IError, run_cli
 from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
 from runtime.options import (
     DEFAULT_EXPORT,
@@ -32,6 +32,7 @@ from runtime.options import (
 )
 from runtime.pipeline import MIN_HOP_SECONDS, Pipeline, Window
 from runtime.protocol import Publisher
+from runtime.resilience import guarded, raise_open_file_limit
 from runtime.security import (
     ServerSecurity,
     add_server_security_args,
@@ -65,6 +66,7 @@ class NetworkLoop:
         self.stages = Stages(pipeline, self.ingress, publisher, max_batch, max_wait_s,
                              encode_threads, on_published=self.status.update)
         self._ingress_thread: threading.Thread | None = None
+        self.failure: S2IError | None = None
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
         self._last_counters: dict[str, object] | None = None
 
@@ -73,12 +75,15 @@ class NetworkLoop:
         return self.stages.counters.frames
 
     def counters(self) -> dict[str, object]:
-        return {**self.ingress.counters.as_dict(), **self.stages.counters.as_dict(),
+        ingress = self.ingress.counters.as_dict()
+        ingress["ingress_unexpected_errors"] = ingress.pop("unexpected_errors")
+        return {**ingress, **self.stages.counters.as_dict(),
                 "streams": len(self.ingress.streams)}
 
     def start(self, stop: threading.Event) -> None:
-        self._ingress_thread = threading.Thread(target=self.ingress.run, args=(stop,),
-                                                name="s2i-ingress", daemon=True)
+        self._ingress_thread = threading.Thread(
+            target=guarded("ingress", lambda: self.ingress.run(stop), self.stages.errors, stop),
+            name="s2i-ingress", daemon=True)
         self._ingress_thread.start()
         self.stages.start(stop)
 
@@ -96,13 +101,18 @@ class NetworkLoop:
             f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['dropped_windows']} windows "
             f"dropped (model failures), {c['bad_messages']} bad "
             f"messages, {c['refused_streams']} streams refused, {c['refused_duplicates']} "
-            f"duplicate-node messages refused")
+            f"duplicate-node messages refused, {c['stale_seq']} duplicate-seq messages "
+            f"dropped, {c['unexpected_errors'] + c['ingress_unexpected_errors']} "
+            "unexpected errors survived")
 
     def run(self, stop: threading.Event) -> bool:
-        """Serve until ``stop``; True if every thread ended within ``SHUTDOWN_S``."""
+        """Serve until ``stop``; True if every thread ended within ``SHUTDOWN_S``. A thread
+        that could not go on leaves its one-line ``S2IError`` in ``self.failure``."""
         self.start(stop)
         try:
             self.stages.wait(stop, on_tick=self._log_counters)
+        except S2IError as exc:
+            self.failure = exc
         finally:
             stop.set()
             ended = self.stages.join(SHUTDOWN_S)
@@ -148,10 +158,12 @@ def serve_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     check_address(args.bind, "audio input (--bind)")
     check_address(args.pub, "publisher (--pub)")
+    raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(args)
     max_batch, max_wait_s = batching(args, pipeline.backend)
     ctx = zmq.Context()
     publisher = loop = security = None
+    failure: S2IError | None = None
     ended = True
     try:
         with stop_on_signals() as stop:
@@ -166,12 +178,13 @@ def serve_main(argv: list[str] | None = None) -> int:
             wait_for_subscribers(publisher, args.wait_subscribers, stop)
             if not stop.is_set():
                 ended = loop.run(stop)
-            if ended:       # the publishing thread is done: tell subscribers the streams end
+                failure = loop.failure
+            if ended and failure is None:   # the publisher is done: tell subscribers
                 for sid in list(loop.ingress.streams):
                     publisher.end(sid, "server-stopped", delay_s=0)
                 publisher.flush_ends(force=True)
             log(f"published {loop.frames} frames")
-            code = exit_code(stop)
+            code = exit_code(stop) if failure is None else 2
     finally:
         close_translator(pipeline)
         if ended:
@@ -184,8 +197,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         # A model call is still running (a huge batch on a slow backend): nothing it holds
         # needs saving, so exit now rather than wait for it.
         log("a stage was still busy at shutdown; exiting without waiting for it")
+        if failure is not None:
+            print(f"error: {failure}", file=sys.stderr)
         sys.stderr.flush()
         os._exit(code)
+    if failure is not None:
+        raise failure       # one line, exit 2 (run_cli)
     return code
 
 

@@ -28,6 +28,7 @@ from runtime.cli import RateLimitedLog, log
 from runtime.errors import first_line
 from runtime.pipeline import Batch, Pipeline, Result, Window, single_threaded_blas
 from runtime.protocol import Publisher
+from runtime.resilience import guarded, survived
 
 END = None                # sent down the queues when the source has ended
 BUDGET_HOPS = 0.4         # a batch's model time stays within this many hops
@@ -45,6 +46,7 @@ class StageCounters:
     frames: int = 0
     failed_batches: int = 0
     dropped_windows: int = 0          # windows of failed batches (not published)
+    unexpected_errors: int = 0        # batches or frames dropped by an unexpected exception
     batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("features", "model", "publish"), 0.0))
@@ -53,6 +55,7 @@ class StageCounters:
         return {"batches": self.batches, "frames": self.frames,
                 "failed_batches": self.failed_batches,
                 "dropped_windows": self.dropped_windows,
+                "unexpected_errors": self.unexpected_errors,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
 
@@ -90,24 +93,20 @@ class Stages:
         single_threaded_blas()
         for name, target in (("features", self._features), ("model", self._model),
                              ("publish", self._publish)):
-            thread = threading.Thread(target=self._guard, args=(target,), name=f"s2i-{name}",
-                                      daemon=True)
+            thread = threading.Thread(target=guarded(name, target, self.errors, stop),
+                                      name=f"s2i-{name}", daemon=True)
             thread.start()
             self.threads.append(thread)
 
-    def _guard(self, target: Callable[[], None]) -> None:
-        try:
-            target()
-        except BaseException as exc:  # noqa: BLE001 - re-raised by wait() in the main thread
-            self.errors.append(exc)
-            self.stop.set()
-        finally:
-            if threading.current_thread().name == "s2i-publish":
-                self.finished.set()
+    def _survive(self, where: str, exc: BaseException, lost: str) -> None:
+        """An unexpected exception that costs only the batch or frame at hand."""
+        self.counters.unexpected_errors += 1
+        survived(self.say, where, exc, self.counters.unexpected_errors, lost)
 
     def wait(self, stop: threading.Event, tick_s: float = 0.2,
              on_tick: Callable[[], None] | None = None) -> None:
-        """Block until ``stop`` or the end of the source; raises a stage's error."""
+        """Block until ``stop`` or the end of the source; raises the one-line ``S2IError`` of
+        a thread that could not go on."""
         while not stop.wait(tick_s) and not self.finished.is_set():
             if on_tick is not None:
                 on_tick()
@@ -157,6 +156,12 @@ class Stages:
     # --- the stages -----------------------------------------------------------------------
 
     def _features(self) -> None:
+        try:
+            self._feature_batches()
+        finally:        # the publisher ends after whatever is queued, also on an error
+            self._put(self.features_q, END)
+
+    def _feature_batches(self) -> None:
         while not self.stop.is_set():
             if not self.model_free.acquire(timeout=0.1):
                 continue
@@ -164,12 +169,18 @@ class Stages:
             if not windows:
                 self.model_free.release()
                 if getattr(self.source, "done", None) is not None and self.source.done.is_set():
-                    self._put(self.features_q, END)
                     return
                 continue
             start = time.perf_counter()
-            batch = self.pipeline.features(Batch(windows))
-            self.counters.busy_s["features"] += time.perf_counter() - start
+            try:
+                batch = self.pipeline.features(Batch(windows))
+            except Exception as exc:  # noqa: BLE001 - one failed batch costs only itself
+                self.model_free.release()
+                self.counters.dropped_windows += len(windows)
+                self._survive("the features stage", exc, f"{len(windows)} window(s)")
+                continue
+            finally:
+                self.counters.busy_s["features"] += time.perf_counter() - start
             if not self._put(self.features_q, batch):
                 return
 
@@ -209,19 +220,36 @@ class Stages:
                 if not ok or results is END:
                     return
                 start = time.perf_counter()
-                if pool is not None and len(results) > 1:
-                    messages = list(pool.map(self.pipeline.encode, results))
-                else:
-                    messages = [self.pipeline.encode(r) for r in results]
-                for result, parts in zip(results, messages, strict=True):
-                    self.publisher.publish(parts)
-                    self.counters.frames += 1
-                    if self.on_published is not None:
-                        self.on_published(result)
+                for result, parts in zip(results, self._encoded(results, pool), strict=True):
+                    try:
+                        if parts is None:
+                            continue
+                        self.publisher.publish(parts)
+                        self.counters.frames += 1
+                        if self.on_published is not None:
+                            self.on_published(result)
+                    except Exception as exc:  # noqa: BLE001 - costs only this frame
+                        self._survive("the publish stage", exc, "one frame")
                 self.counters.busy_s["publish"] += time.perf_counter() - start
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+            self.finished.set()
+
+
+    def _encoded(self, results: list[Result], pool: ThreadPoolExecutor | None
+                 ) -> list[list[bytes] | None]:
+        """Each result's message, or None for one whose encoding failed (logged)."""
+        def encode(result: Result) -> list[bytes] | None:
+            try:
+                return self.pipeline.encode(result)
+            except Exception as exc:  # noqa: BLE001 - costs only this frame
+                self._survive("the encoding of a frame", exc, "one frame")
+                return None
+
+        if pool is not None and len(results) > 1:
+            return list(pool.map(encode, results))
+        return [encode(r) for r in results]
 
 
 class StatusLine:

@@ -1,0 +1,40 @@
+"""Console-script entry points (``[project.scripts]`` in pyproject.toml).
+
+Importing a command's module takes a moment (NumPy, ZeroMQ, ONNX Runtime): Ctrl-C meanwhile
+would print a ``KeyboardInterrupt`` traceback before ``runtime.errors.run_cli`` is in place.
+Each entry point imports its module itself, so an early Ctrl-C is ``interrupted`` (exit 130)
+like a later one. This module imports nothing heavy.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+
+def _run(module: str) -> int:
+    try:
+        return int(importlib.import_module(module).main() or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def serve() -> int:
+    return _run("runtime.server")
+
+
+def stream() -> int:
+    return _run("runtime.stream")
+
+
+def capture() -> int:
+    return _run("runtime.capture")
+
+
+def view() -> int:
+    return _run("runtime.view")
+
+
+def keys() -> int:
+    return _run("runtime.keys")
