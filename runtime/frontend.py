@@ -59,7 +59,7 @@ FRONT_END_PRESETS: dict[str, dict[str, Any]] = {
     # decaying running maximum (live streams); fitted in docs/DATA.md
     "s2i-official-clip": {"sample_rate": 44100, "frame_ms": 1024 / 44.1, "n_fft": 1024,
                           "db_min": -35.0, "db_max": 0.0, "level": "clip",
-                          "decay_db_per_s": 0.5},
+                          "decay_db_per_s": 0.25},
 }
 # what stores of the authors' JPG/bin spectrograms are stamped with unless told otherwise:
 # their level was set per video (docs/DATA.md, "Clip-relative level")

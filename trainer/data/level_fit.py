@@ -102,6 +102,7 @@ class PerRecording:
     windows: np.ndarray        # [R] windows
     white_windows: np.ndarray  # [R] windows with a pixel >= WHITE
     reaches_white: np.ndarray  # [R] 1 when any window of the recording does
+    white_pixels: list[np.ndarray]  # per recording: white pixels of each window reaching white
 
 
 def per_recording(images: list[np.ndarray]) -> PerRecording:
@@ -109,7 +110,9 @@ def per_recording(images: list[np.ndarray]) -> PerRecording:
     peaks = [p.reshape(len(p), -1).max(axis=1) for p in images]
     return PerRecording(hist, np.array([len(p) for p in peaks]),
                         np.array([(p >= WHITE).sum() for p in peaks]),
-                        np.array([float(p.max() >= WHITE) for p in peaks]))
+                        np.array([float(p.max() >= WHITE) for p in peaks]),
+                        [(p >= WHITE).reshape(len(p), -1).sum(axis=1)[pk >= WHITE]
+                         for p, pk in zip(images, peaks, strict=True)])
 
 
 def summary(stats: PerRecording, official_hist: np.ndarray, pick: np.ndarray | None = None
@@ -119,7 +122,9 @@ def summary(stats: PerRecording, official_hist: np.ndarray, pick: np.ndarray | N
     pick = np.arange(len(stats.windows)) if pick is None else pick
     hist = stats.histogram[pick].sum(axis=0).astype(np.float64)
     hist /= hist.sum()
+    white = np.concatenate([stats.white_pixels[i] for i in pick])
     return {"mean_pixel": float((hist * np.arange(256)).sum()),
+            "white_pixels_median": float(np.median(white)) if len(white) else 0.0,
             "windows_white": float(stats.white_windows[pick].sum() / stats.windows[pick].sum()),
             "recordings_white": float(stats.reaches_white[pick].mean()),
             "histogram_emd": float(np.abs(np.cumsum(hist) - np.cumsum(official_hist)).sum())}
@@ -142,11 +147,13 @@ def official_statistics(pixels: np.ndarray, ids: list[str]) -> dict[str, Any]:
     low = pixels[:, :BANDS]
     hist = np.bincount(low.ravel(), minlength=256)[:256] / low.size
     peaks = low.reshape(len(low), -1).max(axis=1)
+    white = (low >= WHITE).reshape(len(low), -1).sum(axis=1)[peaks >= WHITE]
     videos: dict[str, int] = {}
     for vid, peak in zip(ids, peaks, strict=True):
         videos[vid] = max(videos.get(vid, 0), int(peak))
     return {"histogram": hist, "mean_pixel": float((hist * np.arange(256)).sum()),
             "windows_white": float((peaks >= WHITE).mean()),
+            "white_pixels_median": float(np.median(white)),
             "recordings_white": float(np.mean([p >= WHITE for p in videos.values()])),
             "windows": int(len(low)), "videos": len(videos)}
 
@@ -235,7 +242,7 @@ def study(official_pixels: np.ndarray, ids: list[str], fit_sounds: list, held_so
                 boot),
             "stream_vs_clips_grey": {
                 str(d): interval(stream_distance(dbs, replace(clip_cfg, decay_db_per_s=d)),
-                                 boot) for d in sorted({0.0, decay, 6.0})}}
+                                 boot) for d in DECAYS_DB_PER_S}}
     return report
 
 
@@ -258,7 +265,8 @@ def print_report(report: dict[str, Any]) -> None:
     o = report["official"]
     print(f"official val, lowest {report['bands']} bands: mean pixel {o['mean_pixel']:.1f}, "
           f"windows reaching {report['white']}: {o['windows_white']:.1%}, videos: "
-          f"{o['recordings_white']:.1%} ({o['windows']} windows, {o['videos']} videos)")
+          f"{o['recordings_white']:.1%} ({o['windows']} windows, {o['videos']} videos); "
+          f"median white pixels in a window reaching white: {o['white_pixels_median']:g}")
     f = report["fitted"]
     print(f"fitted on the fit set: range {f['range_db']:.1f} dB, running decay "
           f"{f['decay_db_per_s']:g} dB/s")
@@ -270,16 +278,19 @@ def print_report(report: dict[str, Any]) -> None:
     for name, s in report["sets"].items():
         print(f"\n{name}: {s['recordings']} recordings, {s['windows']} windows")
         print(f"  {'level':<8} {'mean pixel':>20} {'windows white %':>22} "
-              f"{'recordings white %':>22} {'histogram EMD':>20}")
+              f"{'recordings white %':>22} {'histogram EMD':>20} {'white px':>18}")
         for mode in ("fixed", "clip", "running"):
             m = s[mode]
             print(f"  {mode:<8} {fmt(m['mean_pixel']):>20} {fmt(m['windows_white'], 100):>22} "
-                  f"{fmt(m['recordings_white'], 100):>22} {fmt(m['histogram_emd'], 1, '.2f'):>20}")
+                  f"{fmt(m['recordings_white'], 100):>22} {fmt(m['histogram_emd'], 1, '.2f'):>20}"
+                  f" {fmt(m['white_pixels_median'], 1, '.0f'):>18}")
         print(f"  running vs clip, each recording a stream: mean |pixel difference| "
               f"{fmt(s['running_vs_clip_grey'], 1, '.2f')} grey levels")
+        print(f"  one stream of all recordings vs its {CLIP_WINDOWS}-s clips, mean |pixel "
+              "difference| by decay (dB/s):")
         for decay, entry in s["stream_vs_clips_grey"].items():
-            print(f"  one stream of all recordings vs its {CLIP_WINDOWS}-s clips, decay "
-                  f"{float(decay):g} dB/s: {fmt(entry, 1, '.2f')} grey levels")
+            mark = " (fitted)" if float(decay) == f["decay_db_per_s"] else ""
+            print(f"    {float(decay):>5g}: {fmt(entry, 1, '.2f')}{mark}")
 
 
 def main(argv: list[str] | None = None) -> int:
