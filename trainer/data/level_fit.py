@@ -197,10 +197,11 @@ def stream_distance(dbs: list[np.ndarray], cfg: FrontEndConfig, seed: int = 0) -
     order = np.random.default_rng(seed).permutation(len(dbs))
     stream = np.concatenate([dbs[i] for i in order])
     live = low_bands(level_pixels(stream, cfg, "running")).astype(np.float64)
+    size = min(CLIP_WINDOWS, len(stream))      # a stream shorter than a clip: one clip
     distances = []
-    for start in range(0, len(stream) - CLIP_WINDOWS + 1, CLIP_WINDOWS):
-        clip = low_bands(level_pixels(stream[start:start + CLIP_WINDOWS], cfg, "clip"))
-        distances.append(np.abs(live[start:start + CLIP_WINDOWS] - clip).mean())
+    for start in range(0, len(stream) - size + 1, size):
+        clip = low_bands(level_pixels(stream[start:start + size], cfg, "clip"))
+        distances.append(np.abs(live[start:start + size] - clip).mean())
     return np.array(distances)
 
 
