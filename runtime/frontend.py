@@ -12,6 +12,11 @@ float32 array in [-1, 1]:
    normalised, ``fmin``..``fmax``, default 0..sr/2), then ``10*log10(max(power, amin))``.
 3. Fixed dB range with clipping: ``[db_min, db_max]`` -> ``[-1, 1]``. Anything at or below
    ``db_min`` (silence) is the floor -1; anything above ``db_max`` clips to 1.
+   With ``level="clip"`` the range is instead relative to a reference level (docs/DATA.md,
+   "Clip-relative level"): for a file, the loudest point of the whole clip, and the clip's
+   quietest kept value maps to -1 (``log_mel_clip``: min -> 0, max -> 255 over the clip, as
+   the authors' images); for a live stream, a running maximum that falls by
+   ``decay_db_per_s`` (``RunningLevel``). ``log_mel_batch`` is the fixed-level path only.
 4. Rows are flipped so row 0 is the HIGHEST band: the image convention of the official
    s2i_data spectrograms (low frequencies at the bottom). Their 8-bit form is
    ``round((x + 1) * 127.5)`` (``to_uint8``), read back with ``from_uint8``.
@@ -36,6 +41,11 @@ SUPPORTED_VERSIONS = (FRONT_END_VERSION,)
 SAMPLE_RATE_RANGE = (1000, 768000)
 MAX_WINDOW_SECONDS = 60.0
 MAX_N_FFT = 1 << 20
+LEVELS = ("fixed", "clip")
+# settings added after version 1 was published: left out of to_dict (and so of the
+# fingerprint) at these defaults, so every earlier store, checkpoint and export keeps its
+# fingerprint
+LATER_DEFAULTS: dict[str, Any] = {"level": "fixed", "decay_db_per_s": 0.0}
 
 
 # Named front ends, as data (field -> value over the defaults). "s2i-official" is estimated from
@@ -45,7 +55,15 @@ FRONT_END_PRESETS: dict[str, dict[str, Any]] = {
     "default": {},
     "s2i-official": {"sample_rate": 44100, "frame_ms": 1024 / 44.1, "n_fft": 1024,
                      "db_min": -17.5, "db_max": 22.5},
+    # the same layout, level relative to each clip's maximum (files and stores) or to a
+    # decaying running maximum (live streams); fitted in docs/DATA.md
+    "s2i-official-clip": {"sample_rate": 44100, "frame_ms": 1024 / 44.1, "n_fft": 1024,
+                          "db_min": -35.0, "db_max": 0.0, "level": "clip",
+                          "decay_db_per_s": 0.25},
 }
+# what stores of the authors' JPG/bin spectrograms are stamped with unless told otherwise:
+# their level was set per video (docs/DATA.md, "Clip-relative level")
+AUTHORS_FRONT_END = "s2i-official-clip"
 
 
 @dataclass(frozen=True)
@@ -64,6 +82,8 @@ class FrontEndConfig:
     amin: float = 1e-10
     db_min: float = -80.0
     db_max: float = 20.0
+    level: str = "fixed"          # or "clip": db_min / db_max relative to a reference level
+    decay_db_per_s: float = 0.0   # "clip" live streams: how fast the running maximum falls
 
     def __post_init__(self) -> None:
         """Range-check every setting (a hand-edited store, checkpoint or export manifest may
@@ -100,6 +120,13 @@ class FrontEndConfig:
         if self.fmin >= self.f_max:
             raise S2IError(f"front end: fmin ({self.fmin}) must be below fmax ({self.f_max}); "
                            f"expected 0 <= fmin < fmax <= sample_rate/2 = {self.sample_rate / 2}")
+        if self.level not in LEVELS:
+            raise S2IError(f"front end: level must be one of {', '.join(LEVELS)}, got "
+                           f"{self.level!r}")
+        _number(self, "decay_db_per_s", 0.0, 1000.0)
+        if self.level == "fixed" and self.decay_db_per_s:
+            raise S2IError("front end: decay_db_per_s is for level 'clip' only; expected 0 "
+                           "with a fixed level")
         if self.db_max <= self.db_min:
             raise S2IError(f"front end: db_max ({self.db_max}) must exceed db_min ({self.db_min})")
         if self.n_samples < self.win_length:
@@ -141,7 +168,11 @@ class FrontEndConfig:
         return self.sample_rate / 2 if self.fmax is None else float(self.fmax)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        for key, default in LATER_DEFAULTS.items():
+            if data[key] == default:
+                del data[key]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any) -> FrontEndConfig:
@@ -162,8 +193,10 @@ class FrontEndConfig:
 
     @classmethod
     def preset(cls, name: str) -> FrontEndConfig:
-        """A named front end (``FRONT_END_PRESETS``): ``default`` (this project's 16 kHz) or
-        ``s2i-official`` (estimated from the authors' published spectrograms)."""
+        """A named front end (``FRONT_END_PRESETS``): ``default`` (this project's 16 kHz),
+        ``s2i-official`` (the layout estimated from the authors' published spectrograms, a
+        fixed dB range) or ``s2i-official-clip`` (that layout, the level relative to each
+        clip's maximum: docs/DATA.md)."""
         if name not in FRONT_END_PRESETS:
             raise S2IError(f"unknown front-end preset '{name}'; expected one of "
                            f"{', '.join(sorted(FRONT_END_PRESETS))}")
@@ -205,8 +238,8 @@ def check_same_front_end(expected: FrontEndConfig | dict[str, Any],
     a = expected if isinstance(expected, FrontEndConfig) else FrontEndConfig.from_dict(expected)
     b = actual if isinstance(actual, FrontEndConfig) else FrontEndConfig.from_dict(actual)
     if a != b:
-        diff = [f"{k}: {v} vs {b.to_dict()[k]}" for k, v in a.to_dict().items()
-                if b.to_dict()[k] != v]
+        diff = [f"{k}: {v} vs {getattr(b, k)}" for k, v in dataclasses.asdict(a).items()
+                if getattr(b, k) != v]
         raise S2IError(f"{what} was made with front end '{b.name()}', not '{a.name()}' "
                        f"({'; '.join(diff)})")
 
@@ -276,7 +309,9 @@ CHUNK_WINDOWS = 4     # windows per FFT pass: larger passes fall out of cache (3
 
 
 def log_mel_batch(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
-    """``[B, n_samples]`` mono float audio -> ``[B, n_mels, n_frames]`` float32 in [-1, 1]."""
+    """``[B, n_samples]`` mono float audio -> ``[B, n_mels, n_frames]`` float32 in [-1, 1]
+    (a fixed-level front end; ``log_mel_clip`` / ``RunningLevel`` for level "clip")."""
+    _check_level(cfg, "fixed", "log_mel_batch")
     audio = _check_audio(audio, cfg)
     if audio.ndim == 1:
         audio = audio[None]
@@ -287,6 +322,13 @@ def log_mel_batch(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
 
 
 def _log_mel_rows(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    db = _mel_db_rows(audio, cfg)
+    scaled = (np.clip(db, cfg.db_min, cfg.db_max) - cfg.db_min) / (cfg.db_max - cfg.db_min)
+    return (scaled * 2.0 - 1.0)[:, ::-1, :].astype(np.float32)
+
+
+def _mel_db_rows(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """``[B, n_samples]`` -> mel power in dB ``[B, mels, T]`` (band 0 lowest)."""
     window, fbank = _tables(cfg)
     padded = np.pad(audio, ((0, 0), (cfg.pad, cfg.pad_after)), mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.win_length, axis=1)
@@ -295,9 +337,89 @@ def _log_mel_rows(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
     power = (spectrum.real**2 + spectrum.imag**2).astype(np.float32)
     # One BLAS matrix product (an einsum here took ~7 of a window's ~11 ms; benchmarks serve).
     mel = np.matmul(power, fbank.T).transpose(0, 2, 1)               # [B, mels, T]
-    db = 10.0 * np.log10(np.maximum(mel, cfg.amin))
-    scaled = (np.clip(db, cfg.db_min, cfg.db_max) - cfg.db_min) / (cfg.db_max - cfg.db_min)
+    return 10.0 * np.log10(np.maximum(mel, cfg.amin))
+
+
+def log_mel_db(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """``[B, n_samples]`` (or one window) -> unscaled mel dB ``[B, n_mels, n_frames]``
+    float32, band 0 the LOWEST (the rows are not flipped yet)."""
+    audio = _check_audio(audio, cfg)
+    if audio.ndim == 1:
+        audio = audio[None]
+    return np.concatenate([_mel_db_rows(audio[i:i + CHUNK_WINDOWS], cfg)
+                           for i in range(0, len(audio), CHUNK_WINDOWS)])
+
+
+def scale_relative(db: np.ndarray, cfg: FrontEndConfig, reference: np.ndarray,
+                   lowest: np.ndarray | None = None) -> np.ndarray:
+    """dB ``[B, mels, T]`` (band 0 lowest) -> ``[-1, 1]`` features (row 0 highest) with the
+    range ``reference + [db_min, db_max]`` per window (``reference`` ``[B]``). ``lowest``
+    ``[B]``, when given, raises the bottom of the range to it (the clip's quietest value:
+    min -> -1 over a clip whose range is narrower than ``db_max - db_min``)."""
+    high = (np.asarray(reference, np.float64) + cfg.db_max)[:, None, None]
+    low = (np.asarray(reference, np.float64) + cfg.db_min)[:, None, None]
+    if lowest is not None:
+        low = np.minimum(np.maximum(low, np.asarray(lowest, np.float64)[:, None, None]),
+                         high - 1e-6)
+    scaled = (np.clip(db, low, high) - low) / (high - low)
     return (scaled * 2.0 - 1.0)[:, ::-1, :].astype(np.float32)
+
+
+def _check_level(cfg: FrontEndConfig, want: str, what: str) -> None:
+    if cfg.level != want:
+        raise S2IError(f"{what} is for front ends of level '{want}'; front end "
+                       f"'{cfg.name()}' has level '{cfg.level}'")
+
+
+def log_mel_clip(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """A whole clip (mono ``[n]``, at least one window) -> its whole 1-s windows
+    ``[W, n_mels, n_frames]`` in [-1, 1], the level relative to the CLIP: the range is
+    ``clip max + [db_min, db_max]``, its bottom raised to the clip's quietest value inside
+    it, so the clip's max is 1 (255) and its min -1 (0). Each window is framed from its own
+    samples, exactly as ``log_mel_batch`` frames it; only the level differs. A fixed-level
+    front end gives ``log_mel_batch`` of the windows."""
+    audio = np.asarray(audio)
+    if audio.ndim != 1:
+        raise S2IError(f"log_mel_clip takes one mono clip [n], got shape {audio.shape}")
+    windows = audio.shape[0] // cfg.n_samples
+    if windows == 0:
+        raise S2IError(f"clip has {audio.shape[0]} samples; the front end needs at least one "
+                       f"whole window of {cfg.n_samples}")
+    cut = audio[: windows * cfg.n_samples].reshape(windows, cfg.n_samples)
+    if cfg.level == "fixed":
+        return log_mel_batch(cut, cfg)
+    db = log_mel_db(cut, cfg)
+    top = float(db.max())
+    kept = db[db >= top + cfg.db_min]
+    reference = np.full(windows, top)
+    return scale_relative(db, cfg, reference, np.full(windows, float(kept.min())))
+
+
+class RunningLevel:
+    """The clip-relative level for a live stream, where no whole clip exists: the reference
+    is the loudest dB value seen so far, falling by ``cfg.decay_db_per_s`` per second of
+    stream and lifted at once by any louder window. One per stream; feed its windows in
+    order (``features(windows, seconds)``, ``seconds`` between consecutive window ends)."""
+
+    def __init__(self, cfg: FrontEndConfig) -> None:
+        _check_level(cfg, "clip", "RunningLevel")
+        self.cfg = cfg
+        self.reference: float | None = None
+
+    def update(self, window_max_db: float, seconds: float) -> float:
+        decayed = -np.inf if self.reference is None \
+            else self.reference - self.cfg.decay_db_per_s * max(0.0, seconds)
+        self.reference = float(max(window_max_db, decayed))
+        return self.reference
+
+    def features(self, windows: np.ndarray, seconds: float | np.ndarray) -> np.ndarray:
+        """``[B, n_samples]`` consecutive windows -> ``[B, n_mels, n_frames]`` in [-1, 1];
+        ``seconds`` (scalar or ``[B]``) since the previous window ended."""
+        db = log_mel_db(windows, self.cfg)
+        gaps = np.broadcast_to(np.asarray(seconds, np.float64), (len(db),))
+        reference = np.array([self.update(float(d.max()), float(g))
+                              for d, g in zip(db, gaps, strict=True)])
+        return scale_relative(db, self.cfg, reference)
 
 
 def log_mel(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:

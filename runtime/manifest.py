@@ -10,6 +10,7 @@ each ONNX file's ``metadata_props``. Any mismatch is one ``S2IError`` line namin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import math
@@ -239,7 +240,7 @@ def check_stamp(path: Path, front_end: FrontEndConfig, dropout: list[dict[str, A
     except (ValueError, S2IError) as exc:
         raise S2IError(f"{path}: its S2I stamp is unreadable ({exc}); re-export") from exc
     if metadata.get(STAMP_FINGERPRINT) != front_end.fingerprint() or stamped != front_end:
-        mine, theirs = front_end.to_dict(), stamped.to_dict()
+        mine, theirs = dataclasses.asdict(front_end), dataclasses.asdict(stamped)
         diff = "; ".join(f"{key} {mine[key]!r} in manifest.json, {theirs.get(key)!r} in "
                          f"{path.name}" for key in mine if mine[key] != theirs.get(key))
         raise S2IError(f"{where}: front end differs from the one {path.name} was exported "

@@ -12,6 +12,7 @@ form (a batch of one).
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig, log_mel_batch
+from runtime.frontend import (
+    FrontEndConfig,
+    RunningLevel,
+    log_mel_batch,
+    log_mel_db,
+    scale_relative,
+)
 from runtime.masks import draw_masks
 from runtime.protocol import (
     DEFAULT_TOPIC,
@@ -34,6 +41,7 @@ from runtime.protocol import (
 )
 
 MIN_HOP_SECONDS = 0.05
+MAX_LEVEL_STREAMS = 4096   # clip-level front ends: running references kept (oldest dropped)
 
 
 @dataclass
@@ -94,6 +102,9 @@ class Pipeline:
         self._check_encoder_input(manifest)
         self.rng = np.random.default_rng(seed)
         self._seq: dict[str, int] = {}     # library use only; servers number their streams
+        # level "clip" front ends: each stream's running reference and where its last window
+        # ended (runtime.frontend.RunningLevel)
+        self._levels: OrderedDict[str, tuple[RunningLevel, float | None]] = OrderedDict()
         self.frames = 0
 
     def _check_encoder_input(self, manifest: dict[str, Any]) -> None:
@@ -130,9 +141,29 @@ class Pipeline:
         # Silence and clipping are valid input; a broken source's NaN/inf must not stop us:
         # NaN -> 0, clipped to [-1, 1], as the level fields (protocol.audio_level) see it.
         audio = sanitise_audio(np.stack([w.audio for w in batch.windows]))
-        batch.features = log_mel_batch(audio, self.front_end)[:, None]
+        if self.front_end.level == "fixed":
+            batch.features = log_mel_batch(audio, self.front_end)[:, None]
+        else:
+            batch.features = self._running_level_features(audio, batch.windows)[:, None]
         batch.timings_ms["features"] = _ms(start)
         return batch
+
+    def _running_level_features(self, audio: np.ndarray, windows: list[Window]) -> np.ndarray:
+        """A clip-level front end on live windows: each stream's level is relative to its
+        own running reference, which falls with the stream time between its windows (the
+        hop when a window carries no position)."""
+        db = log_mel_db(audio, self.front_end)
+        references = []
+        for window, window_db in zip(windows, db, strict=True):
+            level, last = self._levels.pop(window.stream, (None, None))
+            level = level or RunningLevel(self.front_end)
+            gap = self.hop_seconds if window.position_s is None or last is None \
+                else window.position_s - last
+            references.append(level.update(float(window_db.max()), gap))
+            self._levels[window.stream] = (level, window.position_s)
+            if len(self._levels) > MAX_LEVEL_STREAMS:
+                self._levels.popitem(last=False)
+        return scale_relative(db, self.front_end, np.array(references))
 
     def draw_masks(self, rows: int) -> list[np.ndarray]:
         """Fresh MC-dropout masks for ``rows`` generator rows (one draw per layer)."""

@@ -421,7 +421,7 @@ def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
     from trainer.checkpoint import seal
     from trainer.models import InformativityClassifier
     buffer = io.BytesIO()
-    torch.save(InformativityClassifier(WIDTH).state_dict(), buffer)
+    torch.save(InformativityClassifier(WIDTH, "ours").state_dict(), buffer)
     (folder / "class_0.pt").write_bytes(seal(buffer.getvalue()))
     assert set(load_classifiers(folder)[1]) == {0}
     data = bytearray((folder / "class_0.pt").read_bytes())
@@ -430,7 +430,7 @@ def test_damaged_classifier_file_is_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(S2IError, match=r"classifier .*class_0.pt is damaged: .* retrain"):
         load_classifiers(folder)
     (folder / "class_0.pt").unlink()
-    with pytest.raises(S2IError, match="class_0.pt is missing or damaged"):
+    with pytest.raises(S2IError, match="class_0.pt is missing, damaged"):
         load_classifiers(folder)
 
 
@@ -496,3 +496,40 @@ def test_labelling_page_starts_without_torch() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=60, check=True)
     assert done.stdout.strip() == "[]", done.stdout
+
+
+def test_classifier_architecture_is_saved_and_a_mismatch_refused(tmp_path: Path) -> None:
+    import io
+
+    from trainer.checkpoint import seal
+    from trainer.evaluate.informativity import (
+        CLASSIFIERS_FORMAT,
+        CLASSIFIERS_VERSION,
+        load_classifiers,
+    )
+    from trainer.models import InformativityClassifier
+
+    folder = tmp_path / "classifiers"
+    folder.mkdir()
+    buffer = io.BytesIO()
+    torch.save(InformativityClassifier(WIDTH, "official").state_dict(), buffer)
+    (folder / "class_0.pt").write_bytes(seal(buffer.getvalue()))
+
+    def manifest(architecture: str) -> None:
+        (folder / "manifest.json").write_text(json.dumps({
+            "format": CLASSIFIERS_FORMAT, "version": CLASSIFIERS_VERSION,
+            "architecture": architecture, "classes": ["Dog"],
+            "per_class": {"Dog": {"file": "class_0.pt"}}, "config": {"width": WIDTH}}))
+
+    manifest("official")
+    assert load_classifiers(folder)[1][0].architecture == "official"
+    assert load_classifiers(folder, "official")[1][0].architecture == "official"
+    with pytest.raises(S2IError, match="architecture 'official', not the 'paper'"):
+        load_classifiers(folder, "paper")
+    for saved, expected in (("paper", "not of the manifest's architecture 'paper'"),
+                            ("ours", "not of the manifest's architecture 'ours'"),
+                            ("wide", "classifier architecture must be one of")):
+        manifest(saved)
+        with pytest.raises(S2IError, match=expected) as info:
+            load_classifiers(folder)
+        assert "\n" not in str(info.value)

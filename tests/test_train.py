@@ -231,3 +231,28 @@ def test_run_folder_of_another_kind_is_refused(store: Path, tmp_path: Path) -> N
     # a store (manifest.json) is not a run folder: training there would mix the two
     with pytest.raises(S2IError, match="not a training run"):
         train_audio(AudioConfig(store=str(store), run_dir=str(store), epochs=1, **TINY))
+
+
+def test_audio_resume_converts_the_earlier_decoder(store: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint of the earlier decoder (convT12 (5,3) + output padding) resumes: its
+    kernel and SGD momentum get the authors' (5,4) shape with a zero fourth column."""
+    from trainer.checkpoint import save_checkpoint
+    from trainer.models import AudioAutoencoder
+
+    common = dict(store=str(store), embedding_dim=64, probe_samples=10, **TINY)
+    train_audio(AudioConfig(run_dir=str(tmp_path), epochs=1, **common))
+    path = tmp_path / "checkpoints" / "audio_last.pt"
+    state = load_checkpoint(path)
+    key = "decoder.convs.11.weight"
+    index = [n for n, _ in AudioAutoencoder(64, 0.125).named_parameters()].index(key)
+    state["models"]["autoencoder"][key] = state["models"]["autoencoder"][key][..., :3].clone()
+    state["models"]["decoder"]["convs.11.weight"] = state["models"]["autoencoder"][key]
+    momentum = state["optimizers"]["autoencoder"]["state"][index]
+    momentum["momentum_buffer"] = momentum["momentum_buffer"][..., :3].clone()
+    save_checkpoint(path, state)
+    train_audio(AudioConfig(run_dir=str(tmp_path), epochs=2, **common), resume=True)
+    assert "converted the earlier audio decoder" in capsys.readouterr().err
+    resumed = load_checkpoint(path)
+    assert resumed["epoch"] == 2
+    assert resumed["models"]["autoencoder"][key].shape[-1] == 4

@@ -33,6 +33,13 @@ GENERATOR_TRANSITIONS: tuple[tuple[int, int, int], ...] = (
 # the first block's width in both.
 GENERATOR_TRANSITION_WIDTHS: tuple[str, ...] = ("official", "next-block")
 DROPOUT_P: tuple[float, ...] = (0.15, 0.13, 0.11, 0.09, 0.07, 0.05)
+# Audio decoder (the authors' net_audio_autoencoder.py): Dropout2d after convT1..convT12, and
+# the two layers whose kernel / stride are not the mirrored encoder's (index 11 = convT12,
+# 12 = convT13). Before 2026-12-03 this project used (5,3) + output_padding for convT12 and
+# evenly spaced rates; ``upgrade_decoder_state`` converts such checkpoints exactly.
+DECODER_DROPOUT_P: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10, 0.10, 0.09,
+                                        0.08, 0.07, 0.06, 0.05)
+DECODER_KERNELS: dict[int, tuple[tuple[int, int], int]] = {11: ((5, 4), 2), 12: ((8, 6), 2)}
 DISCRIMINATOR_CHANNELS: tuple[int, ...] = (96, 192, 192, 208, 224, 240) + (256,) * 6
 EMBEDDING_SIZES: tuple[int, ...] = (128, 256, 512, 1024, 2048)
 
@@ -78,23 +85,24 @@ class AudioEncoder(nn.Module):
 
 
 class AudioDecoder(nn.Module):
-    """``[B, D]`` -> ``[B, 1, 128, 100]``: the encoder mirrored, Dropout2d on at test time too."""
+    """``[B, D]`` -> ``[B, 1, 128, 100]``: the encoder mirrored as the authors built it
+    (``convT1..convT13``), Dropout2d (``DECODER_DROPOUT_P``) on at test time too.
+
+    Spatial sizes 1 -> 3 -> ... -> 29x23 -> 61x48 (``convT12``: kernel (5,4), stride 2)
+    -> 128x100 (``convT13``: kernel (8,6), stride 2): no output padding anywhere.
+    """
 
     def __init__(self, embedding_dim: int = 512, width: float = 1.0) -> None:
         super().__init__()
         check_embedding_dim(embedding_dim)
         mirrored = list(reversed(ENCODER_LAYERS))
         channels = [embedding_dim] + [scaled(out, width) for out, _, _ in mirrored[1:]] + [1]
-        n = len(mirrored)
-        self.dropout_p = [0.15 - 0.10 * i / (n - 2) for i in range(n - 1)]
+        self.dropout_p: list[float] = list(DECODER_DROPOUT_P)
         self.convs = nn.ModuleList()
         self.norms = nn.ModuleList()
         for i, (_, kernel, stride) in enumerate(mirrored):
-            out_pad = (0, 1) if i == n - 2 else 0  # 29x23 -> 61x48 needs one extra column
-            if i == n - 1:
-                kernel, stride = (8, 6), 2       # 61x48 -> 128x100
-            self.convs.append(nn.ConvTranspose2d(channels[i], channels[i + 1], kernel, stride,
-                                                 output_padding=out_pad))
+            kernel, stride = DECODER_KERNELS.get(i, (kernel, stride))
+            self.convs.append(nn.ConvTranspose2d(channels[i], channels[i + 1], kernel, stride))
             self.norms.append(nn.BatchNorm2d(channels[i + 1]))
         self.mc_dropout = True
         xavier_init(self)
@@ -108,6 +116,21 @@ class AudioDecoder(nn.Module):
                 return torch.tanh(x)
             x = F.dropout2d(F.relu(x), self.dropout_p[i], training=active)
         raise AssertionError("unreachable")
+
+
+def upgrade_decoder_state(state: dict[str, torch.Tensor], prefix: str = "") -> list[str]:
+    """Convert, in place, a decoder state dict of the earlier layout (``convT12`` kernel
+    (5,3) with ``output_padding=(0,1)``) to the authors' (5,4): the new fourth kernel column
+    is zero. Exact: with (5,3) the 48th output column only ever received the bias, and a
+    zero fourth column gives it exactly that again, so every output is unchanged (only the
+    dropout rates, which are not weights, now follow the authors' list). Returns the keys
+    converted (empty for a state already in the authors' layout)."""
+    key = f"{prefix}convs.11.weight"
+    weight = state.get(key)
+    if weight is None or weight.shape[-1] != 3:
+        return []
+    state[key] = F.pad(weight, (0, 1))
+    return [key]
 
 
 class AudioAutoencoder(nn.Module):
@@ -248,21 +271,54 @@ class Discriminator(nn.Module):
         return self.score(torch.cat([h, cond], 1)).flatten()
 
 
-class InformativityClassifier(nn.Module):
-    """Binary informative / non-informative classifier for one sound class."""
+# Informativity classifier architectures (docs/EVALUATION.md, docs/FIDELITY.md):
+# "official" the authors' net_visual_interpretability.py as it runs (fc1 defined but skipped:
+#            33,610 parameters in use), "paper" the paper's text (5 convs + 3 FC, BN, ReLU and
+#            dropout after each but the last; the official sizes, fc1 used: 34,730), "ours"
+#            this project's first version (3x3 convs with padding, global average pooling,
+#            FC 32 -> 32 -> 2 without BN: 32,970).
+CLASSIFIER_ARCHITECTURES: tuple[str, ...] = ("official", "paper", "ours")
+CLASSIFIER_CONV_CHANNELS: tuple[int, ...] = (12, 32, 32, 32, 32)
+CLASSIFIER_CONV_DROPOUT: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 
-    def __init__(self, width: float = 1.0) -> None:
+
+def check_classifier_architecture(architecture: str) -> str:
+    if architecture not in CLASSIFIER_ARCHITECTURES:
+        raise ValueError(f"classifier architecture must be one of {CLASSIFIER_ARCHITECTURES}, "
+                         f"got {architecture!r}")
+    return architecture
+
+
+def _fc_bn(in_dim: int, out_dim: int) -> list[nn.Module]:
+    return [nn.Linear(in_dim, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU(inplace=True),
+            nn.Dropout(0.5)]
+
+
+class InformativityClassifier(nn.Module):
+    """Binary informative / non-informative classifier for one sound class:
+    ``[B, 3, 96, 96]`` in [-1, 1] -> log-probabilities ``[B, 2]``."""
+
+    def __init__(self, width: float = 1.0, architecture: str = "official") -> None:
         super().__init__()
-        channels = [3] + [scaled(c, width) for c in (12, 32, 32, 32, 32)]
-        drops = (0.1, 0.2, 0.3, 0.4, 0.5)
+        self.architecture = check_classifier_architecture(architecture)
+        channels = [3] + [scaled(c, width) for c in CLASSIFIER_CONV_CHANNELS]
+        ours = architecture == "ours"
         layers: list[nn.Module] = []
-        for i, p in enumerate(drops):
-            layers += [nn.Conv2d(channels[i], channels[i + 1], 3, 2, 1),
+        for i, p in enumerate(CLASSIFIER_CONV_DROPOUT):
+            # official / paper: no padding, the first kernel 5x5: 96 -> 46 -> 22 -> 10 -> 4 -> 1
+            kernel, padding = (3, 1) if ours else (5 if i == 0 else 3, 0)
+            layers += [nn.Conv2d(channels[i], channels[i + 1], kernel, 2, padding),
                        nn.BatchNorm2d(channels[i + 1]), nn.ReLU(inplace=True), nn.Dropout2d(p)]
-        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        pool = [nn.AdaptiveAvgPool2d(1)] if ours else []
+        self.features = nn.Sequential(*layers, *pool, nn.Flatten())
         hidden = scaled(32, width)
-        self.head = nn.Sequential(nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True),
-                                  nn.Dropout(0.5), nn.Linear(hidden, 2))
+        if ours:
+            head: list[nn.Module] = [nn.Linear(channels[-1], hidden), nn.ReLU(inplace=True),
+                                     nn.Dropout(0.5)]
+        else:
+            head = (_fc_bn(channels[-1], hidden) if architecture == "paper" else []) \
+                + _fc_bn(channels[-1] if architecture == "official" else hidden, hidden)
+        self.head = nn.Sequential(*head, nn.Linear(hidden, 2))
         xavier_init(self)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

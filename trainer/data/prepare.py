@@ -19,7 +19,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from runtime.config import parse_config, save_config
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig
+from runtime.frontend import AUTHORS_FRONT_END, FrontEndConfig
 from runtime.images import save_png
 from trainer.data.prepare_common import PrepareOptions
 from trainer.data.prepare_s2i import build_from_bins, build_from_jpgs, is_archive
@@ -64,7 +64,7 @@ def build(sources: list[str], opts: PrepareOptions, kind: str = "auto") -> Store
     if opts.balance is None:   # the paper balances classes; its published sets already are
         opts.balance = found == "videos"
     if opts.front_end is None:   # the authors' spectrograms are their front end's, not ours
-        opts.front_end = FrontEndConfig.preset("s2i-official" if found in ("jpg", "bin")
+        opts.front_end = FrontEndConfig.preset(AUTHORS_FRONT_END if found in ("jpg", "bin")
                                                else "default")
     if opts.out.exists() and not opts.overwrite:
         raise S2IError(f"{opts.out} already exists; pass --overwrite to replace it")

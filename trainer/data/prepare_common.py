@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.errors import S2IError
-from runtime.frontend import FRONT_END_PRESETS, FrontEndConfig
+from runtime.frontend import AUTHORS_FRONT_END, FRONT_END_PRESETS, FrontEndConfig
 
 VEGAS_CLASSES = ("Baby cry", "Dog", "Rail transport", "Fireworks", "Water flowing")
 SPLITS = ("train", "val", "test")
@@ -74,8 +74,8 @@ class PrepareOptions:
     front_end_name: str | None = field(default=None, metadata={
         "flag": "--front-end", "choices": sorted(FRONT_END_PRESETS),
         "help": "the front end the store's spectrograms are (stamped in the store; default: "
-                "s2i-official for the authors' JPG/bin spectrograms, 'default' for videos/demo; "
-                "docs/DATA.md)"})
+                "s2i-official-clip for the authors' JPG/bin spectrograms, 'default' for "
+                "videos/demo; docs/DATA.md)"})
     sample_rate: int | None = field(default=None, metadata={
         "help": "videos/demo: front-end sample rate (default: the front end's)"})
     demo_train: int = field(default=DEMO_SIZES.train, metadata={
@@ -119,8 +119,8 @@ class PrepareOptions:
 
 def official_front_end(opts: PrepareOptions) -> FrontEndConfig:
     """The front end of a store of the authors' spectrograms: the given one, else the
-    ``s2i-official`` preset (estimated from them; docs/DATA.md)."""
-    return opts.front_end or FrontEndConfig.preset("s2i-official")
+    ``s2i-official-clip`` preset (estimated from them; docs/DATA.md)."""
+    return opts.front_end or FrontEndConfig.preset(AUTHORS_FRONT_END)
 
 
 def check_fractions(fractions: Sequence[float]) -> tuple[float, float, float]:

@@ -19,7 +19,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from runtime.errors import S2IError
-from runtime.frontend import FrontEndConfig, log_mel_batch, to_uint8
+from runtime.frontend import FrontEndConfig, log_mel_batch, log_mel_clip, to_uint8
 from trainer.data.prepare_common import SPLITS, VEGAS_CLASSES, PrepareOptions, split_by_video
 from trainer.data.store import StoreWriter
 
@@ -143,7 +143,11 @@ def decode_video(path: Path, cfg: FrontEndConfig, max_seconds: int = 10) -> Deco
         images.append(square_96(rgb))
     if not segments:
         raise SkipVideo("no usable segment")
-    spectrograms = to_uint8(log_mel_batch(np.stack(segments), cfg))
+    if cfg.level == "clip":   # the level is the whole clip's: scale all, keep the used ones
+        whole = np.clip(audio[: n_segments * cfg.n_samples], -1.0, 1.0)
+        spectrograms = to_uint8(log_mel_clip(whole, cfg)[windows])
+    else:
+        spectrograms = to_uint8(log_mel_batch(np.stack(segments), cfg))
     return DecodedVideo(spectrograms, np.stack(images), windows, skipped)
 
 

@@ -3,6 +3,10 @@
 As in the paper (section 5.3): for each sound class a binary informative /
 non-informative classifier (``trainer.models.InformativityClassifier``) is trained on
 labelled generated images of that class; SGD, lr 0.001, momentum 0.9, weight decay 5e-5.
+``--architecture`` picks the network (``trainer.models.CLASSIFIER_ARCHITECTURES``): the
+authors' code (default), the paper's text, or this project's first version; the manifest
+records it and loading builds that one (a mismatch is refused). ``--epochs`` defaults to 60
+(ours): the paper gives none, the authors' saved classifiers are from epochs 124-307.
 Per class the labelled images are split into train and held-out parts, stratified by
 label (``--holdout``, 0.2 = the paper's 800/200). Training batches are balanced: the
 smaller kind is oversampled to the size of the larger (``--balance subsample`` draws the
@@ -11,7 +15,8 @@ the two kinds) are reported per class.
 
 Output (written atomically as a whole)::
 
-    OUT/manifest.json    {"format": "s2i-informativity", "classes": [...], "per_class":
+    OUT/manifest.json    {"format": "s2i-informativity", "architecture": "official",
+                          "classes": [...], "per_class":
                           {class: {"file", "accuracy", "balanced_accuracy", ...} or
                           {"skipped": reason}}, "config": {...}}
     OUT/class_<k>.pt     the classifier of class k (state dict, sealed with its sha256 like a
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import io
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +44,11 @@ from trainer.checkpoint import MAX_WIDTH, check_seal, read_state, seal
 from trainer.evaluate.autolabel import load_png
 from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels
 from trainer.images import from_uint8_images
-from trainer.models import InformativityClassifier
+from trainer.models import (
+    CLASSIFIER_ARCHITECTURES,
+    InformativityClassifier,
+    check_classifier_architecture,
+)
 
 CLASSIFIERS_FORMAT = "s2i-informativity"
 CLASSIFIERS_VERSION = 2   # 2: each class_K.pt sealed with its sha256 (trainer.checkpoint)
@@ -58,6 +67,10 @@ class InformativityConfig:
     balance: str = "oversample"       # or "subsample"
     min_per_kind: int = 4             # fewer labels of either kind -> the class is skipped
     width: float = 1.0
+    architecture: str = field(default="official", metadata={
+        "choices": CLASSIFIER_ARCHITECTURES,
+        "help": "official (the authors' code, default), paper (its text: 3 FC layers) or "
+                "ours (this project's first version); docs/EVALUATION.md"})
     seed: int = 0
 
 
@@ -123,7 +136,7 @@ def train_one(images: np.ndarray, targets: np.ndarray, cfg: InformativityConfig,
               rng: np.random.Generator) -> tuple[InformativityClassifier, dict[str, Any]]:
     """Train one class's classifier; returns it and its held-out figures."""
     train_idx, held_idx = split_holdout(targets, cfg.holdout, rng)
-    model = InformativityClassifier(cfg.width)
+    model = InformativityClassifier(cfg.width, cfg.architecture)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                                 weight_decay=cfg.weight_decay)
     train_targets = torch.from_numpy(targets)
@@ -159,6 +172,9 @@ def train_classifiers(folders: list[str | Path], out: str | Path, cfg: Informati
                       progress: bool = True) -> dict[str, Any]:
     if cfg.balance not in ("oversample", "subsample"):
         raise S2IError(f"--balance must be 'oversample' or 'subsample', got {cfg.balance!r}")
+    if cfg.architecture not in CLASSIFIER_ARCHITECTURES:
+        raise S2IError(f"--architecture must be one of {', '.join(CLASSIFIER_ARCHITECTURES)}, "
+                       f"got {cfg.architecture!r}")
     if not 0.0 < cfg.holdout < 1.0:
         raise S2IError(f"--holdout must be between 0 and 1, got {cfg.holdout}")
     check_out_dir(Path(out))
@@ -188,16 +204,19 @@ def train_classifiers(folders: list[str | Path], out: str | Path, cfg: Informati
             raise S2IError("no class has enough labels of both kinds to train a classifier ("
                            + "; ".join(f"{c}: {r['skipped']}" for c, r in report.items()) + ")")
         manifest = {"format": CLASSIFIERS_FORMAT, "version": CLASSIFIERS_VERSION,
-                    "classes": classes, "per_class": report, "config": asdict(cfg),
+                    "architecture": cfg.architecture, "classes": classes,
+                    "per_class": report, "config": asdict(cfg),
                     "labels_from": [str(Path(f).resolve()) for f in folders],
                     "mean_accuracy": float(np.mean([r["accuracy"] for r in trained]))}
         atomic_write_json(tmp / "manifest.json", manifest)
     return manifest
 
 
-def load_classifiers(folder: str | Path) -> tuple[list[str],
-                                                  dict[int, InformativityClassifier]]:
-    """``classes`` and ``class index -> classifier`` (eval mode) from an OUT folder."""
+def load_classifiers(folder: str | Path, architecture: str | None = None
+                     ) -> tuple[list[str], dict[int, InformativityClassifier]]:
+    """``classes`` and ``class index -> classifier`` (eval mode) from an OUT folder, built as
+    the manifest's ``architecture`` says (a manifest without one predates the choice: "ours").
+    ``architecture``, when given, must be the saved one."""
     folder = Path(folder)
     if not folder.is_dir():
         raise S2IError(f"classifiers folder not found: {folder} (train them with `python -m "
@@ -216,6 +235,15 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
         raise S2IError(f"informativity classifiers manifest {path} is damaged (expected "
                        f"config.width in (0, {MAX_WIDTH:g}], classes and per_class); "
                        "retrain the classifiers")
+    saved = manifest.get("architecture", "ours")
+    try:
+        check_classifier_architecture(saved)
+    except ValueError as exc:
+        raise S2IError(f"{path}: {exc}; retrain the classifiers") from None
+    if architecture is not None and architecture != saved:
+        raise S2IError(f"the classifiers in {folder} are of architecture '{saved}', not the "
+                       f"'{architecture}' asked for; retrain them with --architecture "
+                       f"{architecture} or use them as they are")
     models: dict[int, InformativityClassifier] = {}
     for k, name in enumerate(classes):
         entry = per_class.get(name, {})
@@ -225,7 +253,7 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
             raise S2IError(f"informativity classifiers manifest {path}: class {name!r} names "
                            f"no file of its folder ({str(entry['file'])[:80]!r}); retrain "
                            "the classifiers")
-        model = InformativityClassifier(width)
+        model = InformativityClassifier(width, saved)
         path = folder / entry["file"]
         try:
             # every byte as written (one line naming the file), before anything is unpickled
@@ -234,8 +262,9 @@ def load_classifiers(folder: str | Path) -> tuple[list[str],
         except S2IError:
             raise
         except Exception as exc:  # noqa: BLE001 - torch.load raises many kinds on junk
-            raise S2IError(f"classifier {path} is missing or damaged "
-                           f"({type(exc).__name__}); retrain the classifiers") from exc
+            raise S2IError(f"classifier {path} is missing, damaged or not of the manifest's "
+                           f"architecture '{saved}' ({type(exc).__name__}); retrain the "
+                           "classifiers") from exc
         model.eval()
         models[k] = model
     return list(classes), models

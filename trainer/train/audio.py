@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime.cli import log
 from runtime.frontend import check_same_front_end
 from trainer.data.batches import count_batches, epoch_batches, open_split
 from trainer.data.store import Store
 from trainer.images import image_grid
-from trainer.models import AudioAutoencoder, check_embedding_dim
+from trainer.models import AudioAutoencoder, check_embedding_dim, upgrade_decoder_state
 from trainer.presets import preset_overrides
 from trainer.train.common import Dist, StageTrainer, check_positive, parse_stage, train_stage
 from trainer.train.probe import linear_probe_accuracy
@@ -109,8 +110,17 @@ class AudioTrainer(StageTrainer):
         state = self.load_last(embedding_dim=self.cfg.embedding_dim, width=self.cfg.width)
         check_same_front_end(state["front_end"], self.store.front_end,
                              f"store {self.store.path}")
-        self.model.load_state_dict(state["models"]["autoencoder"])
-        self.opt.load_state_dict(state["optimizers"]["autoencoder"])
+        weights, optimizer = state["models"]["autoencoder"], state["optimizers"]["autoencoder"]
+        for key in upgrade_decoder_state(weights, "decoder."):
+            # the SGD momentum of the converted kernel gets the same zero column
+            index = [name for name, _ in self.model.named_parameters()].index(key)
+            buffer = optimizer.get("state", {}).get(index, {})
+            if buffer.get("momentum_buffer") is not None:
+                buffer["momentum_buffer"] = F.pad(buffer["momentum_buffer"], (0, 1))
+            log(f"{self.run.last(self.stage)}: converted the earlier audio decoder's convT12 "
+                "kernel (5,3) + output padding to the authors' (5,4) (exact: outputs unchanged)")
+        self.model.load_state_dict(weights)
+        self.opt.load_state_dict(optimizer)
 
     # -- one epoch -----------------------------------------------------------------------
     def train_epoch(self) -> dict[str, Any]:
