@@ -89,7 +89,7 @@ class S2ITranslator:
     def _translate(self, calls: list[tuple[np.ndarray, list[np.ndarray], int]]
                    ) -> list[dict[str, Any]]:
         self.batches += 1
-        start = time.perf_counter()
+        began = time.perf_counter()
         z = self.translator.encode(np.concatenate([spec for spec, _, _ in calls]))
         encoded = time.perf_counter()
         rows, start = [], 0
@@ -101,7 +101,7 @@ class S2ITranslator:
         images = self.translator.generate(np.concatenate(rows), masks)
         # The model run's own times (shared by the calls it merged): the front reports them
         # beside its round trip (header timings_ms: encoder, generator, cluster).
-        timings = {"encoder": round((encoded - start) * 1000, 3),
+        timings = {"encoder": round((encoded - began) * 1000, 3),
                    "generator": round((time.perf_counter() - encoded) * 1000, 3)}
         sizes = np.cumsum([len(spec) * samples for spec, _, samples in calls])[:-1]
         return [{"images": np.ascontiguousarray(part), "timings_ms": timings}
