@@ -176,13 +176,17 @@ class Pipeline:
             self.features(batch)
         start = time.perf_counter()
         if hasattr(self.translator, "translate_samples"):
-            # A remote translator (runtime.cluster): the whole batch in ONE call; its round
-            # trip is counted as the generator's time.
+            # A remote translator (runtime.cluster): the whole batch in ONE call. ``cluster``
+            # is its round trip; ``encoder`` / ``generator`` are the replica's own model run
+            # (which may have merged other fronts' calls), as the replica reports them.
             if masks is None:
                 masks = self.draw_masks(len(batch.windows) * self.samples)
-            out = self.translator.translate_samples(batch.features, masks, self.samples)
-            batch.timings_ms["encoder"] = 0.0
-            batch.timings_ms["generator"] = _ms(start)
+            remote: dict[str, float] = {}
+            out = self.translator.translate_samples(batch.features, masks, self.samples,
+                                                    timings_ms=remote)
+            batch.timings_ms["cluster"] = _ms(start)
+            batch.timings_ms["encoder"] = remote.get("encoder", 0.0)
+            batch.timings_ms["generator"] = remote.get("generator", 0.0)
             return np.asarray(out)
         z = np.asarray(self.translator.encode(batch.features), np.float32)     # [B, D]
         mid = time.perf_counter()
@@ -231,7 +235,8 @@ class Pipeline:
             "batch": len(batch.windows),
             "rms": rms, "peak": peak,
             "timings_ms": {key: batch.timings_ms.get(key, 0.0)
-                           for key in ("features", "encoder", "generator")},
+                           for key in ("features", "encoder", "generator", "cluster")
+                           if key != "cluster" or key in batch.timings_ms},
         }
 
     def encode(self, result: Result) -> list[bytes]:

@@ -98,12 +98,13 @@ class NetworkLoop:
         sizes = self.stages.counters.batch_sizes
         mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
         log(f"{c['streams']} streams, {c['frames']} frames in {c['batches']} batches "
-            f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['dropped_windows']} windows "
-            f"dropped (model failures), {c['bad_messages']} bad "
-            f"messages, {c['refused_streams']} streams refused, {c['refused_duplicates']} "
-            f"duplicate-node messages refused, {c['stale_seq']} duplicate-seq messages "
-            f"dropped, {c['unexpected_errors'] + c['ingress_unexpected_errors']} "
-            "unexpected errors survived")
+            f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['stale_windows']} stale "
+            f"results dropped, {c['dropped_windows']} windows dropped (model failures), "
+            f"{c['bad_messages']} bad messages, {c['refused_streams']} streams refused, "
+            f"{c['refused_duplicates']} duplicate-node messages refused, {c['stale_seq']} "
+            f"duplicate-seq messages dropped, "
+            f"{c['unexpected_errors'] + c['ingress_unexpected_errors']} unexpected errors "
+            "survived")
 
     def run(self, stop: threading.Event) -> bool:
         """Serve until ``stop``; True if every thread ended within ``SHUTDOWN_S``. A thread

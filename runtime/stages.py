@@ -15,10 +15,12 @@ company before its batch starts anyway.
 
 from __future__ import annotations
 
+import math
 import queue
+import statistics
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +34,15 @@ from runtime.resilience import guarded, survived
 
 END = None                # sent down the queues when the source has ended
 BUDGET_HOPS = 0.4         # a batch's model time stays within this many hops
+# A result is stale, and dropped instead of published, when its window became due more than
+# max(STALE_MIN_S, STALE_FACTOR x the median age of recent results) ago: a model call that
+# hung (a cluster with no replica left, a stalled GPU) must not publish pictures of sound
+# from seconds ago. The median follows a model that is slow all the time, so that one still
+# publishes; judged only once STALE_HISTORY_MIN results were measured.
+STALE_MIN_S = 3.0
+STALE_FACTOR = 4.0
+STALE_HISTORY = 32
+STALE_HISTORY_MIN = 4
 STATUS_EVERY_S = 10.0
 
 
@@ -47,6 +58,7 @@ class StageCounters:
     failed_batches: int = 0
     dropped_windows: int = 0          # windows of failed batches (not published)
     unexpected_errors: int = 0        # batches or frames dropped by an unexpected exception
+    stale_windows: int = 0            # results too old to publish (dropped, like skipped hops)
     batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("features", "model", "publish"), 0.0))
@@ -56,6 +68,7 @@ class StageCounters:
                 "failed_batches": self.failed_batches,
                 "dropped_windows": self.dropped_windows,
                 "unexpected_errors": self.unexpected_errors,
+                "stale_windows": self.stale_windows,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
                 "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
 
@@ -76,6 +89,7 @@ class Stages:
         self.encode_threads = max(1, int(encode_threads))
         self.on_published = on_published
         self.counters = StageCounters()
+        self.ages: deque[float] = deque(maxlen=STALE_HISTORY)   # due -> result, seconds
         self.say = RateLimitedLog()
         self.features_q: queue.Queue[Batch | None] = queue.Queue(maxsize=1)
         # The next batch is formed only once the model has taken the previous one: windows
@@ -133,6 +147,23 @@ class Stages:
         per_window = seconds / max(1, windows)
         self.per_window_s = per_window if self.per_window_s is None \
             else 0.7 * self.per_window_s + 0.3 * per_window
+
+    def fresh(self, batch: Batch, results: list[Result]) -> list[Result]:
+        """The results worth publishing: a stale one (see STALE_MIN_S) is dropped and counted
+        (``stale_windows``, reported with the skipped hops); its seq is then not published."""
+        now = time.monotonic()
+        ages = [now - window.due_time for window in batch.windows]
+        limit = max(STALE_MIN_S, STALE_FACTOR * statistics.median(self.ages)) \
+            if len(self.ages) >= STALE_HISTORY_MIN else math.inf
+        self.ages.extend(ages)
+        if max(ages) <= limit:
+            return results
+        kept = [r for r, age in zip(results, ages, strict=True) if age <= limit]
+        self.counters.stale_windows += len(results) - len(kept)
+        self.say("stale", f"dropped {len(results) - len(kept)} result(s) {max(ages):.1f} s "
+                          f"after their window was due (over {limit:.1f} s: a model call hung or "
+                          f"stalled); {self.counters.stale_windows} stale so far")
+        return kept
 
     def _put(self, q: queue.Queue[Any], item: Any) -> bool:
         """Blocking put that gives up when ``stop`` is set (a bounded queue's back-pressure)."""
@@ -208,7 +239,8 @@ class Stages:
             self._measured(len(batch.windows), time.perf_counter() - start)
             self.counters.batches += 1
             self.counters.batch_sizes[len(batch.windows)] += 1
-            if not self._put(self.publish_q, results):
+            results = self.fresh(batch, results)
+            if results and not self._put(self.publish_q, results):
                 return
 
     def _publish(self) -> None:

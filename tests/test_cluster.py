@@ -170,16 +170,18 @@ class Front:
     """``s2i-serve --cluster`` with a capture node (this test) pushing paced audio over tcp
     and a subscriber receiving raw frames."""
 
-    def __init__(self, cluster, seed: int, samples: int = 2) -> None:
+    def __init__(self, cluster, seed: int, samples: int = 2, spec: str | None = None,
+                 env: dict[str, str] | None = None) -> None:
         import zmq
         from helpers_runtime import CLI
 
         from runtime.client import Subscriber
 
         self.samples, self.seed = samples, seed
-        self.cli = CLI("s2i-serve", "--cluster", cluster.spec, "--bind", "tcp://127.0.0.1:*",
-                       "--pub", "tcp://127.0.0.1:*", "--hop", "0.5", "--samples", str(samples),
-                       "--seed", str(seed), "--encoding", "raw", "--max-batch", "4")
+        self.cli = CLI("s2i-serve", "--cluster", spec or cluster.spec, "--bind",
+                       "tcp://127.0.0.1:*", "--pub", "tcp://127.0.0.1:*", "--hop", "0.5",
+                       "--samples", str(samples), "--seed", str(seed), "--encoding", "raw",
+                       "--max-batch", "4", env=env)
         match = self.cli.wait_line(r"serving on (tcp://\S+) -> (tcp://\S+) \(backend (\S+),",
                                    timeout=120)
         self.backend = match.group(3)
@@ -262,6 +264,13 @@ def test_a_stream_through_s2i_serve_cluster_equals_the_local_backend(cluster):
         assert np.abs(got - expected).max() <= 1, frame.header     # rounding at most
     first = np.stack(frames[0].images).astype(float)
     assert np.abs(first - np.stack(frames[-1].images).astype(float)).mean() > 5
+    # The header reports the round trip as `cluster` and the replica's own model run as
+    # `encoder` / `generator` (not the round trip as "generator" and 0 for the encoder).
+    for frame in frames:
+        t = frame.header["timings_ms"]
+        assert set(t) == {"features", "encoder", "generator", "cluster", "encoding"}, t
+        assert t["encoder"] > 0 and t["generator"] > 0, t
+        assert t["cluster"] > t["encoder"] + t["generator"], t
 
 
 def replicas() -> list[str]:
@@ -305,6 +314,74 @@ def test_a_replica_killed_mid_stream_and_the_stream_goes_on(cluster):
     while (len(replicas()) < 2 or before[0] in replicas()) and time.monotonic() < deadline:
         time.sleep(1)
     assert len(replicas()) == 2 and before[0] not in replicas()
+
+
+def children(pid: int) -> list[int]:
+    from pathlib import Path as P
+
+    try:
+        return [int(c) for task in P(f"/proc/{pid}/task").iterdir()
+                for c in (task / "children").read_text().split()]
+    except OSError:
+        return []
+
+
+def replica_pids(cluster) -> list[int]:
+    """The replicas' processes: workers of this module's second node (its raylet's
+    children), not another cluster's on this machine."""
+    from pathlib import Path as P
+
+    (node,) = cluster.head.worker_nodes
+    raylet = node.all_processes[ray._private.ray_constants.PROCESS_TYPE_RAYLET][0].process.pid
+    return [pid for pid in children(raylet)
+            if P(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica:s2i:")]
+
+
+def test_every_replica_stalled_and_back_publishes_no_stale_frame(cluster):
+    """Head up, every replica unresponsive for 6 s (stopped), then back: the call that waited
+    and the batch queued behind it come back seconds old; they are dropped and counted, not
+    published, and the stream goes on with fresh windows."""
+    import signal
+
+    rate, seconds = 16000, 14
+    audio = sweep(rate, float(seconds))
+    front = Front(cluster, seed=4)
+    pids = replica_pids(cluster)
+    assert len(pids) == 2
+    try:
+        front.send(audio[:rate * 4], rate, 0)                   # windows ending 1.0 .. 4.0 s
+        front.drain(3.0)
+        assert len(front.frames) >= 4, front.cli.stderr()
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            front.send(audio[rate * 4:rate * 10], rate, 16)     # 6 s without a replica
+        finally:
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+        front.send(audio[rate * 10:], rate, 40)
+        deadline = time.monotonic() + 40
+        while front.frames[-1].header["position_s"] < seconds and time.monotonic() < deadline:
+            front.drain(2.0)
+    finally:
+        front.close()
+    stderr = front.cli.stderr()
+    late = [(f.seq, round(f.header["publish_time"] - f.header["capture_time"], 1))
+            for f in front.frames if f.header["publish_time"] - f.header["capture_time"] > 4.0]
+    assert not late, stderr                                  # (seq, seconds stale) published
+    assert "after their window was due" in stderr, stderr   # the stale results, counted
+    assert front.frames[-1].header["position_s"] == seconds, stderr
+
+
+def test_a_missing_token_is_named_with_a_hint(cluster, monkeypatch):
+    from runtime.cluster.client import ClusterTranslator
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)           # not this cluster's token
+    with pytest.raises(S2IError) as error:
+        ClusterTranslator(cluster.address, APP, connect_timeout_s=8)
+    message = str(error.value)
+    assert "\n" not in message and "token authentication" in message, message
+    assert "Unauthenticated" in message or "InvalidAuthToken" in message, message
 
 
 def bridge_pid(parent: int) -> int:
@@ -365,3 +442,99 @@ def test_s2i_serve_and_s2i_stream_with_an_unreachable_cluster_say_one_line(tmp_p
         assert lines[0].startswith("error: cannot reach the Ray cluster at 127.0.0.1:1")
     bad = run_cli("s2i-serve", "--cluster", "127.0.0.1:6379/no spaces", timeout=60)
     assert bad.returncode == 2 and "application name" in bad.stderr
+
+
+# --- the scripted loopback cluster of docs/SCALING.md ------------------------------------
+
+def group_pids(pgid: int) -> list[int]:
+    from pathlib import Path as P
+
+    pids = []
+    for entry in P("/proc").iterdir():
+        try:
+            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+        except (OSError, ValueError):
+            continue
+        if entry.name.isdigit() and int(fields[2]) == pgid and fields[0] not in "ZX":
+            pids.append(int(entry.name))
+    return pids
+
+
+def listening(pids: list[int]) -> dict[int, list[str]]:
+    """pid -> the local addresses (hex, as in /proc/net/tcp*) of its listening TCP sockets."""
+    from pathlib import Path as P
+
+    inodes: dict[str, int] = {}
+    for pid in pids:
+        try:
+            for fd in P(f"/proc/{pid}/fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:["):
+                    inodes[target[8:-1]] = pid
+        except OSError:
+            continue
+    found: dict[int, list[str]] = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in P(table).read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] == "0A" and cols[9] in inodes:               # LISTEN
+                found.setdefault(inodes[cols[9]], []).append(cols[1].rpartition(":")[0])
+    return found
+
+
+def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(cluster, tmp_path):
+    """docs/SCALING.md's two-node loopback setup as typed: start, deploy, a front serving
+    frames, stop; the nodes listen on 127.0.0.1 only (replicas' own gRPC server aside), and
+    stop ends exactly the processes it started (this module's cluster keeps running)."""
+    import json
+    import subprocess
+    import sys
+
+    folder = tmp_path / "ray-local"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+
+    def local(*args: str, timeout: float = 400) -> str:
+        done = subprocess.run([sys.executable, "-m", "runtime.cluster.local", *args,
+                               "--dir", str(folder)], env=env, capture_output=True, text=True,
+                              timeout=timeout)
+        assert done.returncode == 0, done.stderr + done.stdout
+        return done.stdout
+
+    started: list[int] = []
+    try:
+        local("start", "--worker-cpus", "1")
+        state = json.loads((folder / "cluster.json").read_text())
+        assert state["gcs"].startswith("127.0.0.1:")
+        assert oct((folder / "auth_token").stat().st_mode & 0o777) == "0o600"
+        local("deploy", "--export", str(cluster.export), "--backend", "onnxruntime-cpu",
+              "--threads", "1")
+        front_env = dict(env)
+        for line in local("env").splitlines():
+            if line.startswith("export "):
+                key, _, value = line[7:].partition("=")
+                front_env[key] = value
+        front = Front(cluster, seed=1, spec=f"{state['gcs']}/s2i", env=front_env)
+        try:
+            front.send(sweep(16000, 1.5), 16000, 0)
+            front.drain(20.0)
+        finally:
+            front.close()
+        assert front.frames and front.frames[0].header["position_s"] == 1.0, \
+            front.cli.stderr()
+        assert front.backend == "ray:s2i/onnxruntime-cpu"
+        started = [pid for node in state["nodes"] for pid in group_pids(node["pgid"])]
+        serving = {pid for pid in started
+                   if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica")}
+        assert serving, started
+        loopback = ("0100007F", "0000000000000000FFFF00000100007F")      # 127.0.0.1 (v4, v6)
+        for pid, addresses in listening(started).items():
+            if pid not in serving:       # a replica's gRPC server binds [::] (docs/SCALING.md)
+                assert all(a in loopback for a in addresses), (pid, addresses)
+    finally:
+        if (folder / "cluster.json").exists():
+            local("stop")
+    from runtime.cluster.local import alive
+
+    assert started and not [pid for pid in started if alive(pid)]     # all of it ended
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2      # the other cluster is intact
+    assert len(replicas()) == 2

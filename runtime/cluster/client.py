@@ -14,10 +14,13 @@ background with backoff (1, 2, 4, 8, then every 15 s) and logs again when the cl
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from multiprocessing.connection import Connection
 from typing import Any
@@ -25,10 +28,24 @@ from typing import Any
 import numpy as np
 
 from runtime.cli import RateLimitedLog, log
-from runtime.cluster.wire import check_images, check_info, make_request, parse_cluster
+from runtime.cluster.wire import (
+    check_images,
+    check_info,
+    check_reply,
+    make_request,
+    parse_cluster,
+)
 from runtime.errors import S2IError
 
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0)
+_RAY_ERROR = re.compile(r"error|fail|refused|unauthenticated|denied|timed? ?out", re.I)
+_RAY_AUTH = re.compile(r"auth|token", re.I)
+_RAY_PREFIX = re.compile(r"^\[[^]]*\] \S+:\d+: ")      # "[date W pid tid] file.cc:210: "
+
+
+def _loopback(address: str) -> bool:
+    host = address.split("://")[-1].rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -59,18 +76,57 @@ class _Bridge:
         # A fresh interpreter (not a fork of a process holding zmq/ORT threads, and not a
         # multiprocessing spawn that re-imports the front's __main__), joined by a socket pair.
         ours, theirs = socket.socketpair()
+        env = dict(os.environ)
+        if _loopback(address):
+            # Ray 2.60 rewrites 127.0.0.1 to the host's network address unless told not to; a
+            # loopback cluster (python -m runtime.cluster.local) listens on 127.0.0.1 only.
+            env.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "runtime.cluster.bridge", str(theirs.fileno()), address, app,
              str(call_timeout_s)], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
             start_new_session=True,   # Ctrl-C reaches the front only; the bridge ends on EOF
-            # Ray's own C++ warnings (reconnect attempts...) would flood the front's log; the
-            # bridge reports what matters over the pipe. S2I_RAY_DEBUG=1 keeps them.
-            stdout=None if os.environ.get("S2I_RAY_DEBUG") else subprocess.DEVNULL,
-            stderr=None if os.environ.get("S2I_RAY_DEBUG") else subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
         theirs.close()
         self.conn = Connection(ours.detach())
         self.info: dict[str, Any] | None = None
         self.started = time.monotonic()
+        # Ray's own messages (C++ warnings, reconnect attempts...) would flood the front's log:
+        # the last few are kept to name the cause when connecting fails (S2I_RAY_DEBUG=1
+        # also copies every one to the front's stderr).
+        self.ray_lines: deque[str] = deque(maxlen=40)
+        self._reader = threading.Thread(target=self._read_stderr, name="s2i-ray-stderr",
+                                        daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        debug = bool(os.environ.get("S2I_RAY_DEBUG"))
+        assert self.process.stderr is not None
+        for raw in self.process.stderr:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line.strip():
+                self.ray_lines.append(line)
+                if debug:
+                    print(line, file=sys.stderr, flush=True)
+        self.process.stderr.close()
+
+    def _exited(self) -> str:
+        self._reader.join(1.0)            # Ray's last words
+        cause = self.ray_cause()
+        return "the Ray bridge process exited while connecting" + (f": {cause}" if cause else "")
+
+    def ray_cause(self) -> str:
+        """Ray's last error-looking line from the bridge (one line, at most 300 characters),
+        with a hint when it is about authentication; '' when Ray said nothing."""
+        lines = list(self.ray_lines)
+        errors = [x for x in lines if _RAY_ERROR.search(x)] or lines
+        if not errors:
+            return ""
+        cause = " ".join(_RAY_PREFIX.sub("", errors[-1]).split())[:300]
+        if any(_RAY_AUTH.search(x) for x in lines):
+            cause += (" (token authentication: give this front the cluster's token, "
+                      "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH; "
+                      "docs/SCALING.md)")
+        return cause
 
     def poll_ready(self, timeout: float) -> dict[str, Any] | None:
         """The deployment's info once connected; None while connecting; S2IError on failure."""
@@ -79,13 +135,19 @@ class _Bridge:
         try:
             if not self.conn.poll(timeout):
                 if self.process.poll() is not None:
-                    raise S2IError("the Ray bridge process exited while connecting")
+                    raise S2IError(self._exited())
                 return None
             kind, value = self.conn.recv()
-        except (EOFError, OSError) as exc:
-            raise S2IError("the Ray bridge process exited while connecting") from exc
+        except (EOFError, OSError):
+            raise S2IError(self._exited()) from None
         if kind != "ready":
-            raise S2IError(str(value))
+            try:
+                self.process.wait(2.0)    # Ray's last words reach the pipe before it exits
+            except subprocess.TimeoutExpired:
+                pass
+            self._reader.join(1.0)
+            cause = self.ray_cause()
+            raise S2IError(str(value) + (f" ({cause})" if cause else ""))
         self.info = value
         return value
 
@@ -126,8 +188,10 @@ class ClusterTranslator:
             info = None
             while info is None:
                 if time.monotonic() > deadline:
+                    cause = self._bridge.ray_cause() or "Ray said nothing"
                     raise S2IError(f"cannot reach the Ray cluster at {address} within "
-                                   f"{connect_timeout_s:g} s")
+                                   f"{connect_timeout_s:g} s: {cause} (S2I_RAY_DEBUG=1 shows "
+                                   "all of Ray's messages)")
                 info = self._bridge.poll_ready(0.2)
             info = check_info(info, self.where)
         except BaseException:
@@ -234,12 +298,17 @@ class ClusterTranslator:
     # --- the Translator interface ----------------------------------------------------------
 
     def translate_samples(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray],
-                          samples: int) -> np.ndarray:
+                          samples: int, timings_ms: dict[str, float] | None = None
+                          ) -> np.ndarray:
         """B windows ``[B,1,128,100]`` and masks ``[B*K, C_i]`` -> images ``[B*K,3,96,96]``
-        (window-major), in one call."""
+        (window-major), in one call. ``timings_ms`` (if given) receives the replica's
+        ``encoder`` and ``generator`` times of the model run that computed them."""
         request = make_request(spectrogram, masks, samples)
         rows = request["spectrogram"].shape[0] * int(samples)
-        return check_images(self._call("translate", request), rows)
+        images, remote = check_reply(self._call("translate", request), rows)
+        if timings_ms is not None:
+            timings_ms.update(remote)
+        return images
 
     def translate(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
         return self.translate_samples(spectrogram, masks, 1)

@@ -6,8 +6,8 @@ batched translate calls: ``@serve.batch`` merges the calls that arrive within
 windows) into one encoder run and one generator run. Replicas, GPUs per replica, autoscaling and
 the batch settings live in a Serve config file (deploy/serve.yaml)::
 
-    serve deploy deploy/serve.yaml            # on a running cluster (ray start --head ...)
-    serve run runtime.cluster.deployment:build_app export=runs/demo/export   # quick, foreground
+    serve deploy deploy/serve.yaml --address http://HEAD:8265     # docs/SCALING.md
+    python -m runtime.cluster.local deploy --export DIR            # the loopback test cluster
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import time
 from typing import Any
 
 import numpy as np
@@ -60,8 +61,9 @@ class S2ITranslator:
         return {"wire": WIRE_VERSION, "manifest": t.manifest, "backend": t.backend,
                 "precision": t.precision, "replica": self.where, "batches": self.batches}
 
-    async def __call__(self, request: Any) -> np.ndarray:
-        """One front's batch (``runtime.cluster.wire``) -> images ``[B*K, 3, 96, 96]``."""
+    async def __call__(self, request: Any) -> dict[str, Any]:
+        """One front's batch (``runtime.cluster.wire``) -> ``{"images": [B*K, 3, 96, 96],
+        "timings_ms": {"encoder", "generator"}}``."""
         checked = check_request(request, self.translator.dropout)   # bad input costs only itself
         return await self.run_batch(checked)
 
@@ -80,14 +82,16 @@ class S2ITranslator:
     @serve.batch(max_batch_size=BATCH_DEFAULTS["max_batch_size"],
                  batch_wait_timeout_s=BATCH_DEFAULTS["batch_wait_timeout_s"])
     async def run_batch(self, calls: list[tuple[np.ndarray, list[np.ndarray], int]]
-                        ) -> list[np.ndarray]:
+                        ) -> list[dict[str, Any]]:
         # The model runs in a thread so that the next calls queue up (and batch) meanwhile.
         return await asyncio.get_running_loop().run_in_executor(None, self._translate, calls)
 
     def _translate(self, calls: list[tuple[np.ndarray, list[np.ndarray], int]]
-                   ) -> list[np.ndarray]:
+                   ) -> list[dict[str, Any]]:
         self.batches += 1
+        began = time.perf_counter()
         z = self.translator.encode(np.concatenate([spec for spec, _, _ in calls]))
+        encoded = time.perf_counter()
         rows, start = [], 0
         for spec, _, samples in calls:
             rows.append(np.repeat(z[start:start + len(spec)], samples, axis=0))
@@ -95,8 +99,13 @@ class S2ITranslator:
         masks = [np.concatenate([m[i] for _, m, _ in calls])
                  for i in range(len(self.translator.dropout))]
         images = self.translator.generate(np.concatenate(rows), masks)
+        # The model run's own times (shared by the calls it merged): the front reports them
+        # beside its round trip (header timings_ms: encoder, generator, cluster).
+        timings = {"encoder": round((encoded - began) * 1000, 3),
+                   "generator": round((time.perf_counter() - encoded) * 1000, 3)}
         sizes = np.cumsum([len(spec) * samples for spec, _, samples in calls])[:-1]
-        return [np.ascontiguousarray(part) for part in np.split(images, sizes)]
+        return [{"images": np.ascontiguousarray(part), "timings_ms": timings}
+                for part in np.split(images, sizes)]
 
 
 def build_app(args: dict[str, Any]) -> Any:
@@ -107,7 +116,13 @@ def build_app(args: dict[str, Any]) -> Any:
     if set(args) - known or "export" not in args:
         raise S2IError(f"application args {sorted(args)}: expected 'export' and optionally "
                        "'backend', 'precision', 'threads'")
+    export = str(args["export"])
+    if not os.path.isabs(export):
+        # Replicas run in Ray's worker folders, not where `serve deploy` was typed: a relative
+        # path would name different folders on different nodes.
+        raise S2IError(f"application args export {export!r}: give an absolute path (the same "
+                       "on every replica's node)")
     threads = args.get("threads")
-    return S2ITranslator.bind(str(args["export"]), str(args.get("backend", "auto")),
+    return S2ITranslator.bind(export, str(args.get("backend", "auto")),
                               str(args.get("precision", "fp32")),
                               int(threads) if threads not in (None, "") else None)

@@ -2,12 +2,14 @@
 
 A front sends, per batch of B windows with K MC-dropout samples each, ONE request::
 
-    {"wire": 1, "spectrogram": float32 [B, 1, 128, 100],
+    {"wire": 2, "spectrogram": float32 [B, 1, 128, 100],
      "masks": [float32 [B*K, C_i] per dropout layer], "samples": K}
 
-and gets back float32 images ``[B*K, 3, 96, 96]`` (rows window-major: window 0's K samples
-first). Spectrograms and explicit masks cross the wire, not mask seeds: the masks are one value
-per channel per sample (a few KB against the 51 KB spectrogram), and a replica then computes
+and gets back ``{"images": float32 [B*K, 3, 96, 96], "timings_ms": {"encoder": ms,
+"generator": ms}}`` (rows window-major: window 0's K samples first; the times are the
+replica's model run, which may have merged other fronts' calls). Spectrograms and explicit
+masks cross the wire, not mask seeds: the masks are one value per channel per sample (a few
+KB against the 51 KB spectrogram), and a replica then computes
 exactly what the local backend computes for the same masks, whichever replica runs the batch
 and whatever other fronts' windows share its model run. Seeds would tie the result to the
 replica's numpy version and to the order of draws.
@@ -27,7 +29,7 @@ import numpy as np
 
 from runtime.errors import S2IError
 
-WIRE_VERSION = 1
+WIRE_VERSION = 2         # 2: replies carry the replica's timings_ms
 DEFAULT_APP = "s2i"
 SPECTROGRAM_TAIL = (1, 128, 100)
 IMAGE_TAIL = (3, 96, 96)
@@ -99,6 +101,19 @@ def check_request(request: Any, dropout: Sequence[dict[str, Any]]
             raise S2IError(f"cluster request mask {spec['input']} holds NaN or infinity")
         checked.append(mask)
     return spectrogram, checked, samples
+
+
+def check_reply(reply: Any, rows: int) -> tuple[np.ndarray, dict[str, float]]:
+    """A translate reply -> (images ``[rows, 3, 96, 96]`` float32, the replica's timings)."""
+    if not isinstance(reply, dict):
+        raise S2IError(f"cluster reply should be a dict, got {type(reply).__name__}")
+    timings = reply.get("timings_ms")
+    if not isinstance(timings, dict) or not all(
+            isinstance(timings.get(key), float) and 0 <= timings[key] < 1e9
+            for key in ("encoder", "generator")):
+        raise S2IError("cluster reply's timings_ms should hold encoder and generator ms")
+    return check_images(reply.get("images"), rows), \
+        {key: timings[key] for key in ("encoder", "generator")}
 
 
 def check_images(reply: Any, rows: int) -> np.ndarray:
