@@ -6,12 +6,20 @@
 The source hands blocks to a bounded queue (oldest dropped when full); the main thread sends
 them as ``[b"audio", header, float32 samples]`` on PUSH without ever blocking: when the server
 is unreachable or slow, audio is dropped, not queued (live audio goes stale).
+
+Every option is checked before anything starts, with the server's own rules
+(``runtime.protocol.check_audio_values``): what the server would refuse is a one-line error,
+exit 2. PUSH has no acknowledgement, so the closing line counts blocks handed to a connected
+server, not blocks the server accepted; with none handed over it is an error (exit 2). A
+refused handshake ends the node with one line (exit 2), or with ``--retry`` is logged and
+retried with backoff (``runtime.client.ClientSocket``).
 """
 
 from __future__ import annotations
 
 import argparse
 import queue
+import re
 import socket as socketlib
 import sys
 import threading
@@ -21,15 +29,10 @@ import numpy as np
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.client import ClientSocket
 from runtime.errors import S2IError, run_cli
-from runtime.protocol import connect, encode_audio
-from runtime.security import (
-    HandshakeWatch,
-    add_client_security_args,
-    check_address,
-    client_keys,
-    warn_if_open,
-)
+from runtime.protocol import check_audio_values, encode_audio
+from runtime.security import add_client_security_args, check_address, client_keys, warn_if_open
 from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
@@ -73,6 +76,13 @@ class BlockQueue:
                 return blocks
 
 
+def default_stream_id(host: str | None = None) -> str:
+    """``capture-<host name>`` made a valid stream id: characters outside ``[A-Za-z0-9._-]``
+    become ``-``, at most 64 characters."""
+    host = socketlib.gethostname() if host is None else host
+    return re.sub(r"[^A-Za-z0-9._-]", "-", f"capture-{host}")[:64]
+
+
 class AudioSender:
     """Numbers blocks and sends them on PUSH without blocking (a busy server drops them)."""
 
@@ -100,38 +110,40 @@ def capture_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect", default="tcp://127.0.0.1:5555",
                         help="the server's audio address (default: tcp://127.0.0.1:5555)")
     parser.add_argument("--send-rate", type=int, default=16000,
-                        help="sample rate sent to the server (default: 16000)")
-    parser.add_argument("--stream-id", default=f"capture-{socketlib.gethostname()}",
-                        help="stream id; keep it across restarts (default: capture-HOSTNAME)")
+                        help="sample rate sent to the server, 8000-192000 (default: 16000)")
+    parser.add_argument("--stream-id", default=default_stream_id(),
+                        help="stream id, 1-64 characters of [A-Za-z0-9._-]; keep it across "
+                             "restarts (default: capture-HOSTNAME, made valid)")
     add_client_security_args(parser)
     args = parser.parse_args(argv)
     if args.list_devices:
         print("\n".join(list_devices()) or "no input devices")
         return 0
     chosen_source(args)
+    check_audio_values(args.stream_id, args.send_rate, "--stream-id and --send-rate")
     check_address(args.connect, "audio output (--connect)")
     keys = client_keys(args)
     blocks = BlockQueue()
     source = open_live_source(args, blocks.put, args.send_rate)  # a file is always paced
     ctx = zmq.Context()
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
-    push.setsockopt(zmq.IMMEDIATE, 1)         # no server connected -> drop, don't queue
+
+    def setup(push: zmq.Socket) -> None:
+        push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
+        push.setsockopt(zmq.IMMEDIATE, 1)     # no server connected -> drop, don't queue
+
     linger = 0
-    watch = None
+    conn = None
     try:
-        if keys is not None:
-            keys.apply(push)
-        watch = HandshakeWatch(push, args.connect, curve=keys is not None)
-        connect(push, args.connect, "audio output (PUSH)")
+        conn = ClientSocket(ctx, zmq.PUSH, args.connect, "audio output (PUSH)", keys, setup,
+                            retry=args.retry)
         warn_if_open(args.connect, "audio", curve=keys is not None, bound=False)
         with stop_on_signals() as stop:
             source.start()
             log(f"capturing {source.name} -> {args.connect} as stream {args.stream_id!r}")
-            sender = AudioSender(push, args.stream_id, args.send_rate)
+            sender = AudioSender(conn.socket, args.stream_id, args.send_rate)
             while not stop.is_set():
-                if failure := watch.poll():
-                    raise S2IError(failure)
+                if conn.check():
+                    sender.push = conn.socket
                 item = blocks.get(timeout=0.1)
                 if item is not None:
                     sender.send(*item)
@@ -142,15 +154,21 @@ def capture_main(argv: list[str] | None = None) -> int:
             source.stop()
             sender.finish()     # stopped or finished: the server ends the stream at once
             source.raise_error()
-            log(f"sent {sender.seq - sender.unsent} blocks ({sender.unsent} unsent: no server "
-                f"or server busy; {blocks.dropped} dropped in the queue)")
+            conn.check()        # a refusal seen only now is still an error, not "sent"
+            handed = sender.seq - sender.unsent
+            log(f"handed {handed} of {sender.seq} blocks to the server's connection "
+                f"({sender.unsent} unsent: no server connected or its queue full; "
+                f"{blocks.dropped} dropped in the queue); PUSH has no acknowledgement: the "
+                "server logs what it refuses")
             linger = 300 if stop.is_set() else 1000   # flush the last blocks and the end
+            if handed == 0 and not stop.is_set():
+                raise S2IError(f"no audio reached a server at {args.connect} (none "
+                               "connected: is s2i-serve running with that --bind address?)")
             return exit_code(stop)
     finally:
         source.stop()
-        if watch is not None:
-            watch.close()
-        push.close(linger=linger)
+        if conn is not None:
+            conn.close(linger)
         ctx.destroy(linger=0)   # closes any socket left open; closed ones keep their linger
 
 

@@ -18,11 +18,15 @@ def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def png_image(data: bytes) -> np.ndarray:
-    """PNG bytes -> the picture as a uint8 array."""
+def png_image(data: bytes, shape: list[int] | None = None) -> np.ndarray:
+    """PNG bytes -> the picture as a uint8 array; with ``shape`` (``[H, W, ...]``), a PNG of
+    another size is a ``ValueError`` before its pixels are decoded (memory stays bounded)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
+        if shape is not None and [image.height, image.width] != list(shape[:2]):
+            raise ValueError(f"PNG is {image.height}x{image.width}, expected "
+                             f"{shape[0]}x{shape[1] if len(shape) > 1 else '?'}")
         return np.asarray(image)
 
 

@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from runtime.cli import RateLimitedLog
-from runtime.errors import S2IError
+from runtime.errors import S2IError, first_line
 from runtime.images import png_bytes, png_image
 from runtime.resilience import ConnectionWatch
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
@@ -44,6 +44,7 @@ AUDIO_TOPIC = b"audio"
 ENCODINGS = ("png", "raw")
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
+MAX_IMAGE_BYTES = 64 * 1024 * 1024   # a frame's image (H*W*3) a client decodes at most
 
 
 # --- audio level and strict JSON -------------------------------------------------------------
@@ -114,7 +115,7 @@ def decode_image(payload: bytes, encoding: str, shape: list[int]) -> np.ndarray:
                            f"needs {expected}")
         return np.frombuffer(payload, np.uint8).reshape(shape)
     if encoding == "png":
-        return png_image(payload)
+        return png_image(payload, shape)
     raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
@@ -160,14 +161,34 @@ class Frame:
         return str(self.header.get("session"))
 
 
-def decode_header(parts: list[bytes],
-                  versions: tuple[int, ...] = (PROTOCOL_VERSION,)) -> dict[str, Any]:
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number (RFC 8259)")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:20]} is out of the double range")
+    return number
+
+
+def decode_header(parts: list[bytes], versions: tuple[int, ...] = (PROTOCOL_VERSION,),
+                  strict: bool = True) -> dict[str, Any]:
+    """Part 1 of a message as a JSON object of one of ``versions``; else one ``S2IError``.
+
+    ``strict``: ``NaN``, ``Infinity`` and numbers outside the double range (``1e999``) are
+    refused, as RFC 8259 says (a client would re-serve them as invalid JSON); ``decode_audio``
+    reads them leniently and then refuses each of its fields by name.
+    """
     if len(parts) < 2:
         raise S2IError(f"S2I message needs at least a topic and a header, got {len(parts)} parts")
+    hooks: dict[str, Any] = ({"parse_constant": _no_constant, "parse_float": _finite_float}
+                             if strict else {})
     try:
-        header = json.loads(parts[1])
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise S2IError(f"S2I message header is not JSON: {exc}") from exc
+        header = json.loads(parts[1], **hooks)
+    except (ValueError, RecursionError) as exc:   # bad UTF-8/JSON, an int of 4,300+ digits
+        raise S2IError(f"S2I message header is not strict JSON: {first_line(exc)[:120]}") \
+            from exc
     if not isinstance(header, dict):
         raise S2IError(f"S2I message header should be a JSON object, got "
                        f"{type(header).__name__}")
@@ -181,7 +202,8 @@ def decode_header(parts: list[bytes],
 def _frame_int(header: dict[str, Any], key: str, where: str) -> int:
     value = header.get(key)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise S2IError(f"{where}: header {key!r} should be a non-negative integer, got {value!r}")
+        raise S2IError(f"{where}: header {key!r} should be a non-negative integer, got "
+                       f"{str(value)[:40]}")
     return value
 
 
@@ -190,7 +212,10 @@ def _frame_shape(header: dict[str, Any], key: str, where: str) -> list[int]:
     if not isinstance(shape, list) or not shape or not all(
             isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape):
         raise S2IError(f"{where}: header {key!r} should be a list of positive integers, "
-                       f"got {shape!r}")
+                       f"got {str(shape)[:60]}")
+    if math.prod(shape) > MAX_IMAGE_BYTES:
+        raise S2IError(f"{where}: header {key!r} {str(shape)[:60]} is over "
+                       f"{MAX_IMAGE_BYTES} bytes per image")
     return shape
 
 
@@ -404,6 +429,17 @@ def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     if dtype == "int16":
         samples = samples.astype(np.float32) / 32768.0
     return dict(header, **checked), samples
+
+
+def check_audio_values(stream: str, sample_rate: int, options: str = "") -> None:
+    """What a capture node is about to send, checked with the server's own rules
+    (``decode_audio`` of an empty message): a value the server would refuse is a one-line
+    ``S2IError`` (``options`` names where the values came from, e.g. the CLI flags)."""
+    try:
+        decode_audio(encode_audio(stream, 0, np.zeros(0, np.float32), sample_rate, time.time()))
+    except S2IError as exc:
+        where = f" (check {options})" if options else ""
+        raise S2IError(f"the server would refuse this audio: {exc}{where}") from None
 
 
 # --- sockets --------------------------------------------------------------------------------

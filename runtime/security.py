@@ -240,6 +240,10 @@ def add_client_security_args(parser: argparse.ArgumentParser) -> None:
                    help="this client's secret key file (NAME.key_secret from s2i-keys)")
     g.add_argument("--server-key", metavar="FILE",
                    help="the server's public key file (SERVER.key)")
+    g.add_argument("--retry", action="store_true",
+                   help="when the server refuses the handshake (a key it does not allow, "
+                        "CURVE on one side only), log it and try again after 0.5 s, doubling "
+                        "to 10 s, instead of exiting with the error")
 
 
 def client_keys(args: argparse.Namespace) -> ClientKeys | None:
@@ -257,9 +261,11 @@ def client_keys(args: argparse.Namespace) -> ClientKeys | None:
 class HandshakeWatch:
     """Socket monitor events of a connecting socket, turned into one line on failure.
 
-    ZeroMQ retries a failed handshake silently; this names the reason: a plaintext client
-    against a CURVE server (or the reverse), a key the server does not allow, or (no
-    handshake ever completes) a wrong server key.
+    libzmq gives up a connection whose handshake was refused without a word (it does not
+    reconnect); this names the reason: a plaintext client against a CURVE server (or the
+    reverse), a key the server does not allow, or (no handshake ever completes) a wrong
+    server key. The latest handshake counts: a refusal after an earlier success (the server
+    restarted with other keys) is a failure again. ``runtime.client.ClientSocket`` acts on it.
     """
 
     EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
@@ -274,15 +280,18 @@ class HandshakeWatch:
         self.disconnects = 0
 
     def poll(self) -> str | None:
-        """Read pending events; the failure line (if any handshake failed and none succeeded)."""
+        """Read pending events; the failure line if the latest handshake failed, else None."""
         while self.monitor.poll(0, zmq.POLLIN):
             event = parse_monitor_message(self.monitor.recv_multipart())
             kind, value = event["event"], event["value"]
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded, self.failure = True, None
-            elif kind == zmq.EVENT_DISCONNECTED:
+                continue
+            if kind == zmq.EVENT_DISCONNECTED:
                 self.disconnects += 1
-            elif kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                continue
+            self.succeeded = False
+            if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
                 self.failure = (f"the server at {self.address} refused our key (ZAP status "
                                 f"{value}): its allowed-keys folder does not hold our public key")
             elif kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
