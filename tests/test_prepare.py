@@ -178,6 +178,25 @@ def test_prepare_videos_balanced(video_root: Path, tmp_path: Path) -> None:
     assert max(int(i[-3:]) for i in store.split("train").ids) == 1     # 2 s per video at most
 
 
+def test_prepare_videos_clip_level(video_root: Path, tmp_path: Path) -> None:
+    """--front-end s2i-official-clip: every video's segments are scaled together to that
+    video's maximum (255 somewhere in each video, 0 somewhere)."""
+    out = tmp_path / "clip"
+    assert prepare_main([str(video_root), "--out", str(out), "--classes", "Dog",
+                         "--front-end", "s2i-official-clip", "--workers", "1", "--quiet",
+                         "--no-balance"]) == 0
+    store = Store(out)
+    assert store.front_end.name() == "s2i-official-clip"
+    videos = 0
+    for name in store.splits:
+        split = store.split(name)
+        for video in set(split.videos.tolist()):
+            pixels = np.asarray(split.spectrograms)[split.videos == video]
+            assert pixels.max() == 255 and pixels.min() == 0
+            videos += 1
+    assert videos == 4
+
+
 # ------------------------------------------------------------------ JPG folders and archives
 
 def test_prepare_jpg_folder_and_archive(jpg_root: Path, tmp_path: Path) -> None:

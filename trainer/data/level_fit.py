@@ -149,13 +149,32 @@ def official_statistics(pixels: np.ndarray, ids: list[str]) -> dict[str, Any]:
     peaks = low.reshape(len(low), -1).max(axis=1)
     white = (low >= WHITE).reshape(len(low), -1).sum(axis=1)[peaks >= WHITE]
     videos: dict[str, int] = {}
+    per_video: dict[str, list[int]] = {}
     for vid, peak in zip(ids, peaks, strict=True):
         videos[vid] = max(videos.get(vid, 0), int(peak))
+        per_video.setdefault(vid, []).append(int(peak))
     return {"histogram": hist, "mean_pixel": float((hist * np.arange(256)).sum()),
             "windows_white": float((peaks >= WHITE).mean()),
             "white_pixels_median": float(np.median(white)),
             "recordings_white": float(np.mean([p >= WHITE for p in videos.values()])),
-            "windows": int(len(low)), "videos": len(videos)}
+            "windows": int(len(low)), "videos": len(videos),
+            "white_by_length": white_by_length([np.array(p) for p in per_video.values()])}
+
+
+LENGTHS = ((1, 1), (2, 2), (3, 4), (5, 9), (10, 10**9))   # windows per clip, for white rates
+
+
+def white_by_length(peaks: list[np.ndarray]) -> dict[str, dict[str, float]]:
+    """Share of windows reaching white, by the length (windows) of their clip: a level set
+    per clip puts white in about one window per clip, so the share falls with length."""
+    out = {}
+    for low, high in LENGTHS:
+        chosen = [p for p in peaks if low <= len(p) <= high]
+        if chosen:
+            label = str(low) if low == high else f"{low}+" if high > 10**6 else f"{low}-{high}"
+            every = np.concatenate(chosen)
+            out[label] = {"clips": len(chosen), "windows_white": float((every >= WHITE).mean())}
+    return out
 
 
 # ----------------------------------------------------------------------------- the study
@@ -237,6 +256,8 @@ def study(official_pixels: np.ndarray, ids: list[str], fit_sounds: list, held_so
             "fixed": with_intervals(per_recording(fixed), official["histogram"], boot),
             "clip": with_intervals(per_recording(clip), official["histogram"], boot),
             "running": with_intervals(per_recording(running), official["histogram"], boot),
+            "clip_white_by_length": white_by_length(
+                [c.reshape(len(c), -1).max(axis=1) for c in clip]),
             "running_vs_clip_grey": interval(np.array(
                 [np.abs(r.astype(np.float64) - c).mean() for r, c in zip(running, clip,
                                                                            strict=True)]),
@@ -262,12 +283,18 @@ def check_shipped(sounds: list, cfg: FrontEndConfig) -> float:
     return worst
 
 
+def by_length(rates: dict[str, dict[str, float]]) -> str:
+    return ", ".join(f"{k} windows {v['windows_white']:.0%} ({v['clips']})"
+                     for k, v in rates.items())
+
+
 def print_report(report: dict[str, Any]) -> None:
     o = report["official"]
     print(f"official val, lowest {report['bands']} bands: mean pixel {o['mean_pixel']:.1f}, "
           f"windows reaching {report['white']}: {o['windows_white']:.1%}, videos: "
           f"{o['recordings_white']:.1%} ({o['windows']} windows, {o['videos']} videos); "
           f"median white pixels in a window reaching white: {o['white_pixels_median']:g}")
+    print("  windows reaching white by video length: " + by_length(o["white_by_length"]))
     f = report["fitted"]
     print(f"fitted on the fit set: range {f['range_db']:.1f} dB, running decay "
           f"{f['decay_db_per_s']:g} dB/s")
@@ -285,6 +312,8 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"  {mode:<8} {fmt(m['mean_pixel']):>20} {fmt(m['windows_white'], 100):>22} "
                   f"{fmt(m['recordings_white'], 100):>22} {fmt(m['histogram_emd'], 1, '.2f'):>20}"
                   f" {fmt(m['white_pixels_median'], 1, '.0f'):>18}")
+        print("  clip level, windows reaching white by recording length: "
+              + by_length(s["clip_white_by_length"]))
         print(f"  running vs clip, each recording a stream: mean |pixel difference| "
               f"{fmt(s['running_vs_clip_grey'], 1, '.2f')} grey levels")
         print(f"  one stream of all recordings vs its {CLIP_WINDOWS}-s clips, mean |pixel "
