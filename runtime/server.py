@@ -17,12 +17,14 @@ import socket as socketlib
 import sys
 import threading
 import time
+from pathlib import Path
 
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
-from runtime.errors import run_cli
+from runtime.errors import S2IError, run_cli
 from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
+from runtime.manifest import atomic_write_json
 from runtime.options import (
     DEFAULT_EXPORT,
     add_batching_args,
@@ -47,6 +49,7 @@ __all__ = ["DEFAULT_EXPORT", "MIN_HOP_SECONDS", "NetworkLoop", "Pipeline", "Wind
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
 SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
 COUNTERS_EVERY_S = 10.0
+STATS_EVERY_S = 1.0   # --stats-file is rewritten this often
 
 
 class NetworkLoop:
@@ -55,7 +58,8 @@ class NetworkLoop:
     def __init__(self, pipeline: Pipeline, publisher: Publisher, ctx: zmq.Context,
                  bind_address: str, max_batch: int = 64, max_wait_s: float = 0.01,
                  max_streams: int = DEFAULT_MAX_STREAMS, idle_expiry_s: float = IDLE_EXPIRY_S,
-                 encode_threads: int = 2, security: ServerSecurity | None = None) -> None:
+                 encode_threads: int = 2, security: ServerSecurity | None = None,
+                 stats_file: Path | None = None) -> None:
         self.pipeline, self.publisher = pipeline, publisher
         self.ingress = NetworkIngress(ctx, bind_address, pipeline.sample_rate, pipeline.window,
                                       pipeline.hop, max_streams, idle_expiry_s,
@@ -67,14 +71,36 @@ class NetworkLoop:
         self._ingress_thread: threading.Thread | None = None
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
         self._last_counters: dict[str, object] | None = None
+        self.stats_file = stats_file
+        self._next_stats = time.monotonic()
 
     @property
     def frames(self) -> int:
         return self.stages.counters.frames
 
     def counters(self) -> dict[str, object]:
-        return {**self.ingress.counters.as_dict(), **self.stages.counters.as_dict(),
+        stages = self.stages.counters.as_dict()
+        stages["cpu_s"] = {"ingress": round(self.ingress.cpu_s, 4), **stages["cpu_s"]}
+        return {**self.ingress.counters.as_dict(), **stages,
                 "streams": len(self.ingress.streams)}
+
+    def write_stats(self, force: bool = False) -> None:
+        """The counters, per-stage thread CPU and the process's CPU as JSON in
+        ``stats_file`` (atomically, at most every ``STATS_EVERY_S``): read by
+        ``python -m benchmarks serve``, which takes differences between two readings."""
+        if self.stats_file is None or (not force and time.monotonic() < self._next_stats):
+            return
+        self._next_stats = time.monotonic() + STATS_EVERY_S
+        try:
+            atomic_write_json(self.stats_file, {**self.counters(), "time": time.time(),
+                                                "process_cpu_s": round(time.process_time(), 4)})
+        except OSError as exc:
+            log(f"cannot write --stats-file {self.stats_file}: {exc}; no more stats")
+            self.stats_file = None
+
+    def _tick(self) -> None:
+        self._log_counters()
+        self.write_stats()
 
     def start(self, stop: threading.Event) -> None:
         self._ingress_thread = threading.Thread(target=self.ingress.run, args=(stop,),
@@ -87,6 +113,7 @@ class NetworkLoop:
             return
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
         c = self.counters()
+        c.pop("cpu_s")                  # the idle ingress thread's polling moves it
         if c == self._last_counters:
             return                      # nothing happened: no line
         self._last_counters = c
@@ -102,13 +129,14 @@ class NetworkLoop:
         """Serve until ``stop``; True if every thread ended within ``SHUTDOWN_S``."""
         self.start(stop)
         try:
-            self.stages.wait(stop, on_tick=self._log_counters)
+            self.stages.wait(stop, on_tick=self._tick)
         finally:
             stop.set()
             ended = self.stages.join(SHUTDOWN_S)
             if self._ingress_thread is not None:
                 self._ingress_thread.join(0.3)
                 ended = ended and not self._ingress_thread.is_alive()
+        self.write_stats(force=True)
         c = self.counters()
         if c["skipped"]:
             log(f"skipped {c['skipped']} late hops (the model is slower than the hop)")
@@ -142,12 +170,17 @@ def serve_main(argv: list[str] | None = None) -> int:
                              f"(default: {DEFAULT_MAX_STREAMS})")
     parser.add_argument("--idle-expiry", type=float, default=IDLE_EXPIRY_S, metavar="S",
                         help=f"forget a stream silent this long (default: {IDLE_EXPIRY_S:g} s)")
+    parser.add_argument("--stats-file", type=Path, default=None, metavar="PATH",
+                        help="keep the counters and each stage's thread CPU time as JSON in "
+                             f"PATH, rewritten every {STATS_EVERY_S:g} s (for benchmarks)")
     add_pipeline_args(parser)
     add_batching_args(parser)
     add_server_security_args(parser, nodes=True)
     args = parser.parse_args(argv)
     check_address(args.bind, "audio input (--bind)")
     check_address(args.pub, "publisher (--pub)")
+    if args.stats_file is not None and not args.stats_file.parent.is_dir():
+        raise S2IError(f"--stats-file {args.stats_file}: its folder does not exist")
     pipeline = open_pipeline(args)
     max_batch, max_wait_s = batching(args, pipeline.backend)
     ctx = zmq.Context()
@@ -159,7 +192,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
             loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
                                args.max_streams, args.idle_expiry, args.encode_threads,
-                               security=security)
+                               security=security, stats_file=args.stats_file)
             log(f"serving on {loop.address} -> {publisher.address} "
                 f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
                 f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")

@@ -32,6 +32,11 @@ from runtime.protocol import Publisher
 END = None                # sent down the queues when the source has ended
 BUDGET_HOPS = 0.4         # a batch's model time stays within this many hops
 STATUS_EVERY_S = 10.0
+# Host CPU is counted per stage with thread CPU clocks (time.thread_time); "model" is the
+# translator call's own thread (ONNX Runtime's pool threads are not in it), the rest is the
+# host work around it: forming batches (ring reads), features, split (uint8 images and the
+# headers), encode (PNG/raw payloads) and publish (PUB sends).
+CPU_STAGES = ("batching", "features", "model", "split", "encode", "publish")
 
 
 class WindowSource(Protocol):
@@ -48,13 +53,22 @@ class StageCounters:
     batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("features", "model", "publish"), 0.0))
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_STAGES, 0.0))
+
+    def add_cpu(self, stage: str, since: float) -> float:
+        """Adds this thread's CPU time since ``since`` (``time.thread_time``) to ``stage``;
+        returns the clock's reading (the next ``since``). One writer per stage."""
+        now = time.thread_time()
+        self.cpu_s[stage] += now - since
+        return now
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "frames": self.frames,
                 "failed_batches": self.failed_batches,
                 "dropped_windows": self.dropped_windows,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
+                "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()},
+                "cpu_s": {k: round(v, 4) for k, v in self.cpu_s.items()}}
 
 
 class Stages:
@@ -160,7 +174,9 @@ class Stages:
         while not self.stop.is_set():
             if not self.model_free.acquire(timeout=0.1):
                 continue
+            clock = time.thread_time()
             windows = self.source.take(self.batch_limit(), self.max_wait_s, self.stop)
+            clock = self.counters.add_cpu("batching", clock)
             if not windows:
                 self.model_free.release()
                 if getattr(self.source, "done", None) is not None and self.source.done.is_set():
@@ -170,6 +186,7 @@ class Stages:
             start = time.perf_counter()
             batch = self.pipeline.features(Batch(windows))
             self.counters.busy_s["features"] += time.perf_counter() - start
+            self.counters.add_cpu("features", clock)
             if not self._put(self.features_q, batch):
                 return
 
@@ -182,9 +199,12 @@ class Stages:
                 self._put(self.publish_q, END)
                 return
             self.model_free.release()          # the batcher may now form the next batch
-            start = time.perf_counter()
+            start, clock = time.perf_counter(), time.thread_time()
             try:
-                results = self.pipeline.split(batch, self.pipeline.infer(batch))
+                out = self.pipeline.infer(batch)
+                clock = self.counters.add_cpu("model", clock)
+                results = self.pipeline.split(batch, out)
+                self.counters.add_cpu("split", clock)
             except Exception as exc:  # noqa: BLE001 - one failed batch costs only itself
                 self.counters.failed_batches += 1
                 self.counters.dropped_windows += len(batch.windows)
@@ -210,18 +230,28 @@ class Stages:
                     return
                 start = time.perf_counter()
                 if pool is not None and len(results) > 1:
-                    messages = list(pool.map(self.pipeline.encode, results))
+                    encoded = list(pool.map(self._encode, results))
                 else:
-                    messages = [self.pipeline.encode(r) for r in results]
-                for result, parts in zip(results, messages, strict=True):
+                    encoded = [self._encode(r) for r in results]
+                clock = time.thread_time()
+                for result, (parts, cpu_s) in zip(results, encoded, strict=True):
+                    self.counters.cpu_s["encode"] += cpu_s
                     self.publisher.publish(parts)
                     self.counters.frames += 1
                     if self.on_published is not None:
                         self.on_published(result)
+                self.counters.add_cpu("publish", clock)
                 self.counters.busy_s["publish"] += time.perf_counter() - start
         finally:
             if pool is not None:
                 pool.shutdown(wait=False, cancel_futures=True)
+
+
+    def _encode(self, result: Result) -> tuple[list[bytes], float]:
+        """One result's message and the CPU time its encoding took (in whichever thread)."""
+        clock = time.thread_time()
+        parts = self.pipeline.encode(result)
+        return parts, time.thread_time() - clock
 
 
 class StatusLine:
