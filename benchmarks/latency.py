@@ -24,7 +24,7 @@ from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
-from runtime.server import Pipeline
+from runtime.pipeline import Pipeline
 
 DEFAULT_WINDOWS = 300
 DEFAULT_OUT = Path(__file__).parent / "results"

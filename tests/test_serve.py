@@ -78,9 +78,9 @@ class SlowTranslator:
 
 def test_streams_keep_their_seq_and_positions_under_batching(export):
     from runtime.backends import open_translator
+    from runtime.engine import NetworkLoop
     from runtime.pipeline import Pipeline
     from runtime.protocol import Publisher
-    from runtime.server import NetworkLoop
 
     slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.15)
     pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
