@@ -330,9 +330,15 @@ def host_cpu(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
     per = {k: round(1000 * v / frames, 3) for k, v in stages.items()}
     per["other"] = round(1000 * (process - sum(stages.values())) / frames, 3)
     per["host"] = round(1000 * (process - stages.get("model", 0.0)) / frames, 3)
+    # Wall time over CPU time of the features thread (NumPy, one thread): 1 when it never
+    # waits; above 1 it waited for the GIL or for a core (contention, docs/RUNTIME.md).
+    features_wall = after["busy_s"]["features"] - before["busy_s"]["features"]
     return {"frames": frames, "ms_per_window": per,
             "skipped": after["skipped"] - before["skipped"],
-            "messages": after["messages"] - before["messages"]}
+            "messages": after["messages"] - before["messages"],
+            "mean_batch": round(frames / max(1, after["batches"] - before["batches"]), 1),
+            "features_wall_over_cpu": round(features_wall / stages["features"], 2)
+            if stages.get("features") else None}
 
 
 def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], seconds: float,
@@ -454,7 +460,9 @@ def cpu_cell(row: dict[str, Any]) -> str:
     per = row.get("host_cpu", {}).get("ms_per_window")
     if not per:
         return "-"
-    return "/".join(f"{per.get(k, 0.0):.2f}" for k in CPU_COLUMNS) + f" = {per['host']:.2f}"
+    wait = row["host_cpu"].get("features_wall_over_cpu")
+    return ("/".join(f"{per.get(k, 0.0):.2f}" for k in CPU_COLUMNS) + f" = {per['host']:.2f}"
+            + ("" if wait is None else f" (features wall/CPU {wait:.1f})"))
 
 
 def table(runs: list[dict[str, Any]]) -> str:
