@@ -114,22 +114,26 @@ class LoadShape:
     max_sockets: int = 256
 
 
-def load_process(address: str, streams: list[int], total: int, seconds: float, hop_s: float,
-                 rate: int, prefix: str, protocol: int | None, shape: LoadShape,
+def load_process(addresses: list[str], streams: list[int], total: int, seconds: float,
+                 hop_s: float, rate: int, prefix: str, protocol: int | None, shape: LoadShape,
                  out: Any) -> None:
-    """Paced capture streams ``streams`` (of ``total``), starts spread over one hop."""
+    """Paced capture streams ``streams`` (of ``total``), starts spread over one hop; stream i
+    goes to server ``i % len(addresses)``, always on the same socket."""
     import zmq
 
     from runtime.protocol import encode_audio
 
     ctx = zmq.Context()
-    sockets = []
-    for _ in range(min(len(streams), shape.max_sockets)):
-        push = ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 50)
-        push.setsockopt(zmq.LINGER, 0)
-        push.connect(address)
-        sockets.append(push)
+    per_server = max(1, min(len(streams), shape.max_sockets) // len(addresses))
+    sockets: list[list[Any]] = []
+    for address in addresses:
+        sockets.append([])
+        for _ in range(per_server):
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.SNDHWM, 50)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(address)
+            sockets[-1].append(push)
     block = int(rate * shape.block_s)
     t = np.arange(max(2 * rate, 2 * block)) / rate
     sounds = [(0.4 * np.sin(2 * np.pi * (200 + 37 * i) * t)).astype(np.float32)
@@ -159,11 +163,12 @@ def load_process(address: str, streams: list[int], total: int, seconds: float, h
             header["protocol"] = protocol
             parts[1] = json.dumps(header).encode()
         try:
-            sockets[j % len(sockets)].send_multipart(parts, zmq.NOBLOCK)
+            server = sockets[i % len(sockets)]
+            server[j % len(server)].send_multipart(parts, zmq.NOBLOCK)
         except zmq.Again:
             unsent += 1
     cpu1 = time.process_time()
-    for push in sockets:
+    for push in (push for server in sockets for push in server):
         push.close(linger=0)
     ctx.term()
     out.put({"cpu_s": round(cpu1 - cpu0, 3),
@@ -171,14 +176,14 @@ def load_process(address: str, streams: list[int], total: int, seconds: float, h
              "late_s": round(max(0.0, time.time() - max(flat_dues)), 3)})
 
 
-def run_load(spawn: Any, address: str, n: int, seconds: float, hop_s: float, rate: int,
-             prefix: str, protocol: int | None, shape: LoadShape) -> dict[str, Any]:
+def run_load(spawn: Any, addresses: list[str], n: int, seconds: float, hop_s: float,
+             rate: int, prefix: str, protocol: int | None, shape: LoadShape) -> dict[str, Any]:
     """N paced streams from ``shape.processes`` processes; their summed CPU and worst lag."""
     results: Any = spawn.Queue()
     groups = [list(range(p, n, shape.processes)) for p in range(min(shape.processes, n))]
     procs = [spawn.Process(target=load_process, daemon=True,
-                           args=(address, group, n, seconds, hop_s, rate, prefix, protocol,
-                                 shape, results))
+                           args=(addresses, group, n, seconds, hop_s, rate, prefix,
+                                 protocol, shape, results))
              for group in groups]
     for proc in procs:
         proc.start()
@@ -193,16 +198,18 @@ def run_load(spawn: Any, address: str, n: int, seconds: float, hop_s: float, rat
             "processes": len(procs), "block_s": shape.block_s}
 
 
-def subscriber_process(address: str, out: Any, stop: Any) -> None:
-    """Every frame's header: (stream, seq, capture time, received, batch, timings)."""
+def subscriber_process(addresses: list[str], out: Any, stop: Any) -> None:
+    """Every frame's header: (stream, seq, capture time, received, batch, timings), from
+    every server of ``addresses`` (ready once each has said hello)."""
     import zmq
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 100000)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(address)
-    ready = False
+    for address in addresses:
+        sub.connect(address)
+    hellos = 0
     frames: list[tuple[Any, ...]] = []
     while not stop.is_set():
         if not sub.poll(100, zmq.POLLIN):
@@ -215,9 +222,9 @@ def subscriber_process(address: str, out: Any, stop: Any) -> None:
             received = time.time()
             header = json.loads(parts[1])
             if header.get("kind") == "hello":
-                if not ready:
+                hellos += 1
+                if hellos == len(addresses):
                     out.put(("ready",))
-                    ready = True
                 continue
             if header.get("kind") != "frame":     # protocol 2's end messages
                 continue
@@ -344,30 +351,34 @@ def host_cpu(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
 def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], seconds: float,
                hop_s: float, rate: int, protocol: int | None, extra: list[str],
                grace_s: float, shape: LoadShape = LoadShape(), standin_ms: float | None = None,
-               stop_below: float | None = None) -> dict[str, Any]:
-    """Every N of ``counts`` against one server process; with ``stop_below``, stops after the
-    first N whose worst stream got less than that fraction of its frames."""
+               stop_below: float | None = None, servers: int = 1) -> dict[str, Any]:
+    """Every N of ``counts`` against ``servers`` server processes (the streams split between
+    them, one subscriber for all); with ``stop_below``, stops after the first N whose due
+    windows were less than that fraction published (the servers' counters)."""
     spawn = mp.get_context("spawn")
     stats_dir = Path(tempfile.mkdtemp(prefix="s2i-serve-bench-"))
-    server = Server(export, pythonpath, hop_s, extra, standin_ms, stats_dir / "stats.json")
+    procs = [Server(export, pythonpath, hop_s, extra, standin_ms, stats_dir / f"stats-{i}.json")
+             for i in range(servers)]
     rows: list[dict[str, Any]] = []
     try:
-        audio_address, pub_address = server.wait_line(SERVING).groups()
+        addresses = [server.wait_line(SERVING).groups() for server in procs]
         frames_q, stop = spawn.Queue(), spawn.Event()
-        sub = spawn.Process(target=subscriber_process, args=(pub_address, frames_q, stop),
-                            daemon=True)
+        sub = spawn.Process(target=subscriber_process, daemon=True,
+                            args=([pub for _, pub in addresses], frames_q, stop))
         sub.start()
         if frames_q.get(timeout=120)[0] != "ready":
             raise S2IError("benchmark subscriber never saw the server's hello")
-        stats0 = server.stats()
+        stats0 = sum_stats([server.stats() for server in procs])
         for n in counts:
             # A fresh subscriber per N would cost a handshake; frames are split by prefix.
             prefix = f"n{n}-"
-            cpu0 = server.cpu_s()
-            load_stats = run_load(spawn, audio_address, n, seconds, hop_s, rate, prefix,
-                                  protocol, shape)
+            cpu0 = sum(server.cpu_s() for server in procs)
+            load_stats = run_load(spawn, [audio for audio, _ in addresses], n, seconds, hop_s,
+                                  rate, prefix, protocol, shape)
             time.sleep(grace_s)
-            cpu1, rss, stats1 = server.cpu_s(), server.rss_mb(), server.stats()
+            cpu1 = sum(server.cpu_s() for server in procs)
+            rss = round(sum(server.rss_mb() for server in procs), 1)
+            stats1 = sum_stats([server.stats() for server in procs])
             row = {"streams": n, "load": load_stats, "server_rss_mb": rss,
                    "server_cpu_s": round(cpu1 - cpu0, 2), "host_cpu": host_cpu(stats0, stats1)}
             stats0 = stats1
@@ -380,18 +391,33 @@ def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], se
         kind, frames = frames_q.get(timeout=120)
         sub.join(10)
     finally:
-        code = server.stop()
+        codes = [server.stop() for server in procs]
         shutil.rmtree(stats_dir, ignore_errors=True)
-    log = server.drain_log()
+    log = [line for server in procs for line in server.drain_log()]
     skipped = [int(m.group(1)) for line in log if (m := SKIPPED.search(line))]
     expected = int((seconds - 1.0) / hop_s + 1e-9) + 1   # windows ending at 1 s, 1 s + hop, ...
     for row in rows:
         summarize_row(row, [f for f in frames if f[0].startswith(f"n{row['streams']}-")],
                       expected, hop_s, seconds)
-    return {"label": label, "command": " ".join(server.command), "exit_code": code,
-            "standin_ms": standin_ms, "load_shape": asdict(shape),
-            "skipped_hops_total": sum(skipped), "rows": rows,
+    return {"label": label, "command": " ".join(procs[0].command),
+            "exit_code": max(codes, key=abs), "standin_ms": standin_ms, "servers": servers,
+            "load_shape": asdict(shape), "skipped_hops_total": sum(skipped), "rows": rows,
             "log_tail": [line for line in log if "Traceback" in line or "error" in line][-5:]}
+
+
+def sum_stats(readings: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several servers' ``--stats-file`` readings as one (counts and CPU times added)."""
+    if not readings or any(r is None for r in readings):
+        return None
+    total: dict[str, Any] = {}
+    for reading in readings:
+        assert reading is not None
+        for key in ("frames", "skipped", "messages", "batches", "process_cpu_s"):
+            total[key] = total.get(key, 0) + reading[key]
+        for key in ("cpu_s", "busy_s"):
+            for stage, value in reading[key].items():
+                total.setdefault(key, {})[stage] = total.get(key, {}).get(stage, 0.0) + value
+    return total
 
 
 def mostly_served(row: dict[str, Any], fraction: float) -> bool:
@@ -500,7 +526,8 @@ def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str
         if run.get("standin_ms") is not None:
             best = max(run["rows"], key=lambda r: r["frames_per_s"], default=None)
             out[run["label"]] = {
-                "kind": "host-only", "best_frames_per_s": best and best["frames_per_s"],
+                "kind": "host-only", "processes": run["servers"],
+                "best_frames_per_s": best and best["frames_per_s"],
                 "at_streams": best and best["streams"],
                 "host_ms_per_window": best and best["host_cpu"].get(
                     "ms_per_window", {}).get("host"),
@@ -521,6 +548,12 @@ def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str
             "frames_per_s_at_ceiling": fps, "overload_fps_vs_ceiling": over,
             "host_ms_per_window_at_ceiling": at and at["host_cpu"].get(
                 "ms_per_window", {}).get("host")}
+    for label, t in list(out.items()):
+        one = out.get(label.replace(f", {t.get('processes')} processes", ", 1 process"))
+        if t["kind"] == "host-only" and t["processes"] > 1 and one \
+                and one["best_frames_per_s"] and t["best_frames_per_s"]:
+            t["speedup_vs_1_process"] = round(t["best_frames_per_s"]
+                                              / one["best_frames_per_s"], 2)
     return out
 
 
@@ -529,10 +562,13 @@ def targets_md(summary: dict[str, Any]) -> str:
              "stand-in):", ""]
     for label, t in summary.items():
         if t["kind"] == "host-only":
+            speedup = t.get("speedup_vs_1_process")
             lines.append(f"- {label}: best {t['best_frames_per_s']} frames/s (N = "
                          f"{t['at_streams']}), host CPU {t['host_ms_per_window']} ms/window "
                          f"(threads' clocks; whole server {t['server_cpu_ms_per_window']} "
-                         f"ms/window), load generator CPU {t['load_cpu_s']} s")
+                         f"ms/window), load generator CPU {t['load_cpu_s']} s"
+                         + ("" if speedup is None else f"; {speedup:.2f}x one process "
+                            "(target >= 1.5x with 2)"))
         else:
             over = ", ".join(f"{k}: {_pct(v)}" for k, v in t["overload_fps_vs_ceiling"].items())
             lines.append(f"- {label}: held {t['held']} of the ceiling {t['ceiling']} "
@@ -608,6 +644,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="N values for the host-only rows (the real server, its model a "
                              "constant-time stand-in), e.g. 200,400,800; 'auto': doubling "
                              "from the ceiling until under 90%% is served; 'none': skip")
+    parser.add_argument("--host-only-processes", default="1,2",
+                        help="host-only runs with this many independent server processes, "
+                             "the streams split between them (default: 1,2: the "
+                             "process-scaling efficiency)")
     parser.add_argument("--standin-ms", type=float, default=DEFAULT_STANDIN_MS,
                         help="the stand-in's time per batch (default: "
                              f"{DEFAULT_STANDIN_MS:g} ms, like a GPU call)")
@@ -650,13 +690,15 @@ def main(argv: list[str] | None = None) -> int:
     grace = 2.0 * args.hop + 1.0
     runs = [run_server(label, folder, path, counts, args.seconds, args.hop, rate, protocol,
                        extra, grace, shape) for label, path, folder, protocol, extra in servers]
-    if host_counts:
+    for processes in [int(p) for p in args.host_only_processes.split(",")] if host_counts \
+            else []:
         for label, path, folder, protocol, extra in servers:
             runs.append(run_server(
-                f"{label}, {STANDIN_LABEL} ({args.standin_ms:g} ms)", folder, path,
-                host_counts, args.seconds, args.hop, rate, protocol,
-                [*extra, *HOST_ONLY_BATCHING], grace, shape, standin_ms=args.standin_ms,
-                stop_below=None if args.quick else 0.9))
+                f"{label}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {processes} process"
+                + "es" * (processes > 1), folder, path, host_counts, args.seconds, args.hop,
+                rate, protocol, [*extra, *HOST_ONLY_BATCHING], grace, shape,
+                standin_ms=args.standin_ms, stop_below=None if args.quick else 0.9,
+                servers=processes))
     summary = targets(runs, capacity, args.hop)
     result = {
         "benchmark": "serve", "machine": report.machine_info(), "versions": report.versions(),

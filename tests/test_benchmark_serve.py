@@ -19,15 +19,21 @@ def test_serve_benchmark_quick(tmp_path_factory, tmp_path):
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     data = json.loads((tmp_path / "serve-quick.json").read_text())
-    run, host_only = data["runs"]
+    run, host_only, host_two = data["runs"]
     assert run["label"] == "after" and run["exit_code"] == 0 and run["standin_ms"] is None
     assert [r["streams"] for r in run["rows"]] == [1, 3]
-    # The host-only run is the real server with the stand-in model, and says so everywhere.
-    assert "constant-time stand-in" in host_only["label"] and host_only["exit_code"] == 0
-    assert "standin_serve.py" in host_only["command"] and host_only["standin_ms"] == 2.0
-    assert [r["streams"] for r in host_only["rows"]] == [4]
-    assert host_only["label"] in data["targets"] and "stand-in" in result.stdout
-    for row in run["rows"] + host_only["rows"]:
+    # The host-only runs are the real server with the stand-in model, and say so everywhere;
+    # the second splits the streams between two server processes (both deliver).
+    for host in (host_only, host_two):
+        assert "constant-time stand-in" in host["label"] and host["exit_code"] == 0
+        assert "standin_serve.py" in host["command"] and host["standin_ms"] == 2.0
+        assert [r["streams"] for r in host["rows"]] == [4]
+        assert host["label"] in data["targets"]
+    assert (host_only["servers"], host_two["servers"]) == (1, 2)
+    assert host_two["rows"][0]["min_stream_fraction"] > 0
+    assert "speedup_vs_1_process" in data["targets"][host_two["label"]]
+    assert "stand-in" in result.stdout
+    for row in run["rows"] + host_only["rows"] + host_two["rows"]:
         # Every stream's frames are counted; the load processes' CPU is recorded.
         assert row["expected_per_stream"] == 5 and row["delivered"] > 0
         assert row["load"]["cpu_s"] >= 0 and row["server_rss_mb"] > 0
