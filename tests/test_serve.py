@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from helpers_runtime import CLI, tiny_export
+from helpers_runtime import CLI, run_cli, tiny_export
 
 from runtime.client import Subscriber
 from runtime.protocol import encode_audio
@@ -341,3 +341,11 @@ def test_repeated_log_lines_are_rate_limited():
     for i in range(100):                                   # hostile keys cannot grow it
         say(f"k{i}", "x")
     assert len(say._keys) == 3
+
+
+def test_stats_file_in_a_missing_folder_is_one_line(export, tmp_path):
+    result = run_cli("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
+                     "--pub", "tcp://127.0.0.1:*", "--stats-file",
+                     str(tmp_path / "missing" / "stats.json"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --stats-file {tmp_path / 'missing' / 'stats.json'}: its folder does not exist"]
