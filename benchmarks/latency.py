@@ -24,8 +24,8 @@ from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
+from runtime.pipeline import Pipeline
 from runtime.precision import GPU_BACKENDS
-from runtime.server import Pipeline
 
 DEFAULT_WINDOWS = 300
 DEFAULT_OUT = Path(__file__).parent / "results"

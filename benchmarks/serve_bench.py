@@ -1,15 +1,18 @@
 """``python -m benchmarks serve``: how many real-time streams the real ``s2i-serve`` holds.
 
 One run starts the real server process (``python -m runtime.server``), a subscriber process
-that counts every frame (raw ZeroMQ SUB, headers only) and one load process that plays N
-paced capture streams over tcp://127.0.0.1, each on its own real PUSH socket, in 50-ms blocks
-like ``s2i-capture``, their starts spread over one hop. Per N it records frames delivered /
-expected (every stream), hops skipped, end-to-end latency (capture stamp of a window's last
-sample -> frame received) p50/p99, the batch-size histogram, the per-stage split, the
-server's RSS and CPU and the load process's CPU. N is held when every stream gets >= 99% of
-its frames and p99 <= the hop. In the same run it measures the batched-step ceiling of the
-same backend (``benchmarks.throughput.max_streams``: features + encoder + generator of S
-windows in one call, p99 within the hop).
+that counts every frame (raw ZeroMQ SUB, headers only) and load processes (``--load-processes``,
+default 2) that play N paced capture streams over tcp://127.0.0.1 on real PUSH sockets, in
+blocks of ``--block-ms`` (default: ``s2i-capture``'s), their starts spread over one hop. Per N
+it records frames delivered / expected (every stream) and per second, hops skipped,
+end-to-end latency (capture stamp of a window's last sample -> frame received) p50/p99, the
+batch-size histogram, the per-stage split, host CPU per window per stage (the server's thread
+clocks, ``s2i-serve --stats-file``), the server's RSS and CPU and the load's CPU. N is held
+when every stream gets >= 99% of its frames and p99 <= the hop. In the same run it measures
+the batched-step ceiling of the same backend (``benchmarks.throughput.max_streams``: features
++ encoder + generator of S windows in one call, p99 within the hop), and host-only rows: the
+same server with its model replaced by a constant-time stand-in
+(``benchmarks/standin_serve.py``), labelled so in every output.
 
 ``--before DIR`` also runs a second server from another checkout (e.g. the server before
 issue 11: ``git worktree add /tmp/s2i-before 5fcb5bd``) with the same load, side by side.
@@ -23,23 +26,34 @@ import multiprocessing as mp
 import os
 import queue
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import report
+from benchmarks.standin_serve import DEFAULT_STANDIN_MS
+from benchmarks.standin_serve import LABEL as STANDIN_LABEL
+from runtime.capture import CAPTURE_BLOCK_S
 from runtime.errors import S2IError
 
 DEFAULT_OUT = Path(__file__).parent / "results"
-BLOCK_S = 0.05
+HERE = Path(__file__).resolve().parent
 SERVING = re.compile(r"serving on (tcp://\S+) -> (tcp://\S+)")
 SKIPPED = re.compile(r"skipped (\d+) late hops")
 STAGES = ("features", "encoder", "generator", "encoding")
+CPU_COLUMNS = ("ingress", "batching", "features", "split", "encode", "publish", "other")
+OVERLOAD_FACTORS = (1.1, 1.5)
+# Host-only rows batch like a GPU backend (the stand-in is as cheap per batch as one).
+HOST_ONLY_BATCHING = ["--max-batch", "512", "--max-wait-ms", "5"]
+CEILING_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, *OVERLOAD_FACTORS)
 
 
 # --------------------------------------------------------------------------- the export
@@ -89,33 +103,54 @@ def export_for(checkout: Path, export: Path) -> Path:
 # --------------------------------------------------------------------------- load and subscriber
 
 
-def load_process(address: str, streams: int, seconds: float, hop_s: float, rate: int,
-                 prefix: str, protocol: int | None, out: Any) -> None:
-    """N paced capture streams, one PUSH socket each, starts spread over one hop."""
+@dataclass(frozen=True)
+class LoadShape:
+    """How the paced capture load is made: blocks of ``block_s`` seconds (``s2i-capture``'s
+    default unless told), streams split round-robin over ``processes`` load processes, each
+    with at most ``max_sockets`` PUSH sockets (streams share them past that)."""
+
+    block_s: float = CAPTURE_BLOCK_S
+    processes: int = 2
+    max_sockets: int = 256
+
+
+def load_process(addresses: list[str], streams: list[int], total: int, seconds: float,
+                 hop_s: float, rate: int, prefix: str, protocol: int | None, shape: LoadShape,
+                 out: Any) -> None:
+    """Paced capture streams ``streams`` (of ``total``), starts spread over one hop; stream i
+    goes to server ``i % len(addresses)``, always on the same socket."""
     import zmq
 
     from runtime.protocol import encode_audio
 
     ctx = zmq.Context()
-    sockets = []
-    for _ in range(streams):
-        push = ctx.socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 50)
-        push.setsockopt(zmq.LINGER, 0)
-        push.connect(address)
-        sockets.append(push)
-    block = int(rate * BLOCK_S)
-    t = np.arange(rate * 2) / rate
+    per_server = max(1, min(len(streams), shape.max_sockets) // len(addresses))
+    sockets: list[list[Any]] = []
+    for address in addresses:
+        sockets.append([])
+        for _ in range(per_server):
+            push = ctx.socket(zmq.PUSH)
+            push.setsockopt(zmq.SNDHWM, 50)
+            push.setsockopt(zmq.LINGER, 0)
+            push.connect(address)
+            sockets[-1].append(push)
+    block = int(rate * shape.block_s)
+    t = np.arange(max(2 * rate, 2 * block)) / rate
     sounds = [(0.4 * np.sin(2 * np.pi * (200 + 37 * i) * t)).astype(np.float32)
-              for i in range(min(streams, 64))]
-    blocks_per_stream = int(round(seconds / BLOCK_S))
-    cpu0 = os.times()
+              for i in range(min(total, 64))]
+    n_blocks = max(1, int(round(seconds / shape.block_s)))
+    cpu0 = time.process_time()
     start = time.time() + 0.5
-    # (due time, stream) for every block; streams start at i/N of a hop.
-    events = sorted((start + i * hop_s / streams + (b + 1) * BLOCK_S, i, b)
-                    for i in range(streams) for b in range(blocks_per_stream))
+    # Every block's due time [stream, block]; stream i starts at i/N of a hop.
+    dues = (start + np.asarray(streams, np.float64)[:, None] * hop_s / total
+            + (np.arange(n_blocks)[None, :] + 1) * shape.block_s)
+    order = np.argsort(dues, axis=None, kind="stable").tolist()
+    flat_dues = dues.ravel().tolist()
     unsent = 0
-    for due, i, b in events:
+    for flat in order:
+        due = flat_dues[flat]
+        j, b = divmod(flat, n_blocks)
+        i = streams[j]
         delay = due - time.time()
         if delay > 0:
             time.sleep(delay)
@@ -128,28 +163,53 @@ def load_process(address: str, streams: int, seconds: float, hop_s: float, rate:
             header["protocol"] = protocol
             parts[1] = json.dumps(header).encode()
         try:
-            sockets[i].send_multipart(parts, zmq.NOBLOCK)
+            server = sockets[i % len(sockets)]
+            server[j % len(server)].send_multipart(parts, zmq.NOBLOCK)
         except zmq.Again:
             unsent += 1
-    cpu1 = os.times()
-    for push in sockets:
+    cpu1 = time.process_time()
+    for push in (push for server in sockets for push in server):
         push.close(linger=0)
     ctx.term()
-    out.put({"cpu_s": round((cpu1.user - cpu0.user) + (cpu1.system - cpu0.system), 3),
+    out.put({"cpu_s": round(cpu1 - cpu0, 3),
              "wall_s": round(time.time() - start, 3), "unsent": unsent,
-             "late_s": round(max(0.0, time.time() - events[-1][0]), 3)})
+             "late_s": round(max(0.0, time.time() - max(flat_dues)), 3)})
 
 
-def subscriber_process(address: str, out: Any, stop: Any) -> None:
-    """Every frame's header: (stream, seq, capture time, received, batch, timings)."""
+def run_load(spawn: Any, addresses: list[str], n: int, seconds: float, hop_s: float,
+             rate: int, prefix: str, protocol: int | None, shape: LoadShape) -> dict[str, Any]:
+    """N paced streams from ``shape.processes`` processes; their summed CPU and worst lag."""
+    results: Any = spawn.Queue()
+    groups = [list(range(p, n, shape.processes)) for p in range(min(shape.processes, n))]
+    procs = [spawn.Process(target=load_process, daemon=True,
+                           args=(addresses, group, n, seconds, hop_s, rate, prefix,
+                                 protocol, shape, results))
+             for group in groups]
+    for proc in procs:
+        proc.start()
+    stats = [results.get(timeout=seconds + 120) for _ in procs]
+    for proc in procs:
+        proc.join(10)
+    return {"cpu_s": round(sum(s["cpu_s"] for s in stats), 3),
+            "cpu_s_per_process": [s["cpu_s"] for s in stats],
+            "wall_s": max(s["wall_s"] for s in stats),
+            "unsent": sum(s["unsent"] for s in stats),
+            "late_s": max(s["late_s"] for s in stats),
+            "processes": len(procs), "block_s": shape.block_s}
+
+
+def subscriber_process(addresses: list[str], out: Any, stop: Any) -> None:
+    """Every frame's header: (stream, seq, capture time, received, batch, timings), from
+    every server of ``addresses`` (ready once each has said hello)."""
     import zmq
 
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     sub.setsockopt(zmq.RCVHWM, 100000)
     sub.setsockopt(zmq.SUBSCRIBE, b"")
-    sub.connect(address)
-    ready = False
+    for address in addresses:
+        sub.connect(address)
+    hellos = 0
     frames: list[tuple[Any, ...]] = []
     while not stop.is_set():
         if not sub.poll(100, zmq.POLLIN):
@@ -162,9 +222,9 @@ def subscriber_process(address: str, out: Any, stop: Any) -> None:
             received = time.time()
             header = json.loads(parts[1])
             if header.get("kind") == "hello":
-                if not ready:
+                hellos += 1
+                if hellos == len(addresses):
                     out.put(("ready",))
-                    ready = True
                 continue
             if header.get("kind") != "frame":     # protocol 2's end messages
                 continue
@@ -181,14 +241,25 @@ def subscriber_process(address: str, out: Any, stop: Any) -> None:
 
 
 class Server:
-    """The real s2i-serve process, its stderr read by a thread."""
+    """The real s2i-serve process (or, with ``standin_ms``, the same server with its model
+    replaced by a constant-time stand-in: ``benchmarks/standin_serve.py``), its stderr read
+    by a thread and, when its checkout has ``--stats-file``, its counters and per-stage
+    thread CPU read from that file."""
 
-    def __init__(self, export: Path, pythonpath: Path, hop_s: float, extra: list[str]) -> None:
+    def __init__(self, export: Path, pythonpath: Path, hop_s: float, extra: list[str],
+                 standin_ms: float | None = None, stats_file: Path | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(pythonpath), PYTHONUNBUFFERED="1")
-        command = [sys.executable, "-m", "runtime.server", "--export", str(export),
+        entry = ["-m", "runtime.server"] if standin_ms is None else \
+            [str(HERE / "standin_serve.py"), "--standin-ms", str(standin_ms)]
+        if stats_file is not None and "--stats-file" not in \
+                (pythonpath / "runtime" / "server.py").read_text():
+            stats_file = None                 # an older server: no per-stage CPU figures
+        self.stats_file = stats_file
+        command = [sys.executable, *entry, "--export", str(export),
                    "--backend", "onnxruntime-cpu", "--bind", "tcp://127.0.0.1:*",
                    "--pub", "tcp://127.0.0.1:*", "--hop", str(hop_s), "--samples", "1",
-                   "--wait-subscribers", "1", *extra]
+                   "--wait-subscribers", "1",
+                   *(["--stats-file", str(stats_file)] if stats_file else []), *extra]
         self.command = command
         self.process = subprocess.Popen(command, env=env, cwd=str(pythonpath),
                                         stderr=subprocess.PIPE, text=True)
@@ -232,6 +303,16 @@ class Server:
         fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
+    def stats(self) -> dict[str, Any] | None:
+        """The server's newest counters (rewritten every second), or None."""
+        if self.stats_file is None:
+            return None
+        time.sleep(1.2)                     # one rewrite after the last frame
+        try:
+            return json.loads(self.stats_file.read_text())
+        except (OSError, ValueError):
+            return None
+
     def stop(self) -> int:
         self.process.terminate()
         try:
@@ -241,56 +322,115 @@ class Server:
             return self.process.wait()
 
 
+def host_cpu(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, Any]:
+    """CPU per window (ms) of each stage between two stats readings: the threads' own clocks
+    (ingress, batching, features, model, split, encode, publish); ``other`` = the process's
+    CPU minus those (ZeroMQ's I/O thread, ONNX Runtime's pool threads, the main thread);
+    ``host`` = everything but the model thread."""
+    if not before or not after:
+        return {}
+    frames = after["frames"] - before["frames"]
+    if frames <= 0:
+        return {"frames": 0}
+    stages = {k: after["cpu_s"][k] - before["cpu_s"].get(k, 0.0) for k in after["cpu_s"]}
+    process = after["process_cpu_s"] - before["process_cpu_s"]
+    per = {k: round(1000 * v / frames, 3) for k, v in stages.items()}
+    per["other"] = round(1000 * (process - sum(stages.values())) / frames, 3)
+    per["host"] = round(1000 * (process - stages.get("model", 0.0)) / frames, 3)
+    # Wall time over CPU time of the features thread (NumPy, one thread): 1 when it never
+    # waits; above 1 it waited for the GIL or for a core (contention, docs/RUNTIME.md).
+    features_wall = after["busy_s"]["features"] - before["busy_s"]["features"]
+    return {"frames": frames, "ms_per_window": per,
+            "skipped": after["skipped"] - before["skipped"],
+            "messages": after["messages"] - before["messages"],
+            "mean_batch": round(frames / max(1, after["batches"] - before["batches"]), 1),
+            "features_wall_over_cpu": round(features_wall / stages["features"], 2)
+            if stages.get("features") else None}
+
+
 def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], seconds: float,
                hop_s: float, rate: int, protocol: int | None, extra: list[str],
-               grace_s: float) -> dict[str, Any]:
-    """Every N of ``counts`` against one server process; stops after the first N not held."""
+               grace_s: float, shape: LoadShape = LoadShape(), standin_ms: float | None = None,
+               stop_below: float | None = None, servers: int = 1) -> dict[str, Any]:
+    """Every N of ``counts`` against ``servers`` server processes (the streams split between
+    them, one subscriber for all); with ``stop_below``, stops after the first N whose due
+    windows were less than that fraction published (the servers' counters)."""
     spawn = mp.get_context("spawn")
-    server = Server(export, pythonpath, hop_s, extra)
+    stats_dir = Path(tempfile.mkdtemp(prefix="s2i-serve-bench-"))
+    procs = [Server(export, pythonpath, hop_s, extra, standin_ms, stats_dir / f"stats-{i}.json")
+             for i in range(servers)]
     rows: list[dict[str, Any]] = []
     try:
-        audio_address, pub_address = server.wait_line(SERVING).groups()
+        addresses = [server.wait_line(SERVING).groups() for server in procs]
         frames_q, stop = spawn.Queue(), spawn.Event()
-        sub = spawn.Process(target=subscriber_process, args=(pub_address, frames_q, stop),
-                            daemon=True)
+        sub = spawn.Process(target=subscriber_process, daemon=True,
+                            args=([pub for _, pub in addresses], frames_q, stop))
         sub.start()
         if frames_q.get(timeout=120)[0] != "ready":
             raise S2IError("benchmark subscriber never saw the server's hello")
+        stats0 = sum_stats([server.stats() for server in procs])
         for n in counts:
             # A fresh subscriber per N would cost a handshake; frames are split by prefix.
             prefix = f"n{n}-"
-            cpu0, load_q = server.cpu_s(), spawn.Queue()
-            load = spawn.Process(target=load_process, daemon=True,
-                                 args=(audio_address, n, seconds, hop_s, rate, prefix,
-                                       protocol, load_q))
-            load.start()
-            load_stats = load_q.get(timeout=seconds + 120)
-            load.join(10)
+            cpu0 = sum(server.cpu_s() for server in procs)
+            load_stats = run_load(spawn, [audio for audio, _ in addresses], n, seconds, hop_s,
+                                  rate, prefix, protocol, shape)
             time.sleep(grace_s)
-            cpu1, rss = server.cpu_s(), server.rss_mb()
+            cpu1 = sum(server.cpu_s() for server in procs)
+            rss = round(sum(server.rss_mb() for server in procs), 1)
+            stats1 = sum_stats([server.stats() for server in procs])
             row = {"streams": n, "load": load_stats, "server_rss_mb": rss,
-                   "server_cpu_s": round(cpu1 - cpu0, 2)}
+                   "server_cpu_s": round(cpu1 - cpu0, 2), "host_cpu": host_cpu(stats0, stats1)}
+            stats0 = stats1
             rows.append(row)
             print(f"[{label}] N={n}: sent; server RSS {rss} MB, CPU {cpu1 - cpu0:.1f} s, "
                   f"load CPU {load_stats['cpu_s']} s", file=sys.stderr, flush=True)
+            if stop_below is not None and not mostly_served(row, stop_below):
+                break
         stop.set()
         kind, frames = frames_q.get(timeout=120)
         sub.join(10)
     finally:
-        code = server.stop()
-    log = server.drain_log()
+        codes = [server.stop() for server in procs]
+        shutil.rmtree(stats_dir, ignore_errors=True)
+    log = [line for server in procs for line in server.drain_log()]
     skipped = [int(m.group(1)) for line in log if (m := SKIPPED.search(line))]
     expected = int((seconds - 1.0) / hop_s + 1e-9) + 1   # windows ending at 1 s, 1 s + hop, ...
     for row in rows:
         summarize_row(row, [f for f in frames if f[0].startswith(f"n{row['streams']}-")],
-                      expected, hop_s)
-    return {"label": label, "command": " ".join(server.command), "exit_code": code,
-            "skipped_hops_total": sum(skipped), "rows": rows,
+                      expected, hop_s, seconds)
+    return {"label": label, "command": " ".join(procs[0].command),
+            "exit_code": max(codes, key=abs), "standin_ms": standin_ms, "servers": servers,
+            "load_shape": asdict(shape), "skipped_hops_total": sum(skipped), "rows": rows,
             "log_tail": [line for line in log if "Traceback" in line or "error" in line][-5:]}
 
 
+def sum_stats(readings: list[dict[str, Any] | None]) -> dict[str, Any] | None:
+    """Several servers' ``--stats-file`` readings as one (counts and CPU times added)."""
+    if not readings or any(r is None for r in readings):
+        return None
+    total: dict[str, Any] = {}
+    for reading in readings:
+        assert reading is not None
+        for key in ("frames", "skipped", "messages", "batches", "process_cpu_s"):
+            total[key] = total.get(key, 0) + reading[key]
+        for key in ("cpu_s", "busy_s"):
+            for stage, value in reading[key].items():
+                total.setdefault(key, {})[stage] = total.get(key, {}).get(stage, 0.0) + value
+    return total
+
+
+def mostly_served(row: dict[str, Any], fraction: float) -> bool:
+    """Whether the server's own counters say at least ``fraction`` of this N's due windows
+    were published rather than skipped (True when it has no counters)."""
+    cpu = row["host_cpu"]
+    if not cpu.get("frames"):
+        return True
+    return bool(cpu["frames"] >= fraction * (cpu["frames"] + cpu["skipped"]))
+
+
 def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: int,
-                  hop_s: float) -> None:
+                  hop_s: float, seconds: float) -> None:
     n = row["streams"]
     per_stream: dict[str, list[tuple[Any, ...]]] = {}
     for f in frames:
@@ -309,6 +449,7 @@ def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: 
     fractions = [d / expected for d in delivered]
     row.update({
         "expected_per_stream": expected, "delivered": sum(delivered),
+        "frames_per_s": round(sum(delivered) / seconds, 1),
         "expected": expected * n, "min_stream_fraction": round(min(fractions), 4),
         "delivered_fraction": round(sum(delivered) / (expected * n), 4),
         "skipped_or_lost": expected * n - sum(delivered),
@@ -341,22 +482,105 @@ def ceiling(export: Path, hop_s: float, time_cap_s: float, limit: int = 65536,
 # --------------------------------------------------------------------------- report
 
 
+def cpu_cell(row: dict[str, Any]) -> str:
+    per = row.get("host_cpu", {}).get("ms_per_window")
+    if not per:
+        return "-"
+    wait = row["host_cpu"].get("features_wall_over_cpu")
+    return ("/".join(f"{per.get(k, 0.0):.2f}" for k in CPU_COLUMNS) + f" = {per['host']:.2f}"
+            + ("" if wait is None else f" (features wall/CPU {wait:.1f})"))
+
+
 def table(runs: list[dict[str, Any]]) -> str:
-    lines = ["| server | N | delivered | worst stream | p50 ms | p99 ms | batches (size: count) "
-             "| stages ms (feat/enc/gen/png/queue) | RSS MB | server CPU s | load CPU s | held |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| server | N | delivered | worst stream | frames/s | p50 ms | p99 ms "
+             "| batches (size: count) | stages ms (feat/enc/gen/png/queue) "
+             "| host CPU ms/window (" + "/".join(CPU_COLUMNS) + " = host) | RSS MB "
+             "| server CPU s | load CPU s (processes) | held |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for run in runs:
         for r in run["rows"]:
             s = r["stage_mean_ms"]
             hist = ", ".join(f"{b}: {c:g}" for b, c in list(r["batch_histogram"].items())[:6])
             lines.append(
                 f"| {run['label']} | {r['streams']} | {r['delivered_fraction']:.1%} | "
-                f"{r['min_stream_fraction']:.0%} | {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
+                f"{r['min_stream_fraction']:.0%} | {r['frames_per_s']:.0f} "
+                f"| {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
                 f"| {hist} | {s['features']:.1f}/{s['encoder']:.1f}/{s['generator']:.1f}/"
-                f"{s['encoding']:.1f}/{s['queues_and_transport']:.0f} | {r['server_rss_mb']:.0f} "
-                f"| {r['server_cpu_s']:.1f} | {r['load']['cpu_s']:.1f} | "
+                f"{s['encoding']:.1f}/{s['queues_and_transport']:.0f} | {cpu_cell(r)} "
+                f"| {r['server_rss_mb']:.0f} | {r['server_cpu_s']:.1f} "
+                f"| {r['load']['cpu_s']:.1f} ({r['load'].get('processes', 1)}) | "
                 f"{'yes' if r['held'] else 'no'} |")
     return "\n".join(lines)
+
+
+def row_at(run: dict[str, Any], n: int) -> dict[str, Any] | None:
+    return next((r for r in run["rows"] if r["streams"] == n), None)
+
+
+def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str, Any]:
+    """Issue 21's figures per server, side by side: held / ceiling, frames per second at
+    1.1x and 1.5x the ceiling against at it, host CPU per window at the ceiling; for a
+    host-only run its best frames per second and the host CPU per window there."""
+    out: dict[str, Any] = {}
+    for run in runs:
+        if run.get("standin_ms") is not None:
+            best = max(run["rows"], key=lambda r: r["frames_per_s"], default=None)
+            out[run["label"]] = {
+                "kind": "host-only", "processes": run["servers"],
+                "best_frames_per_s": best and best["frames_per_s"],
+                "at_streams": best and best["streams"],
+                "host_ms_per_window": best and best["host_cpu"].get(
+                    "ms_per_window", {}).get("host"),
+                "server_cpu_ms_per_window": best and round(
+                    1000 * best["server_cpu_s"] / max(1, best["delivered"]), 3),
+                "load_cpu_s": best and best["load"]["cpu_s"]}
+            continue
+        at = row_at(run, capacity)
+        fps = at["frames_per_s"] if at else None
+        over = {}
+        for factor in OVERLOAD_FACTORS:
+            row = row_at(run, max(1, round(capacity * factor)))
+            over[f"{factor:g}x"] = round(row["frames_per_s"] / fps, 3) \
+                if row and fps else None
+        out[run["label"]] = {
+            "kind": "model", "held": held(run), "ceiling": capacity,
+            "held_of_ceiling": round(held(run) / capacity, 3) if capacity else None,
+            "frames_per_s_at_ceiling": fps, "overload_fps_vs_ceiling": over,
+            "host_ms_per_window_at_ceiling": at and at["host_cpu"].get(
+                "ms_per_window", {}).get("host")}
+    for label, t in list(out.items()):
+        one = out.get(label.replace(f", {t.get('processes')} processes", ", 1 process"))
+        if t["kind"] == "host-only" and t["processes"] > 1 and one \
+                and one["best_frames_per_s"] and t["best_frames_per_s"]:
+            t["speedup_vs_1_process"] = round(t["best_frames_per_s"]
+                                              / one["best_frames_per_s"], 2)
+    return out
+
+
+def targets_md(summary: dict[str, Any]) -> str:
+    lines = ["Issue 21 targets, side by side (host-only rows: the model is a constant-time "
+             "stand-in):", ""]
+    for label, t in summary.items():
+        if t["kind"] == "host-only":
+            speedup = t.get("speedup_vs_1_process")
+            lines.append(f"- {label}: best {t['best_frames_per_s']} frames/s (N = "
+                         f"{t['at_streams']}), host CPU {t['host_ms_per_window']} ms/window "
+                         f"(threads' clocks; whole server {t['server_cpu_ms_per_window']} "
+                         f"ms/window), load generator CPU {t['load_cpu_s']} s"
+                         + ("" if speedup is None else f"; {speedup:.2f}x one process "
+                            "(target >= 1.5x with 2)"))
+        else:
+            over = ", ".join(f"{k}: {_pct(v)}" for k, v in t["overload_fps_vs_ceiling"].items())
+            lines.append(f"- {label}: held {t['held']} of the ceiling {t['ceiling']} "
+                         f"({_pct(t['held_of_ceiling'])}; target >= 90%), frames/s at the "
+                         f"ceiling {t['frames_per_s_at_ceiling']}, at 1.1x and 1.5x the "
+                         f"ceiling {over} of that (target >= 90%), host CPU at the ceiling "
+                         f"{t['host_ms_per_window_at_ceiling']} ms/window")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0%}"
 
 
 def plot(runs: list[dict[str, Any]], path: Path, hop_s: float, ceiling_n: int) -> None:
@@ -396,7 +620,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--dim", type=int, default=512)
     parser.add_argument("--streams", default="", help="N values, e.g. 4,8,16 (default: "
-                        "fractions of the measured ceiling)")
+                        "fractions of the measured ceiling, up to 1.5x it)")
     parser.add_argument("--seconds", type=float, default=12.0, help="load per N (default: 12)")
     parser.add_argument("--hop", type=float, default=1.0)
     parser.add_argument("--before", type=Path, default=None,
@@ -406,17 +630,40 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", default="fp32",
                         help="the new server's --precision, also used for the ceiling "
                              "(default fp32; int8 needs an export made with --int8)")
+    parser.add_argument("--encoding", default="png",
+                        help="every server's --encoding (default: png)")
     parser.add_argument("--server-args", default="", help="extra s2i-serve options (new server)")
     parser.add_argument("--ceiling-cap", type=float, default=6.0,
                         help="seconds per batch size when measuring the ceiling")
+    parser.add_argument("--block-ms", type=float, default=CAPTURE_BLOCK_S * 1000,
+                        help="audio per load message (default: s2i-capture's, "
+                             f"{CAPTURE_BLOCK_S * 1000:g} ms; 50 was the old capture block)")
+    parser.add_argument("--load-processes", type=int, default=2,
+                        help="processes generating the load (default: 2)")
+    parser.add_argument("--host-only", default="auto",
+                        help="N values for the host-only rows (the real server, its model a "
+                             "constant-time stand-in), e.g. 200,400,800; 'auto': doubling "
+                             "from the ceiling until under 90%% is served; 'none': skip")
+    parser.add_argument("--host-only-processes", default="1,2",
+                        help="host-only runs with this many independent server processes, "
+                             "the streams split between them (default: 1,2: the "
+                             "process-scaling efficiency)")
+    parser.add_argument("--standin-ms", type=float, default=DEFAULT_STANDIN_MS,
+                        help="the stand-in's time per batch (default: "
+                             f"{DEFAULT_STANDIN_MS:g} ms, like a GPU call)")
     parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: tiny model, N 1,2, 3-s loads, no plot")
+                        help="a smoke run: tiny model, N 1,3, 3-s loads, no plot")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--name", default=None, help="results file stem (default: serve-<host>)")
     args = parser.parse_args(argv)
     if args.quick:
         args.width, args.dim, args.seconds, args.ceiling_cap = 0.125, 64, 3.0, 0.2
         args.streams = args.streams or "1,3"
+        args.host_only = "4" if args.host_only == "auto" else args.host_only
+    if args.load_processes < 1 or not 1 <= args.block_ms <= 2000:
+        raise S2IError("--load-processes must be at least 1 and --block-ms 1-2000, got "
+                       f"{args.load_processes} and {args.block_ms:g}")
+    shape = LoadShape(block_s=args.block_ms / 1000, processes=args.load_processes)
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig
@@ -426,39 +673,65 @@ def main(argv: list[str] | None = None) -> int:
     top = ceiling(export, args.hop, args.ceiling_cap, limit=8 if args.quick else 65536,
                   precision=args.precision)
     print(f"batched-step ceiling: {top['streams']} streams", file=sys.stderr, flush=True)
+    capacity = max(2, top["streams"])
     if args.streams:
         counts = [int(n) for n in args.streams.split(",")]
     else:
-        c = max(2, top["streams"])
-        counts = sorted({max(1, round(c * f)) for f in (0.25, 0.5, 0.75, 0.9, 1.0, 1.1)})
+        counts = sorted({max(1, round(capacity * f)) for f in CEILING_FRACTIONS})
+    host_counts = host_only_counts(args.host_only, capacity)
     here = Path(__file__).resolve().parents[1]
-    runs = []
     servers = [("after", here, export, None,
-                ["--precision", args.precision, *args.server_args.split()])]
+                ["--precision", args.precision, "--encoding", args.encoding,
+                 *args.server_args.split()])]
     if args.before is not None:
         before = args.before.resolve()
         servers.insert(0, ("before", before, export_for(before, export), args.before_protocol,
-                           []))
-    for label, path, folder, protocol, extra in servers:
-        runs.append(run_server(label, folder, path, counts, args.seconds, args.hop, rate,
-                               protocol, extra, grace_s=2.0 * args.hop + 1.0))
+                           ["--encoding", args.encoding]))
+    grace = 2.0 * args.hop + 1.0
+    runs = [run_server(label, folder, path, counts, args.seconds, args.hop, rate, protocol,
+                       extra, grace, shape) for label, path, folder, protocol, extra in servers]
+    for processes in [int(p) for p in args.host_only_processes.split(",")] if host_counts \
+            else []:
+        for label, path, folder, protocol, extra in servers:
+            runs.append(run_server(
+                f"{label}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {processes} process"
+                + "es" * (processes > 1), folder, path, host_counts, args.seconds, args.hop,
+                rate, protocol, [*extra, *HOST_ONLY_BATCHING], grace, shape,
+                standin_ms=args.standin_ms, stop_below=None if args.quick else 0.9,
+                servers=processes))
+    summary = targets(runs, capacity, args.hop)
     result = {
         "benchmark": "serve", "machine": report.machine_info(), "versions": report.versions(),
         "note": "compare rows of one run, not across runs (machine.load_average: the load "
-                "when the run started)",
+                "when the run started); host-only rows replace the model by a constant-time "
+                "stand-in (benchmarks/standin_serve.py)",
         "export": str(export), "width": args.width, "embedding_dim": args.dim,
-        "precision": args.precision,
-        "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds,
-        "ceiling": top, "runs": runs,
-        "held": {run["label"]: held(run) for run in runs},
+        "precision": args.precision, "encoding": args.encoding,
+        "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds, "load_shape": asdict(shape),
+        "ceiling": top, "runs": runs, "targets": summary,
+        "held": {run["label"]: held(run) for run in runs if run["standin_ms"] is None},
     }
     stem = args.name or ("serve-quick" if args.quick
                          else f"serve-{report.machine_slug(result['machine'])}")
     md = (f"Batched-step ceiling: {top['streams']} streams. Held (>= 99% to every stream, "
           f"p99 <= {args.hop * 1000:.0f} ms): "
-          + ", ".join(f"{k} {v}" for k, v in result["held"].items()) + "\n\n" + table(runs))
+          + ", ".join(f"{k} {v}" for k, v in result["held"].items())
+          + f". Load: {shape.processes} processes, {shape.block_s * 1000:g}-ms blocks; "
+          f"encoding {args.encoding}, K = 1.\n\n"
+          + targets_md(summary) + "\n\n" + table(runs))
     report.write_result(args.out, stem, result, md)
     if not args.quick:
-        plot(runs, args.out / f"{stem}.png", args.hop, top["streams"])
+        plot([r for r in runs if r["standin_ms"] is None], args.out / f"{stem}.png", args.hop,
+             top["streams"])
     print(md)
     return 0
+
+
+def host_only_counts(spec: str, capacity: int) -> list[int]:
+    """The N grid of the host-only rows: given, none, or doubling from the ceiling (the run
+    stops at the first N under 90% served)."""
+    if spec == "none":
+        return []
+    if spec != "auto":
+        return [int(n) for n in spec.split(",")]
+    return [capacity * 2 ** i for i in range(7)]

@@ -26,9 +26,10 @@ from tqdm import tqdm
 
 from benchmarks import report
 from runtime.errors import S2IError
+from runtime.pipeline import Pipeline
 from runtime.protocol import DEFAULT_TOPIC, Publisher
 from runtime.ring import AudioRing
-from runtime.server import Pipeline, run_ring
+from runtime.stages import run_ring
 
 ADDRESS = "tcp://127.0.0.1:*"
 

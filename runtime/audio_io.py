@@ -22,9 +22,14 @@ BLOCK_SECONDS = 0.5
 
 
 def to_mono(samples: np.ndarray) -> np.ndarray:
-    """``[n]`` or ``[n, channels]`` -> mono float32 ``[n]`` (channel mean)."""
+    """``[n]`` or ``[n, channels]`` -> mono float32 ``[n]`` (channel mean; one channel is a
+    view, no pass over the samples)."""
     samples = np.asarray(samples, dtype=np.float32)
-    return samples if samples.ndim == 1 else samples.mean(axis=1, dtype=np.float32)
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    return samples.mean(axis=1, dtype=np.float32)
 
 
 class StreamResampler:
@@ -37,6 +42,11 @@ class StreamResampler:
         self.in_rate, self.out_rate, self.channels = float(in_rate), float(out_rate), channels
         self._stream = (None if self.in_rate == self.out_rate
                         else soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32"))
+
+    @property
+    def resamples(self) -> bool:
+        """False when the rates match: ``process`` only mixes down (or passes through)."""
+        return self._stream is not None
 
     def process(self, block: np.ndarray, last: bool = False) -> np.ndarray:
         block = np.asarray(block, dtype=np.float32)

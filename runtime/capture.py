@@ -3,9 +3,11 @@
     s2i-capture --mic --connect tcp://gpu-host:5555
     s2i-capture --file clip.wav --connect tcp://127.0.0.1:5555     (paced like a live source)
 
-The source hands blocks to a bounded queue (oldest dropped when full); the main thread sends
-them as ``[b"audio", header, float32 samples]`` on PUSH without ever blocking: when the server
-is unreachable or slow, audio is dropped, not queued (live audio goes stale).
+The source hands blocks of ``--block-ms`` (default 250 ms) to a bounded queue (oldest dropped
+when full); the main thread sends them as ``[b"audio", header, float32 samples]`` on PUSH
+without ever blocking: when the server is unreachable or slow, audio is dropped, not queued
+(live audio goes stale). Larger blocks cost the server less per second of audio (one message
+each); a window whose end falls inside a block waits for that block (docs/RUNTIME.md).
 
 Every option is checked before anything starts, with the server's own rules
 (``runtime.protocol.check_audio_values``): what the server would refuse is a one-line error,
@@ -18,6 +20,7 @@ retried with backoff (``runtime.client.ClientSocket``).
 from __future__ import annotations
 
 import argparse
+import math
 import queue
 import re
 import socket as socketlib
@@ -36,7 +39,10 @@ from runtime.security import add_client_security_args, check_address, client_key
 from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
+QUEUE_SECONDS = 5.0     # the queue holds this much audio, whatever the block
 PUSH_SNDHWM = 50
+CAPTURE_BLOCK_S = 0.25  # audio per message: 4 messages per 1-s window (hops of 0.25 s align)
+BLOCK_MS_RANGE = (10.0, 1000.0)
 
 
 class BlockQueue:
@@ -114,6 +120,9 @@ def capture_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stream-id", default=default_stream_id(),
                         help="stream id, 1-64 characters of [A-Za-z0-9._-]; keep it across "
                              "restarts (default: capture-HOSTNAME, made valid)")
+    parser.add_argument("--block-ms", type=float, default=CAPTURE_BLOCK_S * 1000, metavar="MS",
+                        help="audio per message (default: %(default)g ms; larger costs the "
+                             "server less, a window ending inside a block waits for it)")
     add_client_security_args(parser)
     args = parser.parse_args(argv)
     if args.list_devices:
@@ -122,9 +131,13 @@ def capture_main(argv: list[str] | None = None) -> int:
     chosen_source(args)
     check_audio_values(args.stream_id, args.send_rate, "--stream-id and --send-rate")
     check_address(args.connect, "audio output (--connect)")
+    low, high = BLOCK_MS_RANGE
+    if not low <= args.block_ms <= high:
+        raise S2IError(f"--block-ms must be between {low:g} and {high:g}, got {args.block_ms:g}")
     keys = client_keys(args)
-    blocks = BlockQueue()
-    source = open_live_source(args, blocks.put, args.send_rate)  # a file is always paced
+    block_s = args.block_ms / 1000
+    blocks = BlockQueue(max(2, math.ceil(QUEUE_SECONDS / block_s)))
+    source = open_live_source(args, blocks.put, args.send_rate, block_s)  # a file is paced
     ctx = zmq.Context()
 
     def setup(push: zmq.Socket) -> None:

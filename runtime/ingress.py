@@ -1,8 +1,10 @@
 """Where due windows come from: capture nodes over PULL, or one local ring buffer.
 
 ``NetworkIngress`` owns the PULL socket (used only by its own thread, ``run``): it decodes and
-validates each audio message (``runtime.protocol.decode_audio``), resamples it into its
-stream's ring and marks the stream due when its next hop has arrived. ``RingIngress`` does
+validates each audio message (``runtime.protocol.decode_audio``), files it into its stream's
+ring (at the model rate as it came, with no pass over it before the ring's copy; at another
+rate resampled in pieces of ``RESAMPLE_PIECE_S``) and marks the stream due when its next hop
+has arrived. ``RingIngress`` does
 the same for one ring fed by a local source (``s2i-stream``). Both hand out due windows with
 ``take(max_batch, max_wait_s, stop)``: the newest window of each due stream, read when the
 batch is formed, so a stream that fell behind skips its stale hops (counted) instead of
@@ -31,7 +33,7 @@ from runtime.audio_io import StreamResampler
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
 from runtime.pipeline import Window
-from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio
+from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio, sanitise_audio
 from runtime.resilience import ConnectionWatch, survived
 from runtime.ring import AudioRing
 from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
@@ -44,6 +46,12 @@ TAKEOVER_S = 0.5          # a stream silent this long may be reset (a new node, 
 PULL_RCVHWM = 16
 MAX_DRAIN = 2000          # messages read per pass, so a flood cannot starve the rest
 POLL_MS = 20
+RESAMPLE_PIECE_S = 0.25   # a stream at another rate goes through soxr in pieces this long
+# The ingress is pure Python: busy, it keeps the GIL for up to a switch interval (5 ms) each
+# time a stage thread returns from NumPy / ONNX Runtime and asks for it back (a GIL convoy:
+# a batch's log-mel took twice as long beside a busy Python thread). It hands the GIL over
+# every this many messages instead (docs/RUNTIME.md, "Overload").
+YIELD_EVERY = 32
 
 
 @dataclass
@@ -58,6 +66,24 @@ class StreamState:
     last_seen: float = field(default_factory=time.monotonic)
     frames: int = 0           # windows handed out (the stream's next frame seq)
     skipped: int = 0          # stale hops skipped
+    pending: list[np.ndarray] = field(default_factory=list)   # not yet resampled
+    pending_frames: int = 0
+
+    def hold(self, samples: np.ndarray, model_rate: int) -> np.ndarray | None:
+        """Collect a message's samples; the collected block once it should reach the ring:
+        at once at the model rate, else in pieces of ``RESAMPLE_PIECE_S`` (one soxr call
+        each, not one per message) or as soon as the next window may be complete."""
+        if not self.resampler.resamples:
+            return samples
+        self.pending.append(samples)
+        self.pending_frames += len(samples)
+        arriving = self.ring.written + self.pending_frames * model_rate / self.rate
+        if self.pending_frames < RESAMPLE_PIECE_S * self.rate and arriving < self.next_total:
+            return None
+        block = self.pending[0] if len(self.pending) == 1 else np.concatenate(self.pending)
+        self.pending.clear()
+        self.pending_frames = 0
+        return block
 
 
 @dataclass
@@ -149,6 +175,7 @@ class NetworkIngress:
         self.on_end = on_end     # (stream, reason): a stream stopped or expired (protocol end)
         self.say = RateLimitedLog()
         self._next_expiry = time.monotonic() + 1.0
+        self.cpu_s = 0.0        # this thread's CPU time (time.thread_time) while serving
 
     # --- the ingress thread ------------------------------------------------------------------
 
@@ -156,6 +183,7 @@ class NetworkIngress:
         """Read, validate and file audio until ``stop``; closes the PULL socket at the end."""
         self.watch = ConnectionWatch(self.pull, "audio input (PULL)", self.say,
                                      MAX_AUDIO_PAYLOAD_BYTES)
+        start = time.thread_time()
         try:
             while not stop.is_set():
                 if self.pull.poll(POLL_MS, zmq.POLLIN):
@@ -164,6 +192,7 @@ class NetworkIngress:
                     self.expire_idle()
                     self.watch.poll()
                     self._next_expiry = time.monotonic() + 1.0
+                self.cpu_s = time.thread_time() - start
         finally:
             self.watch.close()
             self.pull.close(linger=0)
@@ -178,6 +207,8 @@ class NetworkIngress:
                 break
             self.handle(parts)
             count += 1
+            if count % YIELD_EVERY == 0:
+                time.sleep(0)           # let a stage thread waiting for the GIL take it
         return count
 
     def handle(self, parts: list[bytes]) -> str | None:
@@ -204,8 +235,14 @@ class NetworkIngress:
         state = self._state(header)
         if state is None:
             return None
-        mono = state.resampler.process(np.nan_to_num(samples, nan=0.0, posinf=1.0,
-                                                     neginf=-1.0))
+        block = state.hold(samples, self.sample_rate)
+        if block is None:
+            return header["stream"]
+        if state.resampler.resamples and not np.isfinite(block).all():
+            block = sanitise_audio(block)    # soxr would smear a NaN over its neighbours
+        # At the model rate NaN/inf go into the ring as they came: the features stage
+        # sanitises the whole batch in one pass (runtime.pipeline.Pipeline.features).
+        mono = state.resampler.process(block)
         sid = header["stream"]
         with self.scheduler.cond:
             if self.streams.get(sid) is not state:

@@ -33,6 +33,7 @@ from runtime.protocol import (
     ENCODINGS,
     PROTOCOL_VERSION,
     audio_level,
+    audio_levels,
     encode_frame,
     image_shape,
     images_to_uint8,
@@ -72,6 +73,7 @@ class Batch:
     windows: list[Window]
     features: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    levels: tuple[np.ndarray, np.ndarray] | None = None   # (rms [B], peak [B]) of the audio
 
 
 class Pipeline:
@@ -141,6 +143,7 @@ class Pipeline:
         # Silence and clipping are valid input; a broken source's NaN/inf must not stop us:
         # NaN -> 0, clipped to [-1, 1], as the level fields (protocol.audio_level) see it.
         audio = sanitise_audio(np.stack([w.audio for w in batch.windows]))
+        batch.levels = audio_levels(audio)     # the headers' rms/peak, one pass for all
         if self.front_end.level == "fixed":
             batch.features = log_mel_batch(audio, self.front_end)[:, None]
         else:
@@ -208,7 +211,8 @@ class Pipeline:
         for i, window in enumerate(batch.windows):
             rows = out[i * k:(i + 1) * k]
             unc = uncertainty_map(rows) if self.uncertainty else None
-            results.append(Result(self._header(window, batch), images[i * k:(i + 1) * k], unc))
+            results.append(Result(self._header(window, batch, i), images[i * k:(i + 1) * k],
+                                  unc))
         return results
 
     def process_batch(self, windows: Sequence[Window],
@@ -221,12 +225,15 @@ class Pipeline:
         batch = self.features(Batch(list(windows)))
         return self.split(batch, self.infer(batch, masks))
 
-    def _header(self, window: Window, batch: Batch) -> dict[str, Any]:
+    def _header(self, window: Window, batch: Batch, row: int) -> dict[str, Any]:
         seq = window.seq
         if seq is None:
             seq = self._seq.get(window.stream, 0)
             self._seq[window.stream] = seq + 1
-        rms, peak = audio_level(window.audio)
+        if batch.levels is not None:
+            rms, peak = float(batch.levels[0][row]), float(batch.levels[1][row])
+        else:
+            rms, peak = audio_level(window.audio)
         return {
             "protocol": PROTOCOL_VERSION, "stream": window.stream, "seq": int(seq),
             "capture_time": float(window.capture_time), "position_s": window.position_s,

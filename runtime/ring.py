@@ -64,8 +64,11 @@ class AudioRing:
             if self._written < n:
                 return None
             end = self._written % self.capacity
-            idx = (np.arange(end - n, end)) % self.capacity
-            return self._data[idx].copy(), self._last_time, self._written
+            if end >= n:                 # one slice, else the wrapped tail and head
+                out = self._data[end - n:end].copy()
+            else:
+                out = np.concatenate((self._data[self.capacity - (n - end):], self._data[:end]))
+            return out, self._last_time, self._written
 
     def wait_for(self, total: int, timeout: float | None = None) -> bool:
         """Wait until ``total`` samples have been written in all; False on timeout or close."""

@@ -1,12 +1,7 @@
-"""``s2i-serve``: a multi-stream inference server. Capture nodes PUSH audio; frames go out
-on PUB. The stages (runtime/stages.py) run in threads joined by bounded queues:
-
-    PULL -> ingress (validate, resample, rings)  -> due windows of every stream
-         -> features -> model (one batched call) -> encode + publish -> PUB
-
-``NetworkLoop`` wires a ``Pipeline`` (runtime/pipeline.py) to a ``NetworkIngress``
-(runtime/ingress.py) and a ``Publisher``; ``serve_main`` is the command line. ``Pipeline``,
-``run_ring`` and ``run_file`` are re-exported here for older callers.
+"""``s2i-serve``: a multi-stream inference server, the console script. Capture nodes PUSH
+audio; frames go out on PUB. The engine (``NetworkLoop``: ingress and stage threads) is
+runtime/engine.py; this module parses the options, opens the translator, the publisher and
+the security, runs the engine until a signal and ends the streams for subscribers.
 """
 
 from __future__ import annotations
@@ -15,130 +10,20 @@ import argparse
 import os
 import socket as socketlib
 import sys
-import threading
-import time
+from pathlib import Path
 
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.errors import S2IError, run_cli
-from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
-from runtime.options import (
-    DEFAULT_EXPORT,
-    add_batching_args,
-    add_pipeline_args,
-    batching,
-    open_pipeline,
-)
-from runtime.pipeline import MIN_HOP_SECONDS, Pipeline, Window
+from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
+from runtime.options import add_batching_args, add_pipeline_args, batching, open_pipeline
 from runtime.protocol import Publisher
-from runtime.resilience import guarded, raise_open_file_limit
-from runtime.security import (
-    ServerSecurity,
-    add_server_security_args,
-    check_address,
-    server_security,
-)
-from runtime.stages import Stages, StatusLine, run_file, run_ring
-
-__all__ = ["DEFAULT_EXPORT", "MIN_HOP_SECONDS", "NetworkLoop", "Pipeline", "Window",
-           "add_pipeline_args", "main", "open_pipeline", "run_file", "run_ring",
-           "serve_main", "wait_for_subscribers"]
+from runtime.resilience import raise_open_file_limit
+from runtime.security import add_server_security_args, check_address, server_security
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
-SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
-COUNTERS_EVERY_S = 10.0
-
-
-class NetworkLoop:
-    """Ingress thread + stage threads for capture nodes; ``run(stop)`` blocks until stop."""
-
-    def __init__(self, pipeline: Pipeline, publisher: Publisher, ctx: zmq.Context,
-                 bind_address: str, max_batch: int = 64, max_wait_s: float = 0.01,
-                 max_streams: int = DEFAULT_MAX_STREAMS, idle_expiry_s: float = IDLE_EXPIRY_S,
-                 encode_threads: int = 2, security: ServerSecurity | None = None) -> None:
-        self.pipeline, self.publisher = pipeline, publisher
-        self.ingress = NetworkIngress(ctx, bind_address, pipeline.sample_rate, pipeline.window,
-                                      pipeline.hop, max_streams, idle_expiry_s,
-                                      security=security, on_end=publisher.end)
-        self.address = self.ingress.address
-        self.status = StatusLine()
-        self.stages = Stages(pipeline, self.ingress, publisher, max_batch, max_wait_s,
-                             encode_threads, on_published=self.status.update)
-        self._ingress_thread: threading.Thread | None = None
-        self.failure: S2IError | None = None
-        self._next_counters = time.monotonic() + COUNTERS_EVERY_S
-        self._last_counters: dict[str, object] | None = None
-
-    @property
-    def frames(self) -> int:
-        return self.stages.counters.frames
-
-    def counters(self) -> dict[str, object]:
-        ingress = self.ingress.counters.as_dict()
-        ingress["ingress_unexpected_errors"] = ingress.pop("unexpected_errors")
-        return {**ingress, **self.stages.counters.as_dict(),
-                "streams": len(self.ingress.streams)}
-
-    def start(self, stop: threading.Event) -> None:
-        self._ingress_thread = threading.Thread(
-            target=guarded("ingress", lambda: self.ingress.run(stop), self.stages.errors, stop),
-            name="s2i-ingress", daemon=True)
-        self._ingress_thread.start()
-        self.stages.start(stop)
-
-    def _log_counters(self) -> None:
-        if time.monotonic() < self._next_counters:
-            return
-        self._next_counters = time.monotonic() + COUNTERS_EVERY_S
-        c = self.counters()
-        if c == self._last_counters:
-            return                      # nothing happened: no line
-        self._last_counters = c
-        sizes = self.stages.counters.batch_sizes
-        mean = sum(k * v for k, v in sizes.items()) / max(1, sum(sizes.values()))
-        log(f"{c['streams']} streams, {c['frames']} frames in {c['batches']} batches "
-            f"(mean {mean:.1f}), {c['skipped']} hops skipped, {c['stale_windows']} stale "
-            f"results dropped, {c['dropped_windows']} windows dropped (model failures), "
-            f"{c['bad_messages']} bad messages, {c['refused_streams']} streams refused, "
-            f"{c['refused_duplicates']} duplicate-node messages refused, {c['stale_seq']} "
-            f"duplicate-seq messages dropped, "
-            f"{c['unexpected_errors'] + c['ingress_unexpected_errors']} unexpected errors "
-            "survived")
-
-    def run(self, stop: threading.Event) -> bool:
-        """Serve until ``stop``; True if every thread ended within ``SHUTDOWN_S``. A thread
-        that could not go on leaves its one-line ``S2IError`` in ``self.failure``."""
-        self.start(stop)
-        try:
-            self.stages.wait(stop, on_tick=self._log_counters)
-        except S2IError as exc:
-            self.failure = exc
-        finally:
-            stop.set()
-            ended = self.stages.join(SHUTDOWN_S)
-            if self._ingress_thread is not None:
-                self._ingress_thread.join(0.3)
-                ended = ended and not self._ingress_thread.is_alive()
-        c = self.counters()
-        if c["skipped"]:
-            log(f"skipped {c['skipped']} late hops (the model is slower than the hop)")
-        return ended
-
-
-def close_translator(pipeline: Pipeline) -> None:
-    """Release what the translator holds beyond this process (a cluster connection)."""
-    close = getattr(pipeline.translator, "close", None)
-    if callable(close):
-        close()
-
-
-def wait_for_subscribers(publisher: Publisher, count: int, stop: threading.Event) -> None:
-    if count <= 0:
-        return
-    log(f"waiting for {count} subscriber(s) on {publisher.address}")
-    while not stop.is_set() and publisher.poll_subscriptions(100) < count:
-        pass
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -153,12 +38,17 @@ def serve_main(argv: list[str] | None = None) -> int:
                              f"(default: {DEFAULT_MAX_STREAMS})")
     parser.add_argument("--idle-expiry", type=float, default=IDLE_EXPIRY_S, metavar="S",
                         help=f"forget a stream silent this long (default: {IDLE_EXPIRY_S:g} s)")
+    parser.add_argument("--stats-file", type=Path, default=None, metavar="PATH",
+                        help="keep the counters and each stage's thread CPU time as JSON in "
+                             f"PATH, rewritten every {STATS_EVERY_S:g} s (for benchmarks)")
     add_pipeline_args(parser)
     add_batching_args(parser)
     add_server_security_args(parser, nodes=True)
     args = parser.parse_args(argv)
     check_address(args.bind, "audio input (--bind)")
     check_address(args.pub, "publisher (--pub)")
+    if args.stats_file is not None and not args.stats_file.parent.is_dir():
+        raise S2IError(f"--stats-file {args.stats_file}: its folder does not exist")
     raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(args)
     max_batch, max_wait_s = batching(args, pipeline.backend)
@@ -172,7 +62,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
             loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
                                args.max_streams, args.idle_expiry, args.encode_threads,
-                               security=security)
+                               security=security, stats_file=args.stats_file)
             log(f"serving on {loop.address} -> {publisher.address} "
                 f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
                 f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")

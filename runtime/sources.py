@@ -24,7 +24,7 @@ from runtime.errors import S2IError
 
 Sink = Callable[[np.ndarray, float], None]
 PCM_FORMATS = {"s16": (np.dtype("<i2"), 32768.0), "f32": (np.dtype("<f4"), 1.0)}
-BLOCK_SECONDS = 0.05
+BLOCK_SECONDS = 0.05      # a live source's block (s2i-capture sends larger ones: --block-ms)
 
 
 class Source:
@@ -32,8 +32,8 @@ class Source:
 
     name = "source"
 
-    def __init__(self, sink: Sink, sample_rate: int) -> None:
-        self.sink, self.sample_rate = sink, int(sample_rate)
+    def __init__(self, sink: Sink, sample_rate: int, block_s: float = BLOCK_SECONDS) -> None:
+        self.sink, self.sample_rate, self.block_s = sink, int(sample_rate), float(block_s)
         self.stop_event = threading.Event()
         self.finished = threading.Event()   # set when the source has nothing more to give
         self.error: BaseException | None = None
@@ -70,15 +70,16 @@ class FileSource(Source):
 
     name = "file-source"
 
-    def __init__(self, sink: Sink, sample_rate: int, path: str, loop: bool = False) -> None:
-        super().__init__(sink, sample_rate)
+    def __init__(self, sink: Sink, sample_rate: int, path: str, loop: bool = False,
+                 block_s: float = BLOCK_SECONDS) -> None:
+        super().__init__(sink, sample_rate, block_s)
         self.path, self.loop = path, loop
         # Decode the first block now so a bad file fails before anything starts.
         self._blocks = iter_audio_blocks(path, self.sample_rate)
         self._first = next(self._blocks)
 
     def run(self) -> None:
-        step = max(1, int(self.sample_rate * BLOCK_SECONDS))
+        step = max(1, int(self.sample_rate * self.block_s))
         start, played = time.monotonic(), 0
         blocks: Iterator[np.ndarray] = _chain_first(self._first, self._blocks)
         while not self.stop_event.is_set():
@@ -106,8 +107,9 @@ class StdinSource(Source):
     name = "stdin-source"
 
     def __init__(self, sink: Sink, sample_rate: int, in_rate: int, channels: int,
-                 pcm_format: str, stream: BinaryIO | None = None) -> None:
-        super().__init__(sink, sample_rate)
+                 pcm_format: str, stream: BinaryIO | None = None,
+                 block_s: float = BLOCK_SECONDS) -> None:
+        super().__init__(sink, sample_rate, block_s)
         if pcm_format not in PCM_FORMATS:
             raise S2IError(f"unknown PCM format {pcm_format!r}; expected one of "
                            f"{sorted(PCM_FORMATS)}")
@@ -119,7 +121,7 @@ class StdinSource(Source):
         self.stream = stream if stream is not None else sys.stdin.buffer
         self.resampler = StreamResampler(in_rate, sample_rate, channels)
         self.frame_bytes = self.dtype.itemsize * channels
-        self.read_bytes = max(1, int(in_rate * BLOCK_SECONDS)) * self.frame_bytes
+        self.read_bytes = max(1, int(in_rate * self.block_s)) * self.frame_bytes
 
     def _read(self) -> bytes:
         """Up to ``read_bytes``; b"" at the end or once stopped. A real file descriptor (a
@@ -229,8 +231,9 @@ class MicSource(Source):
 
     name = "mic-source"
 
-    def __init__(self, sink: Sink, sample_rate: int, device: str | int | None = None) -> None:
-        super().__init__(sink, sample_rate)
+    def __init__(self, sink: Sink, sample_rate: int, device: str | int | None = None,
+                 block_s: float = BLOCK_SECONDS) -> None:
+        super().__init__(sink, sample_rate, block_s)
         self._pyaudio = _import_pyaudio()
         self._pa = open_pyaudio()
         self._stream = None
@@ -255,7 +258,7 @@ class MicSource(Source):
                     self._stream = pa.open(
                         format=pyaudio.paFloat32, channels=channels, rate=rate, input=True,
                         input_device_index=index, start=False,
-                        frames_per_buffer=max(64, int(rate * BLOCK_SECONDS)),
+                        frames_per_buffer=max(64, int(rate * self.block_s)),
                         stream_callback=self._callback_for(resampler, channels))
                 self.in_rate, self.channels = rate, channels
                 return
@@ -345,13 +348,16 @@ def chosen_source(args: Any) -> str:
     return chosen[0]
 
 
-def open_live_source(args: Any, sink: Sink, sample_rate: int) -> Source:
-    """The live source the arguments ask for (a file is paced like a live source)."""
+def open_live_source(args: Any, sink: Sink, sample_rate: int,
+                     block_s: float = BLOCK_SECONDS) -> Source:
+    """The live source the arguments ask for (a file is paced like a live source), handing
+    out blocks of about ``block_s`` seconds."""
     kind = chosen_source(args)
     if args.loop and kind != "file":
         raise S2IError("--loop repeats a --file; it does not apply to --mic or --stdin")
     if kind == "mic":
-        return MicSource(sink, sample_rate, args.device)
+        return MicSource(sink, sample_rate, args.device, block_s=block_s)
     if kind == "stdin":
-        return StdinSource(sink, sample_rate, args.rate, args.channels, args.format)
-    return FileSource(sink, sample_rate, args.file, loop=args.loop)
+        return StdinSource(sink, sample_rate, args.rate, args.channels, args.format,
+                           block_s=block_s)
+    return FileSource(sink, sample_rate, args.file, loop=args.loop, block_s=block_s)

@@ -44,6 +44,11 @@ STALE_FACTOR = 4.0
 STALE_HISTORY = 32
 STALE_HISTORY_MIN = 4
 STATUS_EVERY_S = 10.0
+# Host CPU is counted per stage with thread CPU clocks (time.thread_time); "model" is the
+# translator call's own thread (ONNX Runtime's pool threads are not in it), the rest is the
+# host work around it: forming batches (ring reads), features, split (uint8 images and the
+# headers), encode (PNG/raw payloads) and publish (PUB sends).
+CPU_STAGES = ("batching", "features", "model", "split", "encode", "publish")
 
 
 class WindowSource(Protocol):
@@ -62,6 +67,14 @@ class StageCounters:
     batch_sizes: Counter[int] = field(default_factory=Counter)     # at most max_batch keys
     busy_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(
         ("features", "model", "publish"), 0.0))
+    cpu_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(CPU_STAGES, 0.0))
+
+    def add_cpu(self, stage: str, since: float) -> float:
+        """Adds this thread's CPU time since ``since`` (``time.thread_time``) to ``stage``;
+        returns the clock's reading (the next ``since``). One writer per stage."""
+        now = time.thread_time()
+        self.cpu_s[stage] += now - since
+        return now
 
     def as_dict(self) -> dict[str, Any]:
         return {"batches": self.batches, "frames": self.frames,
@@ -70,7 +83,8 @@ class StageCounters:
                 "unexpected_errors": self.unexpected_errors,
                 "stale_windows": self.stale_windows,
                 "batch_sizes": {str(k): v for k, v in sorted(self.batch_sizes.items())},
-                "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()}}
+                "busy_s": {k: round(v, 3) for k, v in self.busy_s.items()},
+                "cpu_s": {k: round(v, 4) for k, v in self.cpu_s.items()}}
 
 
 class Stages:
@@ -196,7 +210,9 @@ class Stages:
         while not self.stop.is_set():
             if not self.model_free.acquire(timeout=0.1):
                 continue
+            clock = time.thread_time()
             windows = self.source.take(self.batch_limit(), self.max_wait_s, self.stop)
+            clock = self.counters.add_cpu("batching", clock)
             if not windows:
                 self.model_free.release()
                 if getattr(self.source, "done", None) is not None and self.source.done.is_set():
@@ -212,6 +228,7 @@ class Stages:
                 continue
             finally:
                 self.counters.busy_s["features"] += time.perf_counter() - start
+                self.counters.add_cpu("features", clock)
             if not self._put(self.features_q, batch):
                 return
 
@@ -224,9 +241,12 @@ class Stages:
                 self._put(self.publish_q, END)
                 return
             self.model_free.release()          # the batcher may now form the next batch
-            start = time.perf_counter()
+            start, clock = time.perf_counter(), time.thread_time()
             try:
-                results = self.pipeline.split(batch, self.pipeline.infer(batch))
+                out = self.pipeline.infer(batch)
+                clock = self.counters.add_cpu("model", clock)
+                results = self.pipeline.split(batch, out)
+                self.counters.add_cpu("split", clock)
             except Exception as exc:  # noqa: BLE001 - one failed batch costs only itself
                 self.counters.failed_batches += 1
                 self.counters.dropped_windows += len(batch.windows)
@@ -252,16 +272,21 @@ class Stages:
                 if not ok or results is END:
                     return
                 start = time.perf_counter()
-                for result, parts in zip(results, self._encoded(results, pool), strict=True):
+                encoded = self._encoded(results, pool)
+                clock = time.thread_time()
+                for result, item in zip(results, encoded, strict=True):
                     try:
-                        if parts is None:
+                        if item is None:
                             continue
+                        parts, cpu_s = item
+                        self.counters.cpu_s["encode"] += cpu_s
                         self.publisher.publish(parts)
                         self.counters.frames += 1
                         if self.on_published is not None:
                             self.on_published(result)
                     except Exception as exc:  # noqa: BLE001 - costs only this frame
                         self._survive("the publish stage", exc, "one frame")
+                self.counters.add_cpu("publish", clock)
                 self.counters.busy_s["publish"] += time.perf_counter() - start
         finally:
             if pool is not None:
@@ -270,11 +295,13 @@ class Stages:
 
 
     def _encoded(self, results: list[Result], pool: ThreadPoolExecutor | None
-                 ) -> list[list[bytes] | None]:
-        """Each result's message, or None for one whose encoding failed (logged)."""
-        def encode(result: Result) -> list[bytes] | None:
+                 ) -> list[tuple[list[bytes], float] | None]:
+        """Each result's message and the CPU time its encoding took (in whichever thread),
+        or None for one whose encoding failed (logged)."""
+        def encode(result: Result) -> tuple[list[bytes], float] | None:
+            clock = time.thread_time()
             try:
-                return self.pipeline.encode(result)
+                return self.pipeline.encode(result), time.thread_time() - clock
             except Exception as exc:  # noqa: BLE001 - costs only this frame
                 self._survive("the encoding of a frame", exc, "one frame")
                 return None

@@ -15,6 +15,7 @@ import zmq
 
 from runtime.audio_io import iter_audio_blocks
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.engine import close_translator, wait_for_subscribers
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
@@ -22,7 +23,6 @@ from runtime.options import add_pipeline_args, open_pipeline
 from runtime.protocol import Publisher
 from runtime.ring import AudioRing
 from runtime.security import add_server_security_args, check_address, server_security
-from runtime.server import close_translator, wait_for_subscribers
 from runtime.sources import (
     Source,
     add_source_args,

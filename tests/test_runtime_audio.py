@@ -110,6 +110,8 @@ def test_ring_keeps_the_newest_second_and_its_capture_time():
         ring.write(data[i:i + 300], capture_time=100.0 + i)
     audio, t, written = ring.latest(1000)
     assert written == 2500 and np.array_equal(audio, data[-1000:]) and t == 100.0 + 2400
+    for n in (400, 700):           # inside the ring's tail, and across its wrap
+        assert np.array_equal(ring.latest(n)[0], data[-n:])
     ring.write(np.arange(5000, dtype=np.float32), 1.0)   # bigger than the ring: keeps the tail
     assert np.array_equal(ring.latest(1000)[0], np.arange(4000, 5000, dtype=np.float32))
     assert not ring.wait_for(10_000, timeout=0.01)

@@ -19,6 +19,7 @@ from runtime.protocol import (
     SESSION_ID,
     Publisher,
     audio_level,
+    audio_levels,
     decode_header,
     dumps_header,
     encode_audio,
@@ -41,6 +42,14 @@ def test_audio_is_sanitised_and_levels_are_finite_and_consistent():
     assert peak == 1.0 and rms == pytest.approx(np.sqrt((1 + 1 + 0 + 1 + 1 + 0.25 + 1) / 7))
     assert audio_level(np.full(16000, 1e17, np.float32)) == (1.0, 1.0)    # not Infinity
     assert audio_level(np.zeros(0, np.float32)) == (0.0, 0.0)
+    # A batch's levels (the features stage computes them for every window at once) are
+    # each window's own.
+    rng = np.random.default_rng(0)
+    batch = np.stack([np.zeros(64), rng.standard_normal(64) * 4, np.resize(hostile, 64),
+                      rng.standard_normal(64) * 0.1]).astype(np.float32)
+    rms_b, peak_b = audio_levels(sanitise_audio(batch))
+    assert [(float(r), float(p)) for r, p in zip(rms_b, peak_b, strict=True)] == \
+        [audio_level(row) for row in batch]
     with pytest.raises(S2IError, match="non-finite number in \\['rms'\\]"):
         dumps_header({"kind": "frame", "rms": float("inf")})
     with pytest.raises(S2IError, match="non-finite"):

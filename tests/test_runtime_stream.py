@@ -116,7 +116,7 @@ def test_capture_and_generation_in_separate_processes(export, tmp_path):
 
 def test_pipeline_library_silence_clipping_and_seeds(export):
     from runtime.backends import open_translator
-    from runtime.server import Pipeline
+    from runtime.pipeline import Pipeline
 
     translator = open_translator(export, backend="onnxruntime-cpu")
     rng = np.random.default_rng(0)
@@ -297,8 +297,8 @@ def run_network_loop(pipeline, messages, done, timeout=60.0, **options):
     ``done(loop, published)``; returns (loop, published headers)."""
     import threading
 
+    from runtime.engine import NetworkLoop
     from runtime.protocol import Publisher
-    from runtime.server import NetworkLoop
 
     ctx = zmq.Context()
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())

@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 import zmq
-from helpers_runtime import CLI, tiny_export
+from helpers_runtime import CLI, run_cli, tiny_export
 
 from runtime.client import Subscriber
 from runtime.protocol import encode_audio
@@ -78,9 +78,9 @@ class SlowTranslator:
 
 def test_streams_keep_their_seq_and_positions_under_batching(export):
     from runtime.backends import open_translator
+    from runtime.engine import NetworkLoop
     from runtime.pipeline import Pipeline
     from runtime.protocol import Publisher
-    from runtime.server import NetworkLoop
 
     slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.15)
     pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
@@ -341,3 +341,11 @@ def test_repeated_log_lines_are_rate_limited():
     for i in range(100):                                   # hostile keys cannot grow it
         say(f"k{i}", "x")
     assert len(say._keys) == 3
+
+
+def test_stats_file_in_a_missing_folder_is_one_line(export, tmp_path):
+    result = run_cli("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
+                     "--pub", "tcp://127.0.0.1:*", "--stats-file",
+                     str(tmp_path / "missing" / "stats.json"))
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        f"error: --stats-file {tmp_path / 'missing' / 'stats.json'}: its folder does not exist"]

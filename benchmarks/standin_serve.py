@@ -1,0 +1,69 @@
+"""The real ``s2i-serve`` with its model replaced by a CONSTANT-TIME STAND-IN (host-only rows of
+``python -m benchmarks serve``).
+
+    python benchmarks/standin_serve.py --standin-ms 2 <s2i-serve options>
+
+Run as a script with ``PYTHONPATH`` set to the checkout whose server it measures (it imports
+only that checkout's ``runtime``). The export's real translator is opened once, computes the
+images of 8 windows, and is then replaced by ``ConstantTimeModel``: each batch sleeps a fixed
+time (no CPU: the GIL is released, as during a GPU call) and returns those images, tiled to
+the batch. Everything else (ingress, batching, features, encoding, publishing) is the
+server's own code, so the process's CPU is the host's work per window, without the model.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import numpy as np
+
+DEFAULT_STANDIN_MS = 2.0
+LABEL = "host-only: model replaced by a constant-time stand-in"
+
+
+class ConstantTimeModel:
+    """The translator's interface (``manifest``, ``dropout``, ``encode``, ``generate``) at a
+    fixed cost per batch: ``seconds`` of sleep, then precomputed real images."""
+
+    def __init__(self, inner: Any, seconds: float, windows: int = 8) -> None:
+        from runtime.frontend import FrontEndConfig, log_mel_batch
+        from runtime.masks import draw_masks
+
+        self.manifest, self.dropout = inner.manifest, inner.dropout
+        self.backend, self.seconds = f"stand-in-{seconds * 1000:g}ms", seconds
+        front_end = FrontEndConfig.from_dict(inner.manifest["front_end"])
+        rng = np.random.default_rng(0)
+        audio = (rng.standard_normal((windows, front_end.n_samples)) * 0.3).astype(np.float32)
+        z = np.asarray(inner.encode(log_mel_batch(audio, front_end)[:, None]), np.float32)
+        self.z = z
+        self.images = np.asarray(inner.generate(z, draw_masks(self.dropout, windows, rng)))
+
+    def encode(self, features: np.ndarray) -> np.ndarray:
+        time.sleep(self.seconds)
+        return self.z[np.arange(len(features)) % len(self.z)]
+
+    def generate(self, z: np.ndarray, masks: Any) -> np.ndarray:
+        return self.images[np.arange(len(z)) % len(self.images)]
+
+
+def main(argv: list[str]) -> int:
+    import runtime.backends
+    from runtime.server import main as serve
+
+    seconds = DEFAULT_STANDIN_MS / 1000
+    if argv[:1] == ["--standin-ms"]:
+        seconds, argv = float(argv[1]) / 1000, argv[2:]
+    real_open = runtime.backends.open_translator
+
+    def open_standin(*args: Any, **kwargs: Any) -> ConstantTimeModel:
+        return ConstantTimeModel(real_open(*args, **kwargs), seconds)
+
+    runtime.backends.open_translator = open_standin   # read at call time by runtime.options
+    print(f"{LABEL} ({seconds * 1000:g} ms per batch)", file=sys.stderr, flush=True)
+    return serve(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
