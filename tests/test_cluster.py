@@ -490,6 +490,8 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
     import subprocess
     import sys
 
+    from runtime.cluster.local import alive, descendants
+
     folder = tmp_path / "ray-local"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
 
@@ -522,7 +524,8 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
         assert front.frames and front.frames[0].header["position_s"] == 1.0, \
             front.cli.stderr()
         assert front.backend == "ray:s2i/onnxruntime-cpu"
-        started = [pid for node in state["nodes"] for pid in group_pids(node["pgid"])]
+        started = [pid for node in state["nodes"]
+                   for pid in {node["pid"], *descendants(node["pid"]), *group_pids(node["pgid"])}]
         serving = {pid for pid in started
                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::ServeReplica")}
         assert serving, started
@@ -533,8 +536,6 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
     finally:
         if (folder / "cluster.json").exists():
             local("stop")
-    from runtime.cluster.local import alive
-
     assert started and not [pid for pid in started if alive(pid)]     # all of it ended
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2      # the other cluster is intact
     assert len(replicas()) == 2

@@ -109,6 +109,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children... (from /proc; Ray's workers leave the node's
+    process group, so the tree, not the group, is what a node started)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
 def _node_command(temp_dir: str, head: bool, ports: dict[str, int], gcs: str,
                   cpus: int, gpus: int) -> list[str]:
     command = [sys.executable, "-m", "runtime.cluster.local", "_node", "--block",
@@ -206,6 +227,7 @@ def stop(folder: Path, quiet: bool = False, grace_s: float = 10.0) -> list[int]:
     folder = folder.resolve()
     state = read_state(folder)
     running = [n for n in state["nodes"] if alive(n["pid"])]
+    tree = [pid for n in running for pid in descendants(n["pid"])]
     for node in reversed(running):          # the worker first, then the head
         try:
             os.kill(node["pid"], signal.SIGTERM)   # ray start --block ends its processes
@@ -219,8 +241,15 @@ def stop(folder: Path, quiet: bool = False, grace_s: float = 10.0) -> list[int]:
             os.killpg(node["pgid"], signal.SIGKILL)   # what is left of that node's group
         except (ProcessLookupError, PermissionError):
             pass
+    for pid in tree:                  # and of its tree (workers, replicas), if still running
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     deadline = time.monotonic() + 10.0
-    while any(alive(n["pid"]) for n in running) and time.monotonic() < deadline:
+    while any(alive(p) for p in [n["pid"] for n in running] + tree) \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     if isinstance(state.get("temp_dir"), str) and Path(state["temp_dir"]).name.startswith(
             "s2i-ray-"):
