@@ -373,7 +373,7 @@ def test_every_replica_stalled_and_back_publishes_no_stale_frame(cluster):
     assert front.frames[-1].header["position_s"] == seconds, stderr
 
 
-def test_a_missing_token_is_named_with_a_hint(cluster, monkeypatch):
+def test_a_wrong_or_missing_token_is_named_with_a_hint(cluster, monkeypatch):
     from runtime.cluster.client import ClusterTranslator
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)           # not this cluster's token
@@ -539,3 +539,25 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
     assert started and not [pid for pid in started if alive(pid)]     # all of it ended
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2      # the other cluster is intact
     assert len(replicas()) == 2
+
+
+def test_local_cluster_commands_refuse_bad_state_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from runtime.cluster.deployment import build_app
+
+    def local(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "runtime.cluster.local", *args],
+                              capture_output=True, text=True, timeout=60)
+
+    for command in ("stop", "status", "env"):
+        done = local(command, "--dir", str(tmp_path / "none"))
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert "no local cluster was started" in done.stderr
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "cluster.json").write_text('{"gcs": 1}')
+    done = local("stop", "--dir", str(tmp_path / "bad"))
+    assert done.returncode == 2 and "expected {gcs, dashboard, nodes}" in done.stderr
+    with pytest.raises(S2IError, match="give an absolute path"):
+        build_app({"export": "runs/demo/export"})

@@ -158,8 +158,11 @@ def _wait_for_nodes(gcs: str, env: dict[str, str], nodes: int, timeout_s: float,
                 tail = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
                 raise S2IError(f"a Ray node exited while starting (code {proc.returncode}): "
                                f"{tail[-1] if tail else 'no output'} (log: {log})")
-        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                              timeout=max(5.0, deadline - time.monotonic()))
+        try:
+            done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                  timeout=max(5.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            continue                       # not up yet; the deadline decides
         if done.returncode == 0:
             return
         time.sleep(1.0)
@@ -180,6 +183,7 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
         fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+    os.chmod(token, 0o600)                 # readable by this user only, also if it was kept
     ports = free_ports(len(HEAD_PORTS) + 2 * len(NODE_PORTS))
     head_ports = dict(zip(HEAD_PORTS + NODE_PORTS, ports, strict=False))
     worker_ports = dict(zip(NODE_PORTS, ports[len(head_ports):], strict=True))
