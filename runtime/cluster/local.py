@@ -197,26 +197,54 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
     state: dict[str, Any] = {"gcs": gcs, "dashboard": f"{LOOPBACK}:{head_ports['dashboard-port']}",
                              "ports": {"head": head_ports, "worker": worker_ports},
                              "worker_gpus": worker_gpus, "temp_dir": temp_dir, "nodes": []}
-    procs, logs = [], []
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
     try:
         for name, head, node_ports, cpus, gpus in (
                 ("head", True, head_ports, 0, 0),
                 ("worker", False, worker_ports, worker_cpus, worker_gpus)):
             log = folder / f"{name}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(_node_command(temp_dir, head, node_ports, gcs, cpus, gpus),
-                                        env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+            for attempt in (1, 2):
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(
+                        _node_command(temp_dir, head, node_ports, gcs, cpus, gpus), env=env,
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+                state["nodes"].append({"name": name, "pid": proc.pid, "pgid": proc.pid,
+                                       "log": str(log)})
+                _write_state(folder, state)
+                try:
+                    _wait_for_nodes(gcs, env, len(procs) + 1, timeout_s, [*procs, proc],
+                                    [*logs, log])
+                    break
+                except S2IError as exc:
+                    # Ray waits a fixed 30 s for a new raylet to register: on a busy machine
+                    # that can pass; one more try, then the error.
+                    if attempt == 2 or "timed out during startup" not in str(exc):
+                        raise
+                    print(f"the {name} node timed out starting (Ray waits 30 s for its "
+                          "raylet); trying once more", file=sys.stderr)
+                    _end_node(state["nodes"].pop())
             procs.append(proc)
             logs.append(log)
-            state["nodes"].append({"name": name, "pid": proc.pid, "pgid": proc.pid,
-                                   "log": str(log)})
-            _write_state(folder, state)
-            _wait_for_nodes(gcs, env, len(procs), timeout_s, procs, logs)
     except BaseException:
         stop(folder, quiet=True)
         raise
     return state
+
+
+def _end_node(node: dict[str, Any]) -> None:
+    """SIGKILL a node's process group and tree (a node that failed to start)."""
+    tree = descendants(node["pid"])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(node["pgid"], signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
@@ -240,12 +268,9 @@ def stop(folder: Path, quiet: bool = False, grace_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + grace_s
     while any(alive(n["pid"]) for n in running) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for node in state["nodes"]:
-        try:
-            os.killpg(node["pgid"], signal.SIGKILL)   # what is left of that node's group
-        except (ProcessLookupError, PermissionError):
-            pass
-    for pid in tree:                  # and of its tree (workers, replicas), if still running
+    for node in state["nodes"]:       # what is left of each node's group and tree
+        _end_node(node)
+    for pid in tree:                  # (the tree as it was before the nodes ended)
         if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
