@@ -490,7 +490,7 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
     import subprocess
     import sys
 
-    from runtime.cluster.local import alive, descendants
+    from runtime.cluster.local import START_ATTEMPTS, STARTUP_TIMEOUT, alive, descendants
 
     folder = tmp_path / "ray-local"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -504,7 +504,13 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
 
     started: list[int] = []
     try:
-        local("start", "--worker-cpus", "1")
+        done = subprocess.run([sys.executable, "-m", "runtime.cluster.local", "start",
+                               "--worker-cpus", "1", "--dir", str(folder)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        if done.returncode and STARTUP_TIMEOUT in done.stderr:
+            pytest.skip("Ray could not start a node here: its fixed 30-s wait for a new "
+                        f"raylet passed {START_ATTEMPTS} times (machine too busy)")
+        assert done.returncode == 0, done.stderr + done.stdout
         state = json.loads((folder / "cluster.json").read_text())
         assert state["gcs"].startswith("127.0.0.1:")
         assert oct((folder / "auth_token").stat().st_mode & 0o777) == "0o600"

@@ -50,6 +50,8 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port",
               "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port")
+START_ATTEMPTS = 3
+STARTUP_TIMEOUT = "timed out during startup"      # Ray's words for its 30-s raylet wait
 HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port")
 
 
@@ -204,7 +206,7 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
                 ("head", True, head_ports, 0, 0),
                 ("worker", False, worker_ports, worker_cpus, worker_gpus)):
             log = folder / f"{name}.log"
-            for attempt in (1, 2):
+            for attempt in range(1, START_ATTEMPTS + 1):
                 with log.open("wb") as out:
                     proc = subprocess.Popen(
                         _node_command(temp_dir, head, node_ports, gcs, cpus, gpus), env=env,
@@ -219,11 +221,11 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
                     break
                 except S2IError as exc:
                     # Ray waits a fixed 30 s for a new raylet to register: on a busy machine
-                    # that can pass; one more try, then the error.
-                    if attempt == 2 or "timed out during startup" not in str(exc):
+                    # that can pass; a few more tries, then the error.
+                    if attempt == START_ATTEMPTS or STARTUP_TIMEOUT not in str(exc):
                         raise
                     print(f"the {name} node timed out starting (Ray waits 30 s for its "
-                          "raylet); trying once more", file=sys.stderr)
+                          "raylet); trying again", file=sys.stderr)
                     _end_node(state["nodes"].pop())
             procs.append(proc)
             logs.append(log)
