@@ -378,7 +378,7 @@ def test_a_wrong_or_missing_token_is_named_with_a_hint(cluster, monkeypatch):
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", "0" * 64)           # not this cluster's token
     with pytest.raises(S2IError) as error:
-        ClusterTranslator(cluster.address, APP, connect_timeout_s=8)
+        ClusterTranslator(cluster.address, APP, connect_timeout_s=30)
     message = str(error.value)
     assert "\n" not in message and "token authentication" in message, message
     assert "Unauthenticated" in message or "InvalidAuthToken" in message, message
