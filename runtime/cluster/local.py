@@ -50,6 +50,8 @@ LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABL
 NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port",
               "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
               "runtime-env-agent-port")
+START_ATTEMPTS = 3
+STARTUP_TIMEOUT = "timed out during startup"      # Ray's words for its 30-s raylet wait
 HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port")
 
 
@@ -109,6 +111,27 @@ def alive(pid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """``pid``'s children, their children... (from /proc; Ray's workers leave the node's
+    process group, so the tree, not the group, is what a node started)."""
+    found, todo = [], [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except OSError:
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
 def _node_command(temp_dir: str, head: bool, ports: dict[str, int], gcs: str,
                   cpus: int, gpus: int) -> list[str]:
     command = [sys.executable, "-m", "runtime.cluster.local", "_node", "--block",
@@ -137,8 +160,11 @@ def _wait_for_nodes(gcs: str, env: dict[str, str], nodes: int, timeout_s: float,
                 tail = [x for x in log.read_text(errors="replace").splitlines() if x.strip()]
                 raise S2IError(f"a Ray node exited while starting (code {proc.returncode}): "
                                f"{tail[-1] if tail else 'no output'} (log: {log})")
-        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
-                              timeout=max(5.0, deadline - time.monotonic()))
+        try:
+            done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                                  timeout=max(5.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            continue                       # not up yet; the deadline decides
         if done.returncode == 0:
             return
         time.sleep(1.0)
@@ -159,6 +185,7 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
         fd = os.open(token, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
+    os.chmod(token, 0o600)                 # readable by this user only, also if it was kept
     ports = free_ports(len(HEAD_PORTS) + 2 * len(NODE_PORTS))
     head_ports = dict(zip(HEAD_PORTS + NODE_PORTS, ports, strict=False))
     worker_ports = dict(zip(NODE_PORTS, ports[len(head_ports):], strict=True))
@@ -172,26 +199,54 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
     state: dict[str, Any] = {"gcs": gcs, "dashboard": f"{LOOPBACK}:{head_ports['dashboard-port']}",
                              "ports": {"head": head_ports, "worker": worker_ports},
                              "worker_gpus": worker_gpus, "temp_dir": temp_dir, "nodes": []}
-    procs, logs = [], []
+    procs: list[subprocess.Popen[bytes]] = []
+    logs: list[Path] = []
     try:
         for name, head, node_ports, cpus, gpus in (
                 ("head", True, head_ports, 0, 0),
                 ("worker", False, worker_ports, worker_cpus, worker_gpus)):
             log = folder / f"{name}.log"
-            with log.open("wb") as out:
-                proc = subprocess.Popen(_node_command(temp_dir, head, node_ports, gcs, cpus, gpus),
-                                        env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                        stderr=subprocess.STDOUT, start_new_session=True)
+            for attempt in range(1, START_ATTEMPTS + 1):
+                with log.open("wb") as out:
+                    proc = subprocess.Popen(
+                        _node_command(temp_dir, head, node_ports, gcs, cpus, gpus), env=env,
+                        stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                        start_new_session=True)
+                state["nodes"].append({"name": name, "pid": proc.pid, "pgid": proc.pid,
+                                       "log": str(log)})
+                _write_state(folder, state)
+                try:
+                    _wait_for_nodes(gcs, env, len(procs) + 1, timeout_s, [*procs, proc],
+                                    [*logs, log])
+                    break
+                except S2IError as exc:
+                    # Ray waits a fixed 30 s for a new raylet to register: on a busy machine
+                    # that can pass; a few more tries, then the error.
+                    if attempt == START_ATTEMPTS or STARTUP_TIMEOUT not in str(exc):
+                        raise
+                    print(f"the {name} node timed out starting (Ray waits 30 s for its "
+                          "raylet); trying again", file=sys.stderr)
+                    _end_node(state["nodes"].pop())
             procs.append(proc)
             logs.append(log)
-            state["nodes"].append({"name": name, "pid": proc.pid, "pgid": proc.pid,
-                                   "log": str(log)})
-            _write_state(folder, state)
-            _wait_for_nodes(gcs, env, len(procs), timeout_s, procs, logs)
     except BaseException:
         stop(folder, quiet=True)
         raise
     return state
+
+
+def _end_node(node: dict[str, Any]) -> None:
+    """SIGKILL a node's process group and tree (a node that failed to start)."""
+    tree = descendants(node["pid"])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    try:
+        os.killpg(node["pgid"], signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _write_state(folder: Path, state: dict[str, Any]) -> None:
@@ -206,6 +261,7 @@ def stop(folder: Path, quiet: bool = False, grace_s: float = 10.0) -> list[int]:
     folder = folder.resolve()
     state = read_state(folder)
     running = [n for n in state["nodes"] if alive(n["pid"])]
+    tree = [pid for n in running for pid in descendants(n["pid"])]
     for node in reversed(running):          # the worker first, then the head
         try:
             os.kill(node["pid"], signal.SIGTERM)   # ray start --block ends its processes
@@ -214,13 +270,17 @@ def stop(folder: Path, quiet: bool = False, grace_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + grace_s
     while any(alive(n["pid"]) for n in running) and time.monotonic() < deadline:
         time.sleep(0.2)
-    for node in state["nodes"]:
-        try:
-            os.killpg(node["pgid"], signal.SIGKILL)   # what is left of that node's group
-        except (ProcessLookupError, PermissionError):
-            pass
+    for node in state["nodes"]:       # what is left of each node's group and tree
+        _end_node(node)
+    for pid in tree:                  # (the tree as it was before the nodes ended)
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
     deadline = time.monotonic() + 10.0
-    while any(alive(n["pid"]) for n in running) and time.monotonic() < deadline:
+    while any(alive(p) for p in [n["pid"] for n in running] + tree) \
+            and time.monotonic() < deadline:
         time.sleep(0.1)
     if isinstance(state.get("temp_dir"), str) and Path(state["temp_dir"]).name.startswith(
             "s2i-ray-"):
