@@ -16,16 +16,17 @@ without unpacking (``read_openttd_catalogue``).
 
 from __future__ import annotations
 
-import argparse
 import io
 import struct
+import sys
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, hz_to_mel, log_mel_batch, mel_to_hz, to_uint8
 
@@ -267,32 +268,41 @@ def plot(official: Stats, rows: dict[str, Stats], path: Path) -> None:
     plt.close(fig)
 
 
+@dataclass
+class OfficialSet:
+    """The authors' published spectrograms (both fits read them)."""
+    official: Path = field(metadata={
+        "help": "official JPG spectrograms: a folder or .tar.gz (e.g. val.tar.gz)"})
+    limit: int | None = field(default=None, metadata={"help": "official images to read at most"})
+    catalogue: Path = field(default=OPENSFX, metadata={
+        "help": "OpenTTD sound catalogue with real recordings (openttd-opensfx)"})
+
+
+@dataclass
+class FrontEndFitConfig:
+    source: OfficialSet = field(metadata={"title": "the authors' spectrograms, real recordings"})
+    recordings: Path | None = field(default=None, metadata={
+        "help": "a folder of real recordings instead of the catalogue"})
+    search: bool = field(default=True, metadata={
+        "help": "search the candidate layouts (--no-search: measure only the shipped ones)"})
+    json: Path | None = field(default=None, metadata={"help": "write every figure here"})
+    plot: Path | None = field(default=None, metadata={"help": "write the evidence plot here"})
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.data.frontend_fit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official", type=Path, required=True,
-                   help="official JPG spectrograms: a folder or .tar.gz (e.g. val.tar.gz)")
-    p.add_argument("--limit", type=int, default=None, help="official images to read at most")
-    p.add_argument("--catalogue", type=Path, default=OPENSFX,
-                   help="OpenTTD sound catalogue with real recordings (openttd-opensfx)")
-    p.add_argument("--recordings", type=Path, default=None,
-                   help="a folder of real recordings instead of the catalogue")
-    p.add_argument("--no-search", action="store_true",
-                   help="skip the candidate search; measure only the shipped front ends")
-    p.add_argument("--json", type=Path, default=None, help="write every figure here")
-    p.add_argument("--plot", type=Path, default=None, help="write the evidence plot here")
-    args = p.parse_args(argv)
-    official_pixels, ids = read_official(args.official, args.limit)
+    args = parse_config(FrontEndFitConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m trainer.data.frontend_fit", __doc__)
+    official_pixels, ids = read_official(args.source.official, args.source.limit)
     official = statistics(official_pixels)
     sounds = (read_recordings(args.recordings) if args.recordings
-              else read_openttd_catalogue(args.catalogue))
+              else read_openttd_catalogue(args.source.catalogue))
     print(f"{len(official_pixels)} official spectrograms; {len(sounds)} real recordings")
     evidence = clip_reference_evidence(official_pixels, ids)
     print("reference: windows reaching grey 250: {windows_reaching_250:.1%}; videos: "
           "{videos_reaching_250:.1%} ({videos} videos); mean pixel {mean_pixel:.1f}"
           .format(**evidence))
     layouts = []
-    for rate, n_fft, win, fmax in () if args.no_search else LAYOUTS:
+    for rate, n_fft, win, fmax in () if not args.search else LAYOUTS:
         clips = [d for a in resampled(sounds, rate)
                  if (d := mel_db(a, rate, n_fft, fmax, win)) is not None]
         fit = fit_layout(official, clips)
@@ -320,7 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         from runtime.manifest import atomic_write_json
         atomic_write_json(args.json, {
-            "official": {"source": str(args.official), **evidence,
+            "config": config_json(args),
+            "official": {"source": str(args.source.official), **evidence,
                          "stats": official.to_dict()},
             "recordings": [name for name, _, _ in sounds], "floor_grey_level": FLOOR,
             "layouts": layouts, "shipped": {

@@ -26,14 +26,15 @@ recordings (``--boot`` resamples).
 
 from __future__ import annotations
 
-import argparse
 import io
-from dataclasses import dataclass, replace
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.frontend import (
     FrontEndConfig,
@@ -44,7 +45,7 @@ from runtime.frontend import (
     to_uint8,
 )
 from trainer.data.frontend_fit import (
-    OPENSFX,
+    OfficialSet,
     read_official,
     read_openttd_catalogue,
     read_recordings,
@@ -323,30 +324,33 @@ def print_report(report: dict[str, Any]) -> None:
             print(f"    {float(decay):>5g}: {fmt(entry, 1, '.2f')}{mark}")
 
 
+@dataclass
+class LevelFitConfig:
+    source: OfficialSet = field(metadata={
+        "title": "the authors' spectrograms; the fit set (the catalogue)"})
+    held_out: tuple[Path, ...] = field(default=HELD_OUT, metadata={
+        "help": "held-out recordings: folders (default: lincity-ng-data and freeciv-data "
+                "sounds)"})
+    boot: int = field(default=1000, metadata={"help": "bootstrap resamples"})
+    json: Path | None = field(default=None, metadata={"help": "write every figure here"})
+
+    def __post_init__(self) -> None:
+        if self.boot < 10:
+            raise ValueError(f"--boot must be at least 10, got {self.boot}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m trainer.data.level_fit", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--official", type=Path, required=True,
-                   help="official JPG spectrograms: a folder or .tar.gz (e.g. val.tar.gz)")
-    p.add_argument("--limit", type=int, default=None, help="official images to read at most")
-    p.add_argument("--catalogue", type=Path, default=OPENSFX,
-                   help="fit set: an OpenTTD sound catalogue (openttd-opensfx)")
-    p.add_argument("--held-out", type=Path, nargs="+", default=list(HELD_OUT),
-                   help="held-out recordings: folders (default: lincity-ng-data and "
-                        "freeciv-data sounds)")
-    p.add_argument("--boot", type=int, default=1000, help="bootstrap resamples")
-    p.add_argument("--json", type=Path, default=None, help="write every figure here")
-    args = p.parse_args(argv)
-    if args.boot < 10:
-        raise S2IError(f"--boot must be at least 10, got {args.boot}")
-    official_pixels, ids = read_official(args.official, args.limit)
-    fit = read_openttd_catalogue(args.catalogue)
+    args = parse_config(LevelFitConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m trainer.data.level_fit", __doc__)
+    official_pixels, ids = read_official(args.source.official, args.source.limit)
+    fit = read_openttd_catalogue(args.source.catalogue)
     held = [s for folder in args.held_out for s in read_recordings(folder)
             if s[2] >= MIN_RATE]
     report = study(official_pixels, ids, fit, held, args.boot)
     report["shipped_max_abs_difference"] = check_shipped(
         fit, FrontEndConfig(**report["config"]))
     report["held_out_sources"] = [str(f) for f in args.held_out]
+    report["config"] = config_json(args)
     print_report(report)
     if args.json:
         from runtime.manifest import atomic_write_json
