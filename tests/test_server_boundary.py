@@ -245,8 +245,9 @@ def test_an_unread_receive_queue_is_bounded_in_bytes():
         receiver.wait()
         ctx.destroy(linger=0)
     grown = after - float(before)
-    bound = PULL_RCVHWM * MAX_AUDIO_PAYLOAD_BYTES / 2**20 + 40     # + TCP/decoder buffers
-    assert sent == 100 and grown < bound, f"{sent} sent, receiver grew {grown:.0f} MB"
+    # RCVHWM x the cap (16 MiB) plus TCP and decoder buffers; was 100 x 4 MiB.
+    assert PULL_RCVHWM * MAX_AUDIO_PAYLOAD_BYTES <= 16 * 2**20
+    assert sent == 100 and grown < 64, f"{sent} sent, receiver grew {grown:.0f} MB"
 
 
 # --- key files ------------------------------------------------------------------------------
