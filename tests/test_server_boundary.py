@@ -194,6 +194,23 @@ def test_position_s_is_on_the_hop_grid_with_resampled_input(ctx):
     assert max(np.diff(positions)) > hop / RATE
 
 
+def test_the_window_is_the_audio_that_ends_at_position_s(ctx):
+    """Blocks of 700 samples do not fall on the 4,000-sample hop grid: the window taken is
+    still the one that ends at position_s, sample for sample."""
+    ingress, _, _ = ingress_with_log(ctx)
+    ramp = (np.arange(4 * RATE) * 1e-5).astype(np.float32)
+    taken = []
+    for seq, start in enumerate(range(0, len(ramp), 700)):
+        ingress.handle(encode_audio("ramp", seq, ramp[start:start + 700], RATE, 1.0, node="n"))
+        if seq % 9 == 8 and ingress.scheduler.due:
+            taken += ingress.take(4, 0.0, _never())
+    assert len(taken) >= 5
+    for window in taken:
+        end = round(window.position_s * RATE)
+        assert (end - RATE) % (RATE // 4) == 0
+        np.testing.assert_array_equal(window.audio, ramp[end - RATE:end])
+
+
 RECEIVER = """
 import sys, time
 import zmq
