@@ -102,10 +102,15 @@ class IngressCounters:
         return dict(self.__dict__)
 
 
-def grid_position(next_total: int, hop: int, sample_rate: int) -> float:
-    """``position_s`` of the window just taken: the hop-grid point ``window + n * hop`` it
-    stands for (its audio is the newest window, which ends less than one hop after it)."""
-    return (next_total - hop) / sample_rate
+def grid_end(source: Any, written: int, hop: int) -> int:
+    """Where the window taken now ends: the last point of the hop grid (``window + n * hop``
+    samples, from ``source.next_total``, the next one due) that has arrived. A stream that
+    fell behind skips the hops before it (stale, never queued); ``position_s`` is this point
+    / rate, exactly, so skipped hops show as jumps."""
+    end = source.next_total
+    if written > end:
+        end += (written - end) // hop * hop
+    return end
 
 
 class DueStreams:
@@ -353,19 +358,20 @@ class NetworkIngress:
             return windows
 
     def _window(self, sid: str, state: StreamState, due_time: float) -> Window | None:
-        latest = state.ring.latest(self.window)
-        if latest is None:
+        written = state.ring.written
+        if written < state.next_total:
             return None
-        audio, capture_time, written = latest
-        state.next_total += self.hop
-        while state.next_total <= written:      # late: skip stale hops, keep the newest
-            state.next_total += self.hop
-            state.skipped += 1
-            self.counters.skipped += 1
-        # position_s is on the hop grid (window + n hops): skipped hops show as jumps.
-        window = Window(sid, audio, capture_time, grid_position(state.next_total, self.hop,
-                                                                self.sample_rate),
-                        state.frames, due_time)
+        end = grid_end(state, written, self.hop)
+        skipped = (end - state.next_total) // self.hop
+        state.skipped += skipped
+        self.counters.skipped += skipped
+        taken = state.ring.latest(self.window, end)
+        state.next_total = end + self.hop
+        if taken is None:
+            return None
+        audio, newest_time, written = taken
+        window = Window(sid, audio, newest_time - (written - end) / self.sample_rate,
+                        end / self.sample_rate, state.frames, due_time)
         state.frames += 1
         return window
 
@@ -392,14 +398,15 @@ class RingIngress:
         else:
             return []
         due_time = time.monotonic()
-        audio, capture_time, written = self.ring.latest(self.window)  # type: ignore[misc]
-        self.next_total += self.hop
-        while self.next_total <= written:
-            self.next_total += self.hop
-            self.skipped += 1
-        window = Window(self.stream_id, audio, capture_time,
-                        grid_position(self.next_total, self.hop, self.sample_rate),
-                        self.frames, due_time)
+        end = grid_end(self, self.ring.written, self.hop)
+        self.skipped += (end - self.next_total) // self.hop
+        self.next_total = end + self.hop
+        taken = self.ring.latest(self.window, end)
+        if taken is None:           # overwritten meanwhile (cannot happen with a 4-window ring)
+            return []
+        audio, newest_time, written = taken
+        window = Window(self.stream_id, audio, newest_time - (written - end) / self.sample_rate,
+                        end / self.sample_rate, self.frames, due_time)
         self.frames += 1
         return [window]
 

@@ -56,18 +56,23 @@ class AudioRing:
             self._closed = True
             self._cond.notify_all()
 
-    def latest(self, n: int) -> tuple[np.ndarray, float, int] | None:
-        """(the newest ``n`` samples, capture time of the last one, total written) or None."""
+    def latest(self, n: int, end: int | None = None) -> tuple[np.ndarray, float, int] | None:
+        """(the newest ``n`` samples, capture time of the last one, total written) or None.
+
+        ``end``: the ``n`` samples that end at that total instead (the capture time is still
+        the newest sample's); None if they are not all in the ring (yet, or any more)."""
         if n > self.capacity:
             raise ValueError(f"asked for {n} samples from a ring of {self.capacity}")
         with self._cond:
-            if self._written < n:
+            stop = self._written if end is None else end
+            if stop < n or stop > self._written or self._written - (stop - n) > self.capacity:
                 return None
-            end = self._written % self.capacity
-            if end >= n:                 # one slice, else the wrapped tail and head
-                out = self._data[end - n:end].copy()
+            start = stop % self.capacity
+            if start >= n:               # one slice, else the wrapped tail and head
+                out = self._data[start - n:start].copy()
             else:
-                out = np.concatenate((self._data[self.capacity - (n - end):], self._data[:end]))
+                out = np.concatenate((self._data[self.capacity - (n - start):],
+                                      self._data[:start]))
             return out, self._last_time, self._written
 
     def wait_for(self, total: int, timeout: float | None = None) -> bool:

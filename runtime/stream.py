@@ -21,6 +21,7 @@ from runtime.frontend import FrontEndConfig
 from runtime.manifest import load_export_manifest
 from runtime.options import add_pipeline_args, open_pipeline
 from runtime.protocol import Publisher
+from runtime.resilience import raise_open_file_limit
 from runtime.ring import AudioRing
 from runtime.security import add_server_security_args, check_address, server_security
 from runtime.sources import (
@@ -60,6 +61,7 @@ def stream_main(argv: list[str] | None = None) -> int:
         return 0
     kind = chosen_source(args)
     check_address(args.pub, "publisher (--pub)")
+    raise_open_file_limit()     # every subscriber connection is a file descriptor
     pipeline = None
     if args.cluster:   # the export lives with the deployment: its manifest comes from there
         pipeline = open_pipeline(args)

@@ -194,6 +194,23 @@ def test_position_s_is_on_the_hop_grid_with_resampled_input(ctx):
     assert max(np.diff(positions)) > hop / RATE
 
 
+def test_the_window_is_the_audio_that_ends_at_position_s(ctx):
+    """Blocks of 700 samples do not fall on the 4,000-sample hop grid: the window taken is
+    still the one that ends at position_s, sample for sample."""
+    ingress, _, _ = ingress_with_log(ctx)
+    ramp = (np.arange(4 * RATE) * 1e-5).astype(np.float32)
+    taken = []
+    for seq, start in enumerate(range(0, len(ramp), 700)):
+        ingress.handle(encode_audio("ramp", seq, ramp[start:start + 700], RATE, 1.0, node="n"))
+        if seq % 9 == 8 and ingress.scheduler.due:
+            taken += ingress.take(4, 0.0, _never())
+    assert len(taken) >= 5
+    for window in taken:
+        end = round(window.position_s * RATE)
+        assert (end - RATE) % (RATE // 4) == 0
+        np.testing.assert_array_equal(window.audio, ramp[end - RATE:end])
+
+
 RECEIVER = """
 import sys, time
 import zmq
@@ -245,8 +262,9 @@ def test_an_unread_receive_queue_is_bounded_in_bytes():
         receiver.wait()
         ctx.destroy(linger=0)
     grown = after - float(before)
-    bound = PULL_RCVHWM * MAX_AUDIO_PAYLOAD_BYTES / 2**20 + 40     # + TCP/decoder buffers
-    assert sent == 100 and grown < bound, f"{sent} sent, receiver grew {grown:.0f} MB"
+    # RCVHWM x the cap (16 MiB) plus TCP and decoder buffers; was 100 x 4 MiB.
+    assert PULL_RCVHWM * MAX_AUDIO_PAYLOAD_BYTES <= 16 * 2**20
+    assert sent == 100 and grown < 64, f"{sent} sent, receiver grew {grown:.0f} MB"
 
 
 # --- key files ------------------------------------------------------------------------------

@@ -203,3 +203,37 @@ def test_position_s_of_a_served_stream_is_on_the_hop_grid(export):
         server.kill()
     assert len(positions) >= 2 and positions[-1] >= 1.5, positions
     assert all(((p - 1.0) / 0.25).is_integer() for p in positions), positions
+
+
+FD_STARVED = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
+from runtime.server import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.skipif(resource is None, reason="needs the resource module (POSIX)")
+def test_running_out_of_file_descriptors_is_logged(export):
+    """ZeroMQ has no per-socket connection limit: past the open-file limit, accepts fail
+    (EMFILE) and new clients wait; the server now says so instead of nothing."""
+    server = serve(export, code=FD_STARVED)
+    idle: list[socket.socket] = []
+    try:
+        audio = server.wait_line(f"serving on {ADDRESS}").group(1)
+        port = int(audio.rsplit(":", 1)[1])
+        for _ in range(200):
+            idle.append(socket.create_connection(("127.0.0.1", port)))
+        server.wait_line(r"cannot accept a connection on the audio input \(PULL\) socket "
+                         r"\(\d+ so far\): Too many open files \(open-file limit 160\)",
+                         timeout=20)
+        for conn in idle:
+            conn.close()
+        idle.clear()
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0, server.stderr()
+    finally:
+        for conn in idle:
+            conn.close()
+        server.kill()
+    assert "Traceback" not in server.stderr()
