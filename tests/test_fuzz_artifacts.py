@@ -177,12 +177,12 @@ def test_fuzzed_checkpoint_zip_structure(saved: bytes, ckpt_dir: Path,
     entries = data.draw(st.lists(st.tuples(
         names, st.one_of(st.sampled_from(list(real.values())), st.binary(max_size=64)),
         st.sampled_from([zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED]),
-        st.integers(0, 3)), max_size=10), label="entries")
+        st.integers(0, 7)), max_size=10), label="entries")
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name, content, method, grow in entries:
-            if grow == 3:            # a small bomb: 4 MB of zeros, deflated
-                content, method = bytes(4 << 20), zipfile.ZIP_DEFLATED
+            if grow == 7:            # a small bomb: 2 MiB of zeros, deflated to 2 kB
+                content, method = bytes(2 << 20), zipfile.ZIP_DEFLATED
             info = zipfile.ZipInfo(name or "x")
             try:
                 archive.writestr(info, content, compress_type=method)

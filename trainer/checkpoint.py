@@ -30,7 +30,7 @@ from runtime.artifacts import check_format, check_tree
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig, check_same_front_end
 from runtime.manifest import atomic_write_bytes
-from trainer.models import AudioEncoder, DenseGenerator
+from trainer.models import MAX_EMBEDDING_DIM, MAX_WIDTH, AudioEncoder, DenseGenerator
 from trainer.run import find_checkpoint
 
 CHECKPOINT_FORMAT = "s2i-checkpoint"
@@ -190,11 +190,9 @@ def load_checkpoint(path: str | Path, stage: str | None = None,
     return state
 
 
-# networks are built from these: the paper's D is 512; parameters grow as width**2 (38 M at
-# width 1.0, 150 M at 2.0), so a crafted checkpoint cannot make them allocate gigabytes
-MAX_EMBEDDING_DIM = 4096
-MAX_WIDTH = 2.0
-# field -> (what it must be, test); only fields present are checked (stages write subsets)
+# field -> (what it must be, test); only fields present are checked (stages write subsets).
+# Networks are built from embedding_dim and widths: trainer.models bounds them, so a crafted
+# checkpoint cannot make them allocate gigabytes.
 _FIELDS: dict[str, tuple[str, Any]] = {
     "stage": ("a stage name", lambda v: isinstance(v, str) and len(v) <= 64),
     "embedding_dim": (f"an integer 4..{MAX_EMBEDDING_DIM}",

@@ -57,10 +57,22 @@ def xavier_init(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+# The largest networks S2I builds (and so the largest a checkpoint may ask for): parameters
+# grow as width**2 (38 M at width 1.0, 150 M at 2.0) and with D.
+MAX_EMBEDDING_DIM = 4096
+MAX_WIDTH = 2.0
+
+
 def check_embedding_dim(embedding_dim: int) -> None:
-    if embedding_dim < 4 or embedding_dim % 4:
+    if embedding_dim < 4 or embedding_dim % 4 or embedding_dim > MAX_EMBEDDING_DIM:
         raise ValueError(f"embedding size D={embedding_dim} must be a positive multiple of 4 "
-                         f"(the paper uses {EMBEDDING_SIZES})")
+                         f"up to {MAX_EMBEDDING_DIM} (the paper uses {EMBEDDING_SIZES})")
+
+
+def check_width(width: float) -> None:
+    if not 0 < width <= MAX_WIDTH:
+        raise ValueError(f"width {width} must be in (0, {MAX_WIDTH:g}] (1.0 is the paper's "
+                         "channel counts)")
 
 
 class AudioEncoder(nn.Module):

@@ -21,7 +21,12 @@ from runtime.frontend import check_same_front_end
 from trainer.data.batches import count_batches, epoch_batches, open_split
 from trainer.data.store import Store
 from trainer.images import image_grid
-from trainer.models import AudioAutoencoder, check_embedding_dim, upgrade_decoder_state
+from trainer.models import (
+    AudioAutoencoder,
+    check_embedding_dim,
+    check_width,
+    upgrade_decoder_state,
+)
 from trainer.presets import preset_overrides
 from trainer.train.common import Dist, StageTrainer, check_positive, parse_stage, train_stage
 from trainer.train.probe import linear_probe_accuracy
@@ -52,6 +57,7 @@ class AudioConfig:
         check_embedding_dim(self.embedding_dim)
         check_positive(self, "epochs", "batch_size", "snapshot_every", "probe_samples", "width",
                        "lr")
+        check_width(self.width)
 
 
 def embed(encoder: torch.nn.Module, store: Store, split: str, limit: int,

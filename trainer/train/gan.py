@@ -35,6 +35,7 @@ from trainer.models import (
     Discriminator,
     check_embedding_dim,
     check_transition_widths,
+    check_width,
 )
 from trainer.presets import preset_overrides
 from trainer.run import find_checkpoint
@@ -82,6 +83,7 @@ class GanConfig:
         check_transition_widths(self.generator_transitions)
         check_positive(self, "epochs", "batch_size", "ma_window", "snapshot_every", "width",
                        "lr", "grid_sounds", "grid_mc_samples")
+        check_width(self.width)
 
 
 def d_turn(cfg: GanConfig, epoch: int, step: int) -> bool:
