@@ -228,8 +228,9 @@ def _decode_payload(payload: bytes, encoding: Any, shape: list[int], where: str)
     except Exception as exc:        # PIL raises many kinds on a corrupt PNG
         raise S2IError(f"{where}: {encoding} payload does not decode "
                        f"({type(exc).__name__}: {exc})") from exc
-    if list(image.shape) != list(shape):
-        raise S2IError(f"{where}: image is {list(image.shape)}, the header says {shape}")
+    if list(image.shape) != list(shape) or image.dtype != np.uint8:
+        raise S2IError(f"{where}: image is {list(image.shape)} {image.dtype}, the header says "
+                       f"{shape} uint8")
     return image
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -223,6 +224,9 @@ def client_keys(args: argparse.Namespace) -> ClientKeys | None:
     return keys
 
 
+_MONITOR_IDS = itertools.count()
+
+
 class HandshakeWatch:
     """Socket monitor events of a connecting socket, turned into one line on failure.
 
@@ -239,7 +243,10 @@ class HandshakeWatch:
 
     def __init__(self, socket: zmq.Socket, address: str, curve: bool) -> None:
         self.address, self.curve = address, curve
-        self.monitor = socket.get_monitor_socket(self.EVENTS)
+        # A fresh address each time: pyzmq's default names it by the socket's FD, which a
+        # re-created socket can reuse while the old monitor's endpoint is still bound.
+        self.monitor = socket.get_monitor_socket(
+            self.EVENTS, addr=f"inproc://s2i-handshake-{next(_MONITOR_IDS)}")
         self.succeeded = False
         self.failure: str | None = None
         self.disconnects = 0
