@@ -117,6 +117,11 @@ class ClientSocket:
         self._log(failure, f"{failure}; retrying in {delay:g} s")
         return False
 
+    @property
+    def recovering(self) -> bool:
+        """Whether a handshake failed and none has succeeded since."""
+        return self._failed
+
     def close(self, linger_ms: int = 0) -> None:
         self.watch.close()
         self.socket.close(linger=linger_ms)
@@ -172,7 +177,10 @@ class Subscriber:
         while True:
             left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
             if self.socket.poll(int(left * 1000), zmq.POLLIN):
-                return self.socket.recv_multipart()
+                parts = self.socket.recv_multipart()
+                if self.conn.recovering:
+                    self.conn.check()         # logs that the retried handshake succeeded
+                return parts
             self.conn.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return None
