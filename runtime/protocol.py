@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from runtime.errors import S2IError, first_line
-from runtime.images import png_bytes, png_image
+from runtime.images import ImageShapeError, png_bytes, png_image
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 2
@@ -225,6 +225,8 @@ def _decode_payload(payload: bytes, encoding: Any, shape: list[int], where: str)
         image = decode_image(payload, encoding, shape)
     except S2IError as exc:
         raise S2IError(f"{where}: {exc}") from exc
+    except ImageShapeError as exc:
+        raise S2IError(f"{where}: image is {exc.found}, the header says {shape}") from exc
     except Exception as exc:        # PIL raises many kinds on a corrupt PNG
         raise S2IError(f"{where}: {encoding} payload does not decode "
                        f"({type(exc).__name__}: {exc})") from exc
