@@ -8,7 +8,8 @@ PUB socket, ``--allow-nodes`` for the audio PULL socket. Clients (``s2i-view``,
 ``s2i-capture``, ``runtime.client.Subscriber``) take their own key pair and the server's public
 key. Key pairs come from ``s2i-keys`` (``runtime/keys.py``). A failed handshake (plaintext
 against CURVE, an unknown key, a wrong server key) is seen through socket monitor events and
-reported as one line by ``HandshakeWatch``.
+reported as one line by ``HandshakeWatch``; ``runtime.client.ClientSocket`` raises it, or
+(``--retry``) re-creates the socket with backoff, since libzmq never retries a refusal.
 """
 
 from __future__ import annotations
