@@ -68,19 +68,24 @@ class ClientSocket:
         self.socket, self.watch = self._open()
 
     def _open(self) -> tuple[zmq.Socket, HandshakeWatch]:
-        socket = self.ctx.socket(self.kind)
-        socket.setsockopt(zmq.LINGER, 0)
+        try:
+            socket = self.ctx.socket(self.kind)
+        except zmq.ZMQError as exc:
+            raise S2IError(f"cannot create the {self.what} socket: {exc}") from exc
         watch = None
         try:
+            socket.setsockopt(zmq.LINGER, 0)
             self.setup(socket)
             if self.keys is not None:
                 self.keys.apply(socket)
             watch = HandshakeWatch(socket, self.address, curve=self.keys is not None)
             connect(socket, self.address, self.what)
-        except BaseException:
+        except BaseException as exc:
             if watch is not None:
                 watch.close()
             socket.close(linger=0)
+            if isinstance(exc, zmq.ZMQError):
+                raise S2IError(f"cannot set up the {self.what} socket: {exc}") from exc
             raise
         return socket, watch
 
@@ -90,8 +95,10 @@ class ClientSocket:
             if time.monotonic() < self._retry_at:
                 return False
             self._retry_at = None
-            self.close()
+            old = self.socket, self.watch
             self.socket, self.watch = self._open()
+            old[1].close()
+            old[0].close(linger=0)
             self.retries += 1
             return True
         failure = self.watch.poll()
@@ -109,6 +116,11 @@ class ClientSocket:
         self._retry_at = time.monotonic() + delay
         self._log(failure, f"{failure}; retrying in {delay:g} s")
         return False
+
+    @property
+    def recovering(self) -> bool:
+        """Whether a handshake failed and none has succeeded since."""
+        return self._failed
 
     def close(self, linger_ms: int = 0) -> None:
         self.watch.close()
@@ -165,7 +177,10 @@ class Subscriber:
         while True:
             left = 1.0 if deadline is None else min(1.0, max(0.0, deadline - time.monotonic()))
             if self.socket.poll(int(left * 1000), zmq.POLLIN):
-                return self.socket.recv_multipart()
+                parts = self.socket.recv_multipart()
+                if self.conn.recovering:
+                    self.conn.check()         # logs that the retried handshake succeeded
+                return parts
             self.conn.check()
             if deadline is not None and time.monotonic() >= deadline:
                 return None

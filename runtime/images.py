@@ -18,15 +18,26 @@ def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
+class ImageShapeError(ValueError):
+    """A PNG whose size or channel count is not the one expected (``found``: its shape)."""
+
+    def __init__(self, found: list[int]) -> None:
+        super().__init__(f"image is {found}")
+        self.found = found
+
+
 def png_image(data: bytes, shape: list[int] | None = None) -> np.ndarray:
-    """PNG bytes -> the picture as a uint8 array; with ``shape`` (``[H, W, ...]``), a PNG of
-    another size is a ``ValueError`` before its pixels are decoded (memory stays bounded)."""
+    """PNG bytes -> the picture as a uint8 array; with ``shape`` (``[H, W]`` or ``[H, W, C]``,
+    as the array would be), another shape is an ``ImageShapeError`` raised from the PNG's
+    header, before its pixels are decoded (so memory stays bounded by ``shape``)."""
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
-        if shape is not None and [image.height, image.width] != list(shape[:2]):
-            raise ValueError(f"PNG is {image.height}x{image.width}, expected "
-                             f"{shape[0]}x{shape[1] if len(shape) > 1 else '?'}")
+        if shape is not None:
+            bands = len(image.getbands())
+            found = [image.height, image.width] + ([bands] if bands > 1 else [])
+            if found != list(shape):
+                raise ImageShapeError(found)
         return np.asarray(image)
 
 

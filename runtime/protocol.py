@@ -30,7 +30,7 @@ import zmq
 
 from runtime.cli import RateLimitedLog
 from runtime.errors import S2IError, first_line
-from runtime.images import png_bytes, png_image
+from runtime.images import ImageShapeError, png_bytes, png_image
 from runtime.resilience import ConnectionWatch
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
@@ -236,11 +236,14 @@ def _decode_payload(payload: bytes, encoding: Any, shape: list[int], where: str)
         image = decode_image(payload, encoding, shape)
     except S2IError as exc:
         raise S2IError(f"{where}: {exc}") from exc
+    except ImageShapeError as exc:
+        raise S2IError(f"{where}: image is {exc.found}, the header says {shape}") from exc
     except Exception as exc:        # PIL raises many kinds on a corrupt PNG
         raise S2IError(f"{where}: {encoding} payload does not decode "
                        f"({type(exc).__name__}: {exc})") from exc
-    if list(image.shape) != list(shape):
-        raise S2IError(f"{where}: image is {list(image.shape)}, the header says {shape}")
+    if list(image.shape) != list(shape) or image.dtype != np.uint8:
+        raise S2IError(f"{where}: image is {list(image.shape)} {image.dtype}, the header says "
+                       f"{shape} uint8")
     return image
 
 

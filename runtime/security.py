@@ -8,13 +8,15 @@ PUB socket, ``--allow-nodes`` for the audio PULL socket. Clients (``s2i-view``,
 ``s2i-capture``, ``runtime.client.Subscriber``) take their own key pair and the server's public
 key. Key pairs come from ``s2i-keys`` (``runtime/keys.py``). A failed handshake (plaintext
 against CURVE, an unknown key, a wrong server key) is seen through socket monitor events and
-reported as one line by ``HandshakeWatch``.
+reported as one line by ``HandshakeWatch``; ``runtime.client.ClientSocket`` raises it, or
+(``--retry``) re-creates the socket with backoff, since libzmq never retries a refusal.
 """
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import itertools
 import os
 import re
 import stat
@@ -258,6 +260,9 @@ def client_keys(args: argparse.Namespace) -> ClientKeys | None:
     return keys
 
 
+_MONITOR_IDS = itertools.count()
+
+
 class HandshakeWatch:
     """Socket monitor events of a connecting socket, turned into one line on failure.
 
@@ -274,7 +279,10 @@ class HandshakeWatch:
 
     def __init__(self, socket: zmq.Socket, address: str, curve: bool) -> None:
         self.address, self.curve = address, curve
-        self.monitor = socket.get_monitor_socket(self.EVENTS)
+        # A fresh address each time: pyzmq's default names it by the socket's FD, which a
+        # re-created socket can reuse while the old monitor's endpoint is still bound.
+        self.monitor = socket.get_monitor_socket(
+            self.EVENTS, addr=f"inproc://s2i-handshake-{next(_MONITOR_IDS)}")
         self.succeeded = False
         self.failure: str | None = None
         self.disconnects = 0

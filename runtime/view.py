@@ -21,7 +21,6 @@ import argparse
 import hashlib
 import io
 import json
-import math
 import queue
 import re
 import selectors
@@ -116,10 +115,8 @@ def stretch_uncertainty(unc: np.ndarray, scale: Any) -> tuple[np.ndarray, float 
     """The map stretched so its maximum is white (a std of a few grey levels would be near
     black at the wire's fixed scale); returns it and the std that white stands for."""
     top = int(unc.max())
-    std = None
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
-        std = top / 255 * float(min(scale, 1e300))    # the wire's scale is 0.5; bound a hostile one
-        std = std if math.isfinite(std) else None
+    sane = isinstance(scale, (int, float)) and not isinstance(scale, bool) and 0 < scale <= 1
+    std = top / 255 * float(scale) if sane else None      # images in [0, 1]: std <= 0.5
     if top == 0:
         return unc, std
     return np.round(unc.astype(np.float32) * (255.0 / top)).astype(np.uint8), std

@@ -295,7 +295,7 @@ def test_latest_json_is_always_strict_json():
 
     images = np.full((2, 8, 8, 3), 100, np.uint8)
     unc = np.full((8, 8), 200, np.uint8)
-    for scale in (1e308, 10**400, "x", True, None):
+    for scale in (1e308, 10**400, -0.5, "x", True, None):      # the wire's is 0.5
         parts = encode_frame("s2i", {"seq": 0}, images, unc, "raw")
         header = json.loads(parts[1])
         header["uncertainty_scale"] = scale
