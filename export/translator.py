@@ -15,8 +15,16 @@ import torch
 
 from export.conv_rewrite import rewrite_file
 from export.folding import fold_batchnorm
-from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
+from export.graphs import (
+    AudioEncoderGraph,
+    AudioTranslatorGraph,
+    EncoderGraph,
+    GeneratorGraph,
+    TranslatorGraph,
+    mask_names,
+)
 from export.int8 import Int8Options, export_int8, store_path
+from export.logmel import LogMel
 from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
@@ -61,11 +69,14 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
                       batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
                       fused: bool = True, tensorrt: bool = True,
                       timing_cache: Path | None = None, conv_rewrite: bool = True,
-                      int8: Int8Options | None = None,
+                      int8: Int8Options | None = None, audio_in: bool = True,
                       log: Callable[[str], None] = lambda _: None) -> Path:
     """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path.
     ``conv_rewrite`` writes the generator's ConvTranspose layers as Conv (export/conv_rewrite);
-    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8)."""
+    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8);
+    ``audio_in`` adds ``encoder_audio`` (and, with ``fused``, ``translator_audio``): the same
+    networks with the log-mel front end inside the graph (export/logmel.py), mono audio at
+    the model rate in."""
     source = Path(source)
     checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
@@ -91,9 +102,27 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
     graphs: list[tuple[str, Any, tuple[torch.Tensor, ...], dict[str, str]]] = [
         ("encoder", EncoderGraph(enc_folded), (spec2,), batch),
         ("generator", GeneratorGraph(gen_folded), (z2, *masks2), batch)]
+    samples_axis = {name: "samples" for name in mask_names()}
     if fused:
         graphs.append(("translator", TranslatorGraph(enc_folded, gen_folded),
-                       (spec2[:1], *masks3), {name: "samples" for name in mask_names()}))
+                       (spec2[:1], *masks3), samples_axis))
+    front_end = FrontEndConfig.from_dict(state["front_end"])
+    if audio_in and front_end.level != "fixed":
+        # the graph computes the fixed-range log-mel; a clip or running level needs the
+        # whole clip or the stream's history, which a one-window graph does not have
+        log(f"audio-in graphs skipped: the front end's level is '{front_end.level}' (the "
+            "runtime computes it on the host)")
+        audio_in = False
+    if audio_in:
+        front = LogMel(front_end)
+        audio2 = 0.1 * torch.randn(2, front_end.n_samples, generator=torch.Generator()
+                                   .manual_seed(0))
+        graphs.append(("encoder_audio", AudioEncoderGraph(enc_folded, front), (audio2,),
+                       {"audio": "batch"}))
+        if fused:
+            graphs.append(("translator_audio",
+                           AudioTranslatorGraph(enc_folded, gen_folded, front),
+                           (audio2[:1], *masks3), samples_axis))
     try:
         _write_export(out, checkpoint, state, encoder, generator, graphs, fp16=fp16,
                       opset=opset, sizes=sizes, tensorrt=tensorrt, timing_cache=timing_cache,
@@ -132,11 +161,16 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                 if rewritten is not None:
                     models[key]["conv_rewrite"] = rewritten
                 log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
-        parity = check_parity(encoder, generator, files, dropout)
+        parity = check_parity(encoder, generator, files, dropout,
+                              front_end=FrontEndConfig.from_dict(state["front_end"]))
         log_parity(parity, log)
         if not parity["passed"]:
-            bad = "; ".join(f"{k}: {describe(r)}" for k, r in parity.get("files", {}).items()
-                            if not r["ok"]) or "all-ones masks not repeatable"
+            front = parity.get("front_end") or {"ok": True}
+            bad = "; ".join([f"{k}: {describe(r)}" for k, r in parity.get("files", {}).items()
+                             if not r["ok"]]
+                            + ([] if front["ok"] else [f"front_end: max abs "
+                                                       f"{front['max_abs_error']:.1e}"])) \
+                or "all-ones masks not repeatable"
             raise S2IError(f"ONNX Runtime does not reproduce PyTorch within tolerance "
                            f"({bad}); nothing written to {out}")
         trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}
@@ -153,6 +187,9 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
         if int8 is not None:
             int8_models, quantized = export_int8(tmp, files, dropout, state, int8, log,
                                                     stamp=stamp)
+            if "encoder_int8" in int8_models and "encoder_audio" in files:
+                int8_models.update(_audio_int8(tmp, FrontEndConfig.from_dict(
+                    state["front_end"]), opset, stamp, quantized, log))
             models.update(int8_models)
         manifest = build_manifest(state=state, checkpoint=checkpoint, dropout=dropout,
                                   opset=written, models=models, parity=parity,
@@ -217,6 +254,49 @@ def _summary(verdicts: dict[str, dict[str, Any]]) -> str:
     """Every dropped engine's reason, one line."""
     return "; ".join(f"{key}: {v['reason']}" for key, v in verdicts.items()
                      if not v.get("kept")) or "no engine built"
+
+
+# the INT8 encoder on the in-graph front end vs on runtime/frontend.py's features: a 1e-5
+# feature difference may move an activation across a quantization step (rms, as for FP16)
+INT8_AUDIO_TOLERANCE = 2e-2
+
+
+def _audio_int8(tmp: Path, front_end: FrontEndConfig, opset: int, stamp: dict[str, str],
+                record: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """``encoder_audio.int8.onnx``: the FP32 front end (export/logmel.py; 8-bit activations
+    cannot hold the power spectrum's range) feeding the kept INT8 encoder, checked against
+    the INT8 encoder on the host front end's features; ``record["audio_in"]`` says how
+    close and whether it was kept."""
+    from export.logmel import FrontEndGraph, prepend_front_end
+    from export.onnx_export import stamp_onnx_file
+    from export.parity import cpu_session, parity_audio, rms_relative_error
+    from runtime.frontend import log_mel_batch
+
+    front, out, encoder = tmp / "front_end.onnx", tmp / "encoder_audio.int8.onnx", \
+        tmp / "encoder.int8.onnx"
+    try:
+        write_onnx(FrontEndGraph(front_end), (torch.zeros(2, front_end.n_samples),), front,
+                   {"audio": "batch"}, opset)
+        prepend_front_end(front, encoder, out)
+    finally:
+        front.unlink(missing_ok=True)
+    stamp_onnx_file(out, stamp)
+    audio = parity_audio(front_end)
+    (z_graph,) = cpu_session(out).run(None, {"audio": audio})
+    (z_host,) = cpu_session(encoder).run(
+        None, {"spectrogram": log_mel_batch(audio, front_end)[:, None]})
+    error = rms_relative_error(z_graph, z_host)
+    kept = bool(error <= INT8_AUDIO_TOLERANCE)
+    record["audio_in"] = {"file": out.name, "front_end": "fp32", "kept": kept,
+                          "rms_relative_error_vs_host_features": error,
+                          "limit": INT8_AUDIO_TOLERANCE}
+    log(f"{out.name}: FP32 front end + INT8 encoder, rms relative error {error:.1e} vs the "
+        f"host front end (limit {INT8_AUDIO_TOLERANCE:.0e}) {'ok' if kept else 'NOT kept'}")
+    if not kept:
+        out.unlink()
+        return {}
+    return {"encoder_audio_int8": {**onnx_entry(out, "int8"), "quantized_from": encoder.name,
+                                   "front_end": "fp32"}}
 
 
 def _half_copy(graph: Any) -> Any:
