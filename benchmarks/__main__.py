@@ -14,6 +14,8 @@ COMMANDS = {
                                              "replicas (= serve --cluster)"),
     "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
     "gpu-check": ("benchmarks.gpu_check", "verify and time the GPU path in one command"),
+    "web": ("benchmarks.web_bench", "per-window latency in the web page (ONNX Runtime Web, "
+                                    "headless Chromium) and its download size"),
 }
 
 

@@ -10,8 +10,9 @@ from runtime.errors import S2IError
 from runtime.pipeline import Pipeline
 from runtime.precision import PRECISIONS
 from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
+from runtime.shipped import TRAINED_EXPORT, default_export
 
-DEFAULT_EXPORT = "runs/demo/export"
+DEFAULT_EXPORT = TRAINED_EXPORT
 # (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
 BATCHING_DEFAULTS = {"cpu": (64, 10.0), "gpu": (512, 5.0)}
 GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
@@ -19,8 +20,9 @@ GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda")
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and publishing")
-    g.add_argument("--export", default=DEFAULT_EXPORT,
-                   help=f"export folder (default: {DEFAULT_EXPORT})")
+    g.add_argument("--export", default=default_export(),
+                   help=f"export folder (default: {DEFAULT_EXPORT} when it exists, else the "
+                        "demo model shipped with S2I)")
     g.add_argument("--backend", default="auto",
                    help="auto | tensorrt | onnxruntime-cuda | onnxruntime-cpu (default: auto)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
