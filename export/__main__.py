@@ -38,6 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--no-fused", action="store_true",
                         help="skip the fused translator graph (spectrogram + K masks -> "
                              "images, mean, uncertainty)")
+    parser.add_argument("--no-audio-in", action="store_true",
+                        help="skip the audio-in graphs (encoder_audio, translator_audio: the "
+                             "log-mel front end inside the graph, mono audio at the model "
+                             "rate in)")
     parser.add_argument("--no-tensorrt", action="store_true", help="do not build engines")
     parser.add_argument("--timing-cache", type=Path, default=None,
                         help="TensorRT timing cache file (default ~/.cache/s2i/)")
@@ -65,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                       batch_sizes=tuple(args.batch_sizes), fused=not args.no_fused,
                       tensorrt=not args.no_tensorrt, timing_cache=args.timing_cache,
                       conv_rewrite=not args.no_conv_rewrite, int8=int8_options(args),
+                      audio_in=not args.no_audio_in,
                       log=print)
     return 0
 

@@ -95,3 +95,55 @@ class TranslatorGraph(_Graph):
         mean = images.mean(0, keepdim=True)
         uncertainty = (images - mean).square().mean(0, keepdim=True).sqrt()
         return images, mean, uncertainty
+
+
+class _AudioIn(_Graph):
+    """Mixin for the audio-in graphs: the front end (``export.logmel.LogMel``) stays FP32
+    when the rest turns FP16 (the power range does not fit float16)."""
+
+    front: nn.Module
+
+    def to_half(self) -> _Graph:
+        super().to_half()
+        self.front.float()
+        return self
+
+    def _features(self, audio: torch.Tensor) -> torch.Tensor:
+        return self._in(self.front(audio))
+
+
+class AudioEncoderGraph(_AudioIn):
+    """``audio [B, n_samples] -> embedding [B,D]``: ``EncoderGraph`` with the log-mel inside."""
+
+    def __init__(self, encoder: AudioEncoder, front: nn.Module) -> None:
+        super().__init__()
+        self.front = front
+        self.encoder = encoder
+        self.input_names = ["audio"]
+        self.output_names = ["embedding"]
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.encoder(self._features(audio)).float()
+
+
+class AudioTranslatorGraph(_AudioIn):
+    """``TranslatorGraph`` with the log-mel inside: ``audio [1, n_samples]``, masks ``[K,C_i]``
+    -> ``images [K,3,96,96]``, ``mean`` and ``uncertainty [1,3,96,96]``."""
+
+    def __init__(self, encoder: AudioEncoder, generator: DenseGenerator,
+                 front: nn.Module) -> None:
+        super().__init__()
+        self.front = front
+        self.translator = TranslatorGraph(encoder, generator)
+        self.input_names = ["audio", *mask_names()]
+        self.output_names = self.translator.output_names
+
+    def to_half(self) -> _Graph:
+        super().to_half()
+        self.translator.compute_dtype = torch.float16
+        return self
+
+    def forward(self, audio: torch.Tensor, mask0: torch.Tensor, mask1: torch.Tensor,
+                mask2: torch.Tensor, mask3: torch.Tensor, mask4: torch.Tensor,
+                mask5: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.translator(self._features(audio), mask0, mask1, mask2, mask3, mask4, mask5)

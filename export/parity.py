@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from runtime.frontend import FrontEndConfig, log_mel_batch
 from runtime.masks import draw_masks, ones_masks
 from trainer.calibrate import synthetic_spectrograms
 from trainer.models import AudioEncoder, DenseGenerator
@@ -29,6 +30,14 @@ from trainer.models import AudioEncoder, DenseGenerator
 TOLERANCE: dict[str, tuple[str, float]] = {"fp32": ("max", 1e-3), "fp16": ("rms", 1e-1)}
 # TensorRT picks its own kernels (TF32 for FP32 on recent GPUs, FP16-like mantissa)
 ENGINE_TOLERANCE: dict[str, tuple[str, float]] = {"fp32": ("rms", 2e-2), "fp16": ("rms", 1e-1)}
+# The audio-in graphs: ONNX Runtime's Conv sums the DFT in another order than PyTorch's (~1e-6
+# relative); the log turns that into ~1e-5 on quiet bins and the input-sensitive test networks
+# amplify it to ~1e-3 of the image scale. FP32 is held to half a grey level (4e-3 of the
+# [-1, 1] range): after rounding, images still agree within 1 grey level.
+AUDIO_TOLERANCE: dict[str, tuple[str, float]] = {**TOLERANCE, "fp32": ("max", 4e-3)}
+# in-graph log-mel vs runtime/frontend.py, max |difference| in feature units ([-1, 1]):
+# 1e-4 is 0.005 dB at the default 100-dB range; measured ~1e-5 (float32 DFT-by-Conv vs rfft)
+FEATURE_TOLERANCE = 1e-4
 # below this, the reference barely reacts to the input or the masks: parity is uninformative
 SENSITIVITY_MIN = 1e-2
 
@@ -139,6 +148,11 @@ def log_parity(parity: dict[str, Any], log: Callable[[str], None]) -> None:
             log(f"parity {key:<18} skipped: {row['skipped']}")
             continue
         log(f"parity {key:<18} {describe(row)} {'ok' if row['ok'] else 'TOO LARGE'}")
+    front = parity.get("front_end")
+    if front is not None:
+        log(f"parity {'front_end':<18} in-graph log-mel vs runtime/frontend.py max abs "
+            f"{front['max_abs_error']:.1e} (limit {front['limit']:.0e}) "
+            f"{'ok' if front['ok'] else 'TOO LARGE'}")
     sens = parity.get("sensitivity")
     if sens is not None and not parity.get("informative", True):
         log(f"parity warning: the checkpoint's images barely change with the input "
@@ -148,20 +162,38 @@ def log_parity(parity: dict[str, Any], log: Callable[[str], None]) -> None:
 
 def check_parity(encoder: AudioEncoder, generator: DenseGenerator, files: dict[str, Path],
                  dropout: list[dict[str, Any]], samples: int = 4,
-                 seed: int = 0) -> dict[str, Any]:
+                 seed: int = 0, front_end: FrontEndConfig | None = None) -> dict[str, Any]:
     """Run every ONNX file in ``files`` (keys as in the manifest: ``encoder``, ``generator``,
     ``translator`` and their ``_fp16`` forms) on synthetic spectrograms and drawn masks and
-    compare with PyTorch. Returns the figures for the manifest; ``passed`` says whether
-    every relative error is within ``TOLERANCE`` of its precision and all-ones masks give
-    repeatable outputs."""
+    compare with PyTorch. The audio-in graphs (``encoder_audio``, ``translator_audio``; they
+    need ``front_end``) run on synthetic audio (``parity_audio``) and are compared with
+    PyTorch with the same front end (``export.logmel``), held to ``AUDIO_TOLERANCE``; that
+    front end is held to ``runtime.frontend.log_mel_batch`` (``front_end``). Returns the
+    figures for the manifest; ``passed`` says whether every relative error is within the
+    tolerance of its precision and all-ones masks give repeatable outputs."""
     spectrogram, masks = parity_inputs(dropout, samples, seed)
     z_ref, image_ref = reference(encoder, generator, spectrogram, masks)
     mask_feed = {spec["input"]: m for spec, m in zip(dropout, masks, strict=True)}
     rows: dict[str, dict[str, Any]] = {}
     deterministic = True
+    audio = parity_audio(front_end, samples, seed) if front_end is not None else None
     for key, path in files.items():
         session = cpu_session(path)
-        if key.startswith("encoder"):
+        if "_audio" in key:
+            if audio is None or front_end is None:
+                raise ValueError(f"parity of {key} needs the export's front end")
+            # ONNX against PyTorch with the same front end (export.logmel.LogMel); the front
+            # end itself is held to runtime/frontend.py below ("front_end")
+            features = torch_features(audio, front_end)
+            if key.startswith("encoder"):
+                (z,) = session.run(None, {"audio": audio})
+                rows[key] = verdict(key, z, reference(encoder, generator, features, masks)[0],
+                                    AUDIO_TOLERANCE)
+            else:
+                rows[key] = _fused_row(key, session, encoder, generator, features[:1],
+                                       {"audio": audio[:1]}, masks, mask_feed,
+                                       AUDIO_TOLERANCE)
+        elif key.startswith("encoder"):
             (z,) = session.run(None, {"spectrogram": spectrogram})
             rows[key] = verdict(key, z, z_ref, TOLERANCE)
         elif key.startswith("generator"):
@@ -173,26 +205,74 @@ def check_parity(encoder: AudioEncoder, generator: DenseGenerator, files: dict[s
             again = session.run(None, {"embedding": z_ref, **ones})[0]
             deterministic = deterministic and bool(np.array_equal(first, again))
         elif key.startswith("translator"):
-            # one window, ``samples`` MC draws: compare with the generator on its embedding
-            _, image_one = reference(encoder, generator,
-                                     np.repeat(spectrogram[:1], samples, axis=0), masks)
-            images, mean, spread = session.run(None, {"spectrogram": spectrogram[:1],
-                                                      **mask_feed})
-            scale = float(np.abs(image_one).max())   # all three are in image units
-            parts = [verdict(key, images, image_one, TOLERANCE),
-                     verdict(key, mean, image_one.mean(0, keepdims=True), TOLERANCE, scale),
-                     verdict(key, spread, image_one.std(0, keepdims=True), TOLERANCE, scale)]
-            rows[key] = max(parts, key=lambda r: r["relative_error"])
+            rows[key] = _fused_row(key, session, encoder, generator, spectrogram[:1],
+                                   {"spectrogram": spectrogram[:1]}, masks, mask_feed,
+                                   TOLERANCE)
     sens = sensitivity(generator, z_ref, image_ref, dropout)
     passed = all(row["ok"] for row in rows.values()) and deterministic
+    front_row = None
+    if audio is not None and front_end is not None and any("_audio" in k for k in files):
+        front_row = front_end_parity(audio, front_end)
+        passed = passed and front_row["ok"]
     return {"samples": samples, "seed": seed, "tolerance": dict(TOLERANCE),
+            "audio_tolerance": dict(AUDIO_TOLERANCE),
             "metrics": {"max": "max |onnx - pytorch| / max |pytorch|",
                         "rms": "rms(onnx - pytorch) / rms(pytorch)"},
             "files": rows, "relative_error": {k: r["relative_error"] for k, r in rows.items()},
             "max_abs_error": {k: r["max_abs_error"] for k, r in rows.items()},
             "sensitivity": sens,
             "informative": min(sens.values()) >= SENSITIVITY_MIN,
-            "all_ones_deterministic": deterministic, "passed": passed}
+            "all_ones_deterministic": deterministic,
+            **({"front_end": front_row} if front_row is not None else {}), "passed": passed}
+
+
+def torch_features(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:
+    """The audio-in graphs' front end in PyTorch (``export.logmel.LogMel``), ``[B,1,M,T]``."""
+    from export.logmel import LogMel
+
+    with torch.no_grad():
+        return LogMel(cfg)(torch.from_numpy(audio)).numpy()
+
+
+def front_end_parity(audio: np.ndarray, cfg: FrontEndConfig) -> dict[str, Any]:
+    """The in-graph front end against ``runtime.frontend.log_mel_batch`` on ``audio``:
+    max |difference| in feature units ([-1, 1]; 0.02 = 1 dB at the default dB range), held
+    to ``FEATURE_TOLERANCE``."""
+    diff = float(np.abs(torch_features(audio, cfg) - log_mel_batch(audio, cfg)[:, None]).max())
+    return {"max_abs_error": diff, "limit": FEATURE_TOLERANCE, "ok": diff <= FEATURE_TOLERANCE,
+            "reference": "runtime.frontend.log_mel_batch"}
+
+
+def _fused_row(key: str, session: ort.InferenceSession, encoder: AudioEncoder,
+               generator: DenseGenerator, spectrogram: np.ndarray, feed: dict[str, np.ndarray],
+               masks: list[np.ndarray], mask_feed: dict[str, np.ndarray],
+               tolerance: dict[str, tuple[str, float]]) -> dict[str, Any]:
+    """A fused graph (one window, ``len(masks[0])`` MC draws) against the generator on the
+    window's embedding: images, their mean and their spread, the worst of the three."""
+    samples = len(masks[0])
+    _, image_one = reference(encoder, generator, np.repeat(spectrogram, samples, axis=0), masks)
+    images, mean, spread = session.run(None, {**feed, **mask_feed})
+    scale = float(np.abs(image_one).max())   # all three are in image units
+    parts = [verdict(key, images, image_one, tolerance),
+             verdict(key, mean, image_one.mean(0, keepdims=True), tolerance, scale),
+             verdict(key, spread, image_one.std(0, keepdims=True), tolerance, scale)]
+    return max(parts, key=lambda r: r["relative_error"])
+
+
+def parity_audio(cfg: FrontEndConfig, samples: int = 4, seed: int = 0) -> np.ndarray:
+    """``[samples, n_samples]`` float32 test sounds at varied levels: chirps, tones and noise
+    (seeded), from near silence (-60 dB) to full scale."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(cfg.n_samples) / cfg.sample_rate
+    rows = []
+    for i in range(samples):
+        f0 = rng.uniform(100, cfg.sample_rate / 8)
+        chirp = np.sin(2 * np.pi * (f0 * t + rng.uniform(50, 500) * t**2))
+        tone = np.sin(2 * np.pi * rng.uniform(200, cfg.sample_rate / 3) * t)
+        noise = rng.standard_normal(cfg.n_samples) * np.linspace(0, 1, cfg.n_samples) ** i
+        level = 10 ** (-3 * (i % 4) / 3)
+        rows.append(level * np.clip(0.5 * chirp + 0.3 * tone + 0.2 * noise, -1, 1))
+    return np.asarray(rows, np.float32)
 
 
 def check_engine_parity(encoder: AudioEncoder, generator: DenseGenerator, folder: Path,

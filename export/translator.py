@@ -15,8 +15,16 @@ import torch
 
 from export.conv_rewrite import rewrite_file
 from export.folding import fold_batchnorm
-from export.graphs import EncoderGraph, GeneratorGraph, TranslatorGraph, mask_names
+from export.graphs import (
+    AudioEncoderGraph,
+    AudioTranslatorGraph,
+    EncoderGraph,
+    GeneratorGraph,
+    TranslatorGraph,
+    mask_names,
+)
 from export.int8 import Int8Options, export_int8, store_path
+from export.logmel import LogMel
 from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
@@ -60,11 +68,14 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
                       batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
                       fused: bool = True, tensorrt: bool = True,
                       timing_cache: Path | None = None, conv_rewrite: bool = True,
-                      int8: Int8Options | None = None,
+                      int8: Int8Options | None = None, audio_in: bool = True,
                       log: Callable[[str], None] = lambda _: None) -> Path:
     """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path.
     ``conv_rewrite`` writes the generator's ConvTranspose layers as Conv (export/conv_rewrite);
-    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8)."""
+    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8);
+    ``audio_in`` adds ``encoder_audio`` (and, with ``fused``, ``translator_audio``): the same
+    networks with the log-mel front end inside the graph (export/logmel.py), mono audio at
+    the model rate in."""
     source = Path(source)
     checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
     out = Path(out_dir) if out_dir is not None else default_out_dir(source)
@@ -90,9 +101,21 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
     graphs: list[tuple[str, Any, tuple[torch.Tensor, ...], dict[str, str]]] = [
         ("encoder", EncoderGraph(enc_folded), (spec2,), batch),
         ("generator", GeneratorGraph(gen_folded), (z2, *masks2), batch)]
+    samples_axis = {name: "samples" for name in mask_names()}
     if fused:
         graphs.append(("translator", TranslatorGraph(enc_folded, gen_folded),
-                       (spec2[:1], *masks3), {name: "samples" for name in mask_names()}))
+                       (spec2[:1], *masks3), samples_axis))
+    if audio_in:
+        front_end = FrontEndConfig.from_dict(state["front_end"])
+        front = LogMel(front_end)
+        audio2 = 0.1 * torch.randn(2, front_end.n_samples, generator=torch.Generator()
+                                   .manual_seed(0))
+        graphs.append(("encoder_audio", AudioEncoderGraph(enc_folded, front), (audio2,),
+                       {"audio": "batch"}))
+        if fused:
+            graphs.append(("translator_audio",
+                           AudioTranslatorGraph(enc_folded, gen_folded, front),
+                           (audio2[:1], *masks3), samples_axis))
     try:
         _write_export(out, checkpoint, state, encoder, generator, graphs, fp16=fp16,
                       opset=opset, sizes=sizes, tensorrt=tensorrt, timing_cache=timing_cache,
@@ -131,11 +154,16 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                 if rewritten is not None:
                     models[key]["conv_rewrite"] = rewritten
                 log(f"wrote {path.name} ({path.stat().st_size / 1e6:.1f} MB)")
-        parity = check_parity(encoder, generator, files, dropout)
+        parity = check_parity(encoder, generator, files, dropout,
+                              front_end=FrontEndConfig.from_dict(state["front_end"]))
         log_parity(parity, log)
         if not parity["passed"]:
-            bad = "; ".join(f"{k}: {describe(r)}" for k, r in parity.get("files", {}).items()
-                            if not r["ok"]) or "all-ones masks not repeatable"
+            front = parity.get("front_end") or {"ok": True}
+            bad = "; ".join([f"{k}: {describe(r)}" for k, r in parity.get("files", {}).items()
+                             if not r["ok"]]
+                            + ([] if front["ok"] else [f"front_end: max abs "
+                                                       f"{front['max_abs_error']:.1e}"])) \
+                or "all-ones masks not repeatable"
             raise S2IError(f"ONNX Runtime does not reproduce PyTorch within tolerance "
                            f"({bad}); nothing written to {out}")
         trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}

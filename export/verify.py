@@ -9,6 +9,7 @@ from typing import Any
 
 from export.parity import check_engine_parity, check_parity, describe
 from runtime.errors import S2IError
+from runtime.frontend import FrontEndConfig
 from runtime.gpu_env import tensorrt_unavailable_reason
 from runtime.manifest import load_export_manifest, sha256_file
 
@@ -35,7 +36,8 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
                   if e.get("backend") == "onnx"}
     engines = {key: e for key, e in models.items() if e.get("backend") == "tensorrt"}
     rows: dict[str, dict[str, Any]] = {}
-    parity = check_parity(encoder, generator, onnx_files, manifest["dropout"])
+    parity = check_parity(encoder, generator, onnx_files, manifest["dropout"],
+                          front_end=FrontEndConfig.from_dict(manifest["front_end"]))
     rows.update(parity["files"])
     if engines:
         reason = tensorrt_unavailable_reason()

@@ -1,7 +1,9 @@
 """Model backends for the runtime: ONNX Runtime (CPU, CUDA) and TensorRT. No torch.
 
-``open_translator(export_dir, backend, precision)`` validates the export (manifest format,
-version, file hashes) and returns a ``Translator`` with ``encode`` and ``generate``.
+``open_translator(export_dir, backend, precision, features)`` validates the export (manifest
+format, version, file hashes) and returns a ``Translator`` with ``encode`` and ``generate``,
+and ``encode_audio`` where the export has the audio-in graph (``features="graph"``: the log-mel
+front end runs inside the model; docs/EXPORT.md, "Audio-in graphs").
 TensorRT execution needs the ``tensorrt`` and ``cuda-python`` packages and a CUDA GPU; both
 are imported only when that backend is asked for or probed.
 """
@@ -16,6 +18,7 @@ import numpy as np
 
 from runtime.cli import log
 from runtime.errors import S2IError, first_line
+from runtime.frontend import FrontEndConfig
 from runtime.gpu_env import (
     _cudart,
     cuda_device_info,
@@ -37,6 +40,7 @@ __all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_bac
            "open_translator", "tensorrt_unavailable_reason"]
 
 BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
+FEATURES = ("auto", "graph", "host")    # where the log-mel is computed (open_translator)
 SPECTROGRAM_TAIL = (1, 128, 100)
 
 
@@ -208,7 +212,8 @@ class Translator:
     """Encoder + generator of one export on one backend and precision."""
 
     def __init__(self, export_dir: Path, manifest: dict[str, Any], backend: str,
-                 precision: str, encoder: Any, generator: Any, fused: Any = None) -> None:
+                 precision: str, encoder: Any, generator: Any, fused: Any = None,
+                 audio_encoder: Any = None, audio_fused: Any = None) -> None:
         self.export_dir = export_dir
         self.manifest = manifest
         self.backend = backend
@@ -218,11 +223,17 @@ class Translator:
         self._encoder = encoder
         self._generator = generator
         self._fused = fused
+        self._audio_encoder = audio_encoder
+        self._audio_fused = audio_fused
+        # "graph": encode_audio runs the log-mel inside the model; "host": runtime.frontend
+        self.features = "graph" if audio_encoder is not None else "host"
+        self.n_samples = FrontEndConfig.from_dict(manifest["front_end"]).n_samples
         self.fallbacks: list[str] = []    # auto: why better backends were passed over
 
     def __repr__(self) -> str:
         return (f"Translator({self.export_dir}, backend={self.backend!r}, "
-                f"precision={self.precision!r}, D={self.embedding_dim})")
+                f"precision={self.precision!r}, features={self.features!r}, "
+                f"D={self.embedding_dim})")
 
     def encode(self, spectrogram: np.ndarray) -> np.ndarray:
         """``[B,1,128,100]`` float32 log-mel in [-1, 1] -> ``[B, D]`` embeddings."""
@@ -232,6 +243,25 @@ class Translator:
             raise S2IError(f"spectrogram has shape {list(spectrogram.shape)}, expected "
                            f"[batch, {', '.join(map(str, SPECTROGRAM_TAIL))}]")
         return self._encoder.run({"spectrogram": spectrogram})[0]
+
+    def encode_audio(self, audio: np.ndarray) -> np.ndarray:
+        """``[B, n_samples]`` mono float32 audio at the model rate (finite; clipped to [-1, 1]
+        in the graph) -> ``[B, D]`` embeddings, the log-mel computed inside the graph. Only
+        where ``features == "graph"`` (the export has ``encoder_audio`` for this precision)."""
+        if self._audio_encoder is None:
+            raise S2IError(f"{self.export_dir} on {self.backend} ({self.precision}) has no "
+                           "audio-in encoder (open with features='graph' an export that has "
+                           "encoder_audio)")
+        return self._audio_encoder.run({"audio": self._audio(audio, None)})[0]
+
+    def _audio(self, audio: Any, batch: int | None) -> np.ndarray:
+        audio = _float_array(audio, "audio")
+        if audio.ndim != 2 or audio.shape[1] != self.n_samples or audio.shape[0] < 1 \
+                or (batch is not None and audio.shape[0] != batch):
+            rows = "batch" if batch is None else str(batch)
+            raise S2IError(f"audio has shape {list(audio.shape)}, expected [{rows}, "
+                           f"{self.n_samples}] (mono at the model rate)")
+        return audio
 
     def generate(self, embedding: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
         """``[B, D]`` embeddings + one ``[B, C_i]`` mask per dropout layer -> ``[B,3,96,96]``
@@ -268,6 +298,23 @@ class Translator:
             return images, images.mean(0, keepdims=True), images.std(0, keepdims=True)
         feeds = {"spectrogram": spectrogram, **self._mask_feeds(masks, samples)}
         images, mean, uncertainty = self._fused.run(feeds)
+        return images, mean, uncertainty
+
+    def translate_window_audio(self, audio: np.ndarray, masks: Sequence[np.ndarray]
+                               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``translate_window`` from one window of audio ``[1, n_samples]``: the fused
+        audio-in graph (``translator_audio``) where the export has it, else ``encode_audio``
+        + ``generate``."""
+        audio = self._audio(audio, 1)
+        if not masks or not isinstance(masks[0], np.ndarray) or masks[0].ndim != 2:
+            raise S2IError("translate_window_audio() takes one [K, C_i] mask array per "
+                           "dropout layer")
+        samples = masks[0].shape[0]
+        if self._audio_fused is None:
+            images = self.generate(np.repeat(self.encode_audio(audio), samples, axis=0), masks)
+            return images, images.mean(0, keepdims=True), images.std(0, keepdims=True)
+        images, mean, uncertainty = self._audio_fused.run(
+            {"audio": audio, **self._mask_feeds(masks, samples)})
         return images, mean, uncertainty
 
     def _mask_feeds(self, masks: Sequence[np.ndarray], batch: int) -> dict[str, np.ndarray]:
@@ -349,13 +396,16 @@ def _check_inputs(file: str, model: Any, want: dict[str, int]) -> None:
                        "re-export")
 
 
-def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, Any]]) -> None:
+def _check_models(dim: int, masks: dict[str, int], models: dict[str, tuple[str, Any]],
+                  n_samples: int) -> None:
     """Compare the manifest's embedding_dim and dropout specs (``_manifest_specs``) with the
     loaded models' real inputs (``models``: graph -> (file name, model)); a mismatch is an
     S2IError now, not a wrong result or a backend traceback later."""
     spectrogram = {"spectrogram": SPECTROGRAM_TAIL[-1]}
+    audio = {"audio": n_samples}
     want = {"encoder": spectrogram, "generator": {"embedding": dim, **masks},
-            "translator": {**spectrogram, **masks}}
+            "translator": {**spectrogram, **masks}, "encoder_audio": audio,
+            "translator_audio": {**audio, **masks}}
     for graph, (file, model) in models.items():
         _check_inputs(file, model, want[graph])
     file, encoder = models["encoder"]
@@ -385,13 +435,21 @@ def _auto_candidates(manifest: dict[str, Any], precision: str) -> list[str]:
 
 
 def open_translator(export_dir: str | Path, backend: str = "auto", precision: str = "fp32",
-                    threads: int | None = None) -> Translator:
+                    threads: int | None = None, features: str = "auto") -> Translator:
     """Load an export on ``backend``. ``auto`` tries TensorRT (export with engines, TensorRT
     and a GPU present), then ONNX Runtime CUDA (provider listed), then ONNX Runtime CPU: a
     backend that is listed but fails to load (e.g. the CUDA provider cannot find its
     libraries) is logged with its reason and the next one is tried; the reasons are kept
-    in ``Translator.fallbacks``."""
+    in ``Translator.fallbacks``.
+
+    ``features``: ``graph`` loads the audio-in graphs (``encoder_audio``, and
+    ``translator_audio`` where exported) for ``encode_audio`` (an S2IError if the export has
+    none for this precision, or the backend is TensorRT: no audio-in engines are built);
+    ``host`` does not (the caller computes the log-mel with ``runtime.frontend``); ``auto``
+    (default) is ``graph`` where the export has them for this backend and precision."""
     export_dir = Path(export_dir)
+    if features not in FEATURES:
+        raise S2IError(f"unknown features '{features}'; expected one of {', '.join(FEATURES)}")
     if backend != "auto" and backend not in BACKENDS:
         raise S2IError(f"unknown backend '{backend}'; expected auto or one of "
                        f"{', '.join(BACKENDS)}")
@@ -404,12 +462,12 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
         reason = _unavailable_reason(backend)
         if reason:
             raise S2IError(f"backend {backend} is not available: {reason}")
-        return _open(export_dir, manifest, backend, precision, threads)
+        return _open(export_dir, manifest, backend, precision, threads, features)
     fallbacks: list[str] = []
     candidates = _auto_candidates(manifest, precision)
     for i, candidate in enumerate(candidates):
         try:
-            translator = _open(export_dir, manifest, candidate, precision, threads)
+            translator = _open(export_dir, manifest, candidate, precision, threads, features)
         except S2IError as exc:
             if i == len(candidates) - 1:
                 raise
@@ -422,7 +480,7 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
 
 
 def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: str,
-          threads: int | None) -> Translator:
+          threads: int | None, features: str = "auto") -> Translator:
     dim, masks = _manifest_specs(manifest, export_dir)     # its form, before loading models
     tensorrt = backend == "tensorrt"
     loaded: dict[str, tuple[str, Any]] = {}
@@ -435,12 +493,25 @@ def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: s
             provider = "CUDAExecutionProvider" if backend == "onnxruntime-cuda" \
                 else "CPUExecutionProvider"
             loaded[graph] = (path.name, _OrtModel(path, provider, threads))
-    key = model_key("translator", precision)
-    if not tensorrt and key in manifest["models"]:
+    audio_key = model_key("encoder_audio", precision)
+    if features == "graph" and (tensorrt or audio_key not in manifest["models"]):
+        why = "no audio-in TensorRT engines are built" if tensorrt else \
+            f"it has no '{audio_key}' (re-export without --no-audio-in)"
+        raise S2IError(f"--features graph: {export_dir} cannot run the front end in the graph "
+                       f"on {backend}: {why}; use --features host")
+    optional = ["translator"]
+    if features != "host":
+        optional += ["encoder_audio", "translator_audio"]
+    for graph in optional:
+        key = model_key(graph, precision)
+        if tensorrt or key not in manifest["models"]:
+            continue
         path = export_dir / manifest["models"][key]["file"]
         provider = loaded["encoder"][1].session.get_providers()[0]
-        loaded["translator"] = (path.name, _OrtModel(path, provider, threads))
-    _check_models(dim, masks, loaded)
-    fused = loaded["translator"][1] if "translator" in loaded else None
-    return Translator(export_dir, manifest, backend, precision, loaded["encoder"][1],
-                      loaded["generator"][1], fused=fused)
+        loaded[graph] = (path.name, _OrtModel(path, provider, threads))
+    _check_models(dim, masks, loaded, FrontEndConfig.from_dict(manifest["front_end"]).n_samples)
+    model = {graph: pair[1] for graph, pair in loaded.items()}
+    return Translator(export_dir, manifest, backend, precision, model["encoder"],
+                      model["generator"], fused=model.get("translator"),
+                      audio_encoder=model.get("encoder_audio"),
+                      audio_fused=model.get("translator_audio"))

@@ -1,5 +1,5 @@
-"""PNG encoding and decoding of uint8 ``[H, W, 3]`` pictures (Pillow), for every part that
-writes or reads one: the wire format, the viewer, sample folders, run folders."""
+"""PNG (and JPEG) encoding and decoding of uint8 ``[H, W, 3]`` pictures (Pillow), for every
+part that writes or reads one: the wire format, the viewer, sample folders, run folders."""
 
 from __future__ import annotations
 
@@ -18,11 +18,21 @@ def png_bytes(image: np.ndarray, compress_level: int = 6) -> bytes:
     return buffer.getvalue()
 
 
-def png_image(data: bytes) -> np.ndarray:
-    """PNG bytes -> the picture as a uint8 array."""
+def jpeg_bytes(image: np.ndarray, quality: int = 85) -> bytes:
+    """uint8 ``[H, W, 3]`` (or ``[H, W]``) -> baseline JPEG bytes (lossy; ``quality`` 1-95)."""
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as image:
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="JPEG", quality=int(quality))
+    return buffer.getvalue()
+
+
+def png_image(data: bytes, expected_format: str = "PNG") -> np.ndarray:
+    """PNG bytes (or another ``expected_format`` Pillow reads, e.g. ``JPEG``) -> the picture
+    as a uint8 array; bytes of any other format are a ValueError."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data), formats=[expected_format]) as image:
         return np.asarray(image)
 
 

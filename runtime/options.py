@@ -27,13 +27,23 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
                    help="auto | tensorrt | onnxruntime-cuda | onnxruntime-cpu (default: auto)")
     g.add_argument("--precision", default="fp32", choices=PRECISIONS,
                    help="fp32 (default), fp16, or int8 (onnxruntime-cpu; export --int8)")
+    g.add_argument("--features", default="auto", choices=("auto", "graph", "host"),
+                   help="where the log-mel front end runs: graph (inside the model: the "
+                        "export's audio-in graphs), host (runtime/frontend.py, numpy), or "
+                        "auto (default: graph when the export has it for this backend and "
+                        "precision)")
     g.add_argument("--hop", type=float, default=1.0,
                    help="seconds between windows (1-s window; down to 0.25 or less)")
     g.add_argument("--samples", type=int, default=1,
                    help="K images per window, each with fresh dropout masks (default: 1)")
     g.add_argument("--uncertainty", action="store_true",
                    help="also send the per-pixel std across the K samples")
-    g.add_argument("--encoding", default="png", choices=ENCODINGS)
+    g.add_argument("--encoding", default="png", choices=ENCODINGS,
+                   help="image payloads: png (lossless), jpeg (lossy, cheapest to send "
+                        "compressed) or raw (no encoding cost, ~27 KB per 96x96 image)")
+    g.add_argument("--encoding-level", type=int, default=None, metavar="N",
+                   help="png: compression level 0-9 (default 1); jpeg: quality 1-95 "
+                        "(default 85)")
     g.add_argument("--seed", type=int, default=None, help="seed for the dropout masks")
     g.add_argument("--threads", type=int, default=None, help="CPU threads for ONNX Runtime")
     g.add_argument("--cluster", default=None, metavar="ADDRESS[/APP]",
@@ -84,10 +94,11 @@ def open_translator_from_args(args: argparse.Namespace) -> Any:
     from runtime.backends import open_translator  # onnxruntime/TensorRT; never torch
 
     return open_translator(args.export, backend=args.backend, precision=args.precision,
-                           threads=args.threads)
+                           threads=args.threads, features=getattr(args, "features", "auto"))
 
 
 def open_pipeline(args: argparse.Namespace) -> Pipeline:
     return Pipeline(open_translator_from_args(args), samples=args.samples,
                     hop_seconds=args.hop, uncertainty=args.uncertainty,
-                    encoding=args.encoding, seed=args.seed, topic=args.topic)
+                    encoding=args.encoding, seed=args.seed, topic=args.topic,
+                    encoding_level=args.encoding_level)

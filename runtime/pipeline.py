@@ -1,12 +1,14 @@
 """The batched model step: windows from any streams -> features -> encoder -> K images each.
 
 ``Pipeline.process_batch(windows)`` runs B windows (of one or many streams) through ONE
-encoder call on ``[B, 1, 128, 100]`` and ONE generator call on ``[B*K, D]`` with fresh masks
-per sample, and splits the results back into one ``Result`` per window (its own stream id,
-seq and position). The translator is only used through ``.manifest``, ``.dropout``,
-``.encode`` and ``.generate`` (``runtime.backends.Translator``), so a remote translator with
-the same interface drops in. ``process_window`` and ``message`` are the one-window library
-form (a batch of one).
+encoder call on ``[B, 1, 128, 100]`` (or, where the translator computes the log-mel inside
+its graph, ``features == "graph"``, on the audio ``[B, n_samples]`` itself: the features
+stage then only stacks and sanitises the windows) and ONE generator call on ``[B*K, D]``
+with fresh masks per sample, and splits the results back into one ``Result`` per window
+(its own stream id, seq and position). The translator is only used through ``.manifest``,
+``.dropout``, ``.encode`` and ``.generate`` (and ``.features``/``.encode_audio``:
+``runtime.backends.Translator``), so a remote translator with the same interface drops in.
+``process_window`` and ``message`` are the one-window library form (a batch of one).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from runtime.protocol import (
     PROTOCOL_VERSION,
     audio_level,
     encode_frame,
+    encoding_level_of,
     image_shape,
     images_to_uint8,
     sanitise_audio,
@@ -59,7 +62,9 @@ class Result:
 
 @dataclass
 class Batch:
-    """Windows travelling through the stages together, with their features once computed."""
+    """Windows travelling through the stages together, with the model's input once computed:
+    ``[B,1,128,100]`` log-mel features (host front end) or ``[B, n_samples]`` sanitised audio
+    (front end in the graph)."""
 
     windows: list[Window]
     features: np.ndarray | None = None
@@ -71,17 +76,22 @@ class Pipeline:
 
     def __init__(self, translator: Any, samples: int = 1, hop_seconds: float = 1.0,
                  uncertainty: bool = False, encoding: str = "png", seed: int | None = None,
-                 topic: str = DEFAULT_TOPIC) -> None:
+                 topic: str = DEFAULT_TOPIC, encoding_level: int | None = None) -> None:
         manifest = translator.manifest
         self.translator = translator
         self.front_end = FrontEndConfig.from_dict(manifest["front_end"])
         self.dropout = getattr(translator, "dropout", None) or manifest["dropout"]
+        # the translator runs the log-mel in its graph (runtime.backends, features="graph")
+        self.in_graph = getattr(translator, "features", "host") == "graph" \
+            and hasattr(translator, "encode_audio")
         self.samples, self.uncertainty, self.encoding = int(samples), uncertainty, encoding
         self.topic = topic
         if self.samples < 1:
             raise S2IError(f"--samples must be at least 1, got {samples}")
         if encoding not in ENCODINGS:
             raise S2IError(f"--encoding must be one of {ENCODINGS}, got {encoding!r}")
+        # PNG compression level or JPEG quality (None: the encoding's default)
+        self.encoding_level = encoding_level_of(encoding, encoding_level)
         if uncertainty and self.samples < 2:
             raise S2IError("--uncertainty needs --samples 2 or more (std across samples)")
         window = self.front_end.window_seconds
@@ -120,17 +130,21 @@ class Pipeline:
                 "classes": manifest.get("classes", []), "samples": self.samples,
                 "window_s": self.front_end.window_seconds, "hop_s": self.hop_seconds,
                 "sample_rate": self.sample_rate, "encoding": self.encoding,
+                "encoding_level": self.encoding_level,
+                "features": "graph" if self.in_graph else "host",
                 "uncertainty": self.uncertainty, "shape": image_shape(manifest)}
 
     # --- the stages' work -------------------------------------------------------------------
 
     def features(self, batch: Batch) -> Batch:
-        """Log-mel of every window at once (vectorised over the batch) -> ``[B,1,128,100]``."""
+        """Log-mel of every window at once (vectorised over the batch) -> ``[B,1,128,100]``;
+        with the front end in the graph, just the sanitised windows ``[B, n_samples]``."""
         start = time.perf_counter()
         # Silence and clipping are valid input; a broken source's NaN/inf must not stop us:
         # NaN -> 0, clipped to [-1, 1], as the level fields (protocol.audio_level) see it.
         audio = sanitise_audio(np.stack([w.audio for w in batch.windows]))
-        batch.features = log_mel_batch(audio, self.front_end)[:, None]
+        batch.features = audio if self.in_graph \
+            else log_mel_batch(audio, self.front_end)[:, None]
         batch.timings_ms["features"] = _ms(start)
         return batch
 
@@ -139,7 +153,8 @@ class Pipeline:
         return draw_masks(self.dropout, rows, self.rng)
 
     def infer(self, batch: Batch, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        """One encoder call on ``[B,1,128,100]``, one generator call on ``[B*K, D]``;
+        """One encoder call on ``[B,1,128,100]`` (or ``[B, n_samples]`` audio with the front
+        end in the graph), one generator call on ``[B*K, D]``;
         returns ``[B*K, 3, H, W]`` in [-1, 1] (window-major: rows b*K .. b*K+K-1)."""
         if batch.features is None:
             self.features(batch)
@@ -153,7 +168,8 @@ class Pipeline:
             batch.timings_ms["encoder"] = 0.0
             batch.timings_ms["generator"] = _ms(start)
             return np.asarray(out)
-        z = np.asarray(self.translator.encode(batch.features), np.float32)     # [B, D]
+        encode = self.translator.encode_audio if self.in_graph else self.translator.encode
+        z = np.asarray(encode(batch.features), np.float32)                    # [B, D]
         mid = time.perf_counter()
         if self.samples > 1:
             z = np.repeat(z, self.samples, axis=0)
@@ -204,9 +220,9 @@ class Pipeline:
         }
 
     def encode(self, result: Result) -> list[bytes]:
-        """The multipart PUB message of one result (PNG or raw payloads)."""
+        """The multipart PUB message of one result (PNG, JPEG or raw payloads)."""
         return encode_frame(self.topic, result.header, result.images, result.uncertainty,
-                            self.encoding)
+                            self.encoding, self.encoding_level)
 
     # --- one window (library form, a batch of one) ------------------------------------------
 

@@ -29,7 +29,7 @@ import numpy as np
 import zmq
 
 from runtime.errors import S2IError
-from runtime.images import png_bytes, png_image
+from runtime.images import jpeg_bytes, png_bytes, png_image
 from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 2
@@ -39,7 +39,10 @@ HELLO_INTERVAL_S = 0.25   # at most one hello per this interval, however many su
 END_DELAY_S = 1.0         # an end waits this long for frames of its stream still in the model
 DEFAULT_TOPIC = "s2i"
 AUDIO_TOPIC = b"audio"
-ENCODINGS = ("png", "raw")
+ENCODINGS = ("png", "raw", "jpeg")
+# the knob of each compressed encoding: (header field, range, default)
+ENCODING_LEVELS: dict[str, tuple[str, int, int, int]] = {
+    "png": ("compress_level", 0, 9, 1), "jpeg": ("quality", 1, 95, 85)}
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
 
@@ -96,12 +99,31 @@ def uncertainty_map(images: np.ndarray) -> np.ndarray:
     return np.round(np.clip(std / UNCERTAINTY_SCALE, 0, 1) * 255).astype(np.uint8)
 
 
-def encode_image(image: np.ndarray, encoding: str) -> bytes:
-    if encoding == "raw":
-        return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+def encoding_level_of(encoding: str, level: int | None = None) -> int | None:
+    """The PNG compression level (0-9, default 1: fastest that compresses) or JPEG quality
+    (1-95, default 85) of ``encoding``, checked; None for ``raw``."""
+    if encoding not in ENCODINGS:
+        raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
+    if encoding not in ENCODING_LEVELS:
+        return None
+    name, low, high, default = ENCODING_LEVELS[encoding]
+    if level is None:
+        return default
+    if isinstance(level, bool) or not isinstance(level, int) or not low <= level <= high:
+        raise S2IError(f"{encoding} {name.replace('_', ' ')} must be an integer in "
+                       f"[{low}, {high}], got {level!r}")
+    return level
+
+
+def encode_image(image: np.ndarray, encoding: str, level: int | None = None) -> bytes:
+    """One uint8 picture as a payload: ``raw`` bytes, ``png`` (``level`` = compression
+    level) or lossy ``jpeg`` (``level`` = quality); see ``encoding_level``."""
+    level = encoding_level_of(encoding, level)
     if encoding == "png":
-        return png_bytes(image, compress_level=1)
-    raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
+        return png_bytes(image, compress_level=level or 0)
+    if encoding == "jpeg":
+        return jpeg_bytes(image, quality=level or 1)
+    return np.ascontiguousarray(image, dtype=np.uint8).tobytes()
 
 
 def decode_image(payload: bytes, encoding: str, shape: list[int]) -> np.ndarray:
@@ -111,24 +133,27 @@ def decode_image(payload: bytes, encoding: str, shape: list[int]) -> np.ndarray:
             raise S2IError(f"raw image payload has {len(payload)} bytes, header shape {shape} "
                            f"needs {expected}")
         return np.frombuffer(payload, np.uint8).reshape(shape)
-    if encoding == "png":
-        return png_image(payload)
+    if encoding in ("png", "jpeg"):
+        return png_image(payload, encoding.upper())
     raise S2IError(f"unknown image encoding {encoding!r}; expected one of {ENCODINGS}")
 
 
 def encode_frame(topic: str, header: dict[str, Any], images_u8: np.ndarray,
-                 uncertainty: np.ndarray | None, encoding: str) -> list[bytes]:
+                 uncertainty: np.ndarray | None, encoding: str,
+                 level: int | None = None) -> list[bytes]:
     """Build the multipart image message.
 
-    Fills kind/protocol/shape/encoding/samples into a copy of ``header`` and adds the time
-    the payload encoding took to ``header["timings_ms"]["encoding"]`` and ``publish_time``.
+    Fills kind/protocol/shape/encoding/samples into a copy of ``header`` (and, for png and
+    jpeg, ``encoding_level``: the compression level or quality) and adds the time the
+    payload encoding took to ``header["timings_ms"]["encoding"]`` and ``publish_time``.
     """
     start = time.perf_counter()
-    payloads = [encode_image(img, encoding) for img in images_u8]
+    level = encoding_level_of(encoding, level)
+    payloads = [encode_image(img, encoding, level) for img in images_u8]
     if uncertainty is not None:
-        payloads.append(encode_image(uncertainty, encoding))
+        payloads.append(encode_image(uncertainty, encoding, level))
     header = dict(header, kind="frame", protocol=PROTOCOL_VERSION, session=SESSION_ID,
-                  encoding=encoding, samples=int(len(images_u8)),
+                  encoding=encoding, encoding_level=level, samples=int(len(images_u8)),
                   shape=list(images_u8.shape[1:]), uncertainty=uncertainty is not None,
                   uncertainty_shape=None if uncertainty is None else list(uncertainty.shape),
                   uncertainty_scale=None if uncertainty is None else UNCERTAINTY_SCALE)

@@ -202,7 +202,7 @@ class Stages:
 
     def _publish(self) -> None:
         pool = ThreadPoolExecutor(self.encode_threads, thread_name_prefix="s2i-encode") \
-            if self.encode_threads > 1 and self.pipeline.encoding == "png" else None
+            if self.encode_threads > 1 and self.pipeline.encoding != "raw" else None
         try:
             while True:
                 ok, results = self._get(self.publish_q)
