@@ -424,8 +424,11 @@ window.s2i = {
   // worker's WebAssembly heap, in bytes
   async memory() {
     await window.s2i.ready;
-    window.gc?.();
     const worker = await state.translator.call({type: "memory"});
+    for (let i = 0; i < 2; i++) {        // a full collection, then one more after a task
+      window.gc?.();
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
     return {pageHeap: performance.memory?.usedJSHeapSize ?? null, wasmBytes: worker.wasmBytes};
   },
 };
