@@ -9,6 +9,7 @@ from pathlib import Path
 
 TRAINED_EXPORT = "runs/demo/export"      # where `python -m export` writes the demo's export
 SHIPPED_EXPORT = Path(__file__).parent / "demo_export"
+SHIPPED_PRECISION = "fp16"               # it holds FP16 graphs only (half the bytes)
 
 
 def default_export() -> str:
@@ -18,3 +19,10 @@ def default_export() -> str:
     if Path(TRAINED_EXPORT).is_dir() or not (SHIPPED_EXPORT / "manifest.json").is_file():
         return TRAINED_EXPORT
     return str(SHIPPED_EXPORT)
+
+
+def default_precision(export: str | Path) -> str:
+    """The precision the runtime uses when none is asked for: ``fp32``, or the shipped
+    model's own for the shipped export."""
+    shipped = Path(export).resolve() == SHIPPED_EXPORT.resolve()
+    return SHIPPED_PRECISION if shipped else "fp32"
