@@ -47,6 +47,7 @@ def measure(driver: Any, url: str, ep: str, threads: int, k: int, runs: int,
         return {"ep": ep, "threads": threads, "k": k, "skipped": result["error"]}
     return {"ep": ep, "threads": result["info"]["threads"], "threads_asked": threads, "k": k,
             "cross_origin_isolated": result["crossOriginIsolated"],
+            "webgpu_adapter": result["info"].get("adapter"),
             "latency_ms": report.summarize(result["times"])}
 
 

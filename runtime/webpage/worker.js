@@ -20,7 +20,14 @@ let config = null;
 async function init(msg) {
   config = msg.config;
   const webgpu = msg.ep === "webgpu";
-  if (webgpu && !("gpu" in navigator)) throw new Error("this browser has no WebGPU");
+  let adapter = null;                      // which GPU (a software one counts as one)
+  if (webgpu) {
+    const found = "gpu" in navigator ? await navigator.gpu.requestAdapter() : null;
+    if (!found) throw new Error("this browser has no WebGPU adapter");
+    const info = found.info ?? {};
+    adapter = {vendor: info.vendor, architecture: info.architecture, device: info.device,
+      description: info.description};
+  }
   // ort.wasm: WebAssembly only (the smaller download); ort (JSEP build): WebAssembly + WebGPU
   ort = await import(webgpu ? "./ort/ort.min.mjs" : "./ort/ort.wasm.min.mjs");
   ort.env.wasm.wasmPaths = new URL("./ort/", self.location.href).href;
@@ -34,7 +41,7 @@ async function init(msg) {
   for (const name of [config.model.audio_input, ...config.dropout.map(d => d.input)]) {
     if (!session.inputNames.includes(name)) throw new Error(`the model has no input ${name}`);
   }
-  return {type: "ready", ep: webgpu ? "webgpu" : "wasm", threads: msg.threads};
+  return {type: "ready", ep: webgpu ? "webgpu" : "wasm", threads: msg.threads, adapter};
 }
 
 async function run(msg) {
