@@ -249,10 +249,10 @@ def test_page_memory_does_not_grow(page, tmp_path, seconds):
 
 
 def test_missing_onnxruntime_web_is_named(tmp_path, monkeypatch):
+    dist = ort_or_skip()
     monkeypatch.setenv("S2I_ORT_DIST", str(tmp_path))
     with pytest.raises(S2IError, match="npm ci"):
         find_ort_dist()
-    dist = ort_or_skip()
     partial = tmp_path / "dist"
     partial.mkdir()
     for name in ORT_FILES:
