@@ -210,13 +210,21 @@ def test_page_images_match_the_python_runtime(page, export):
     assert np.abs(page_unc - uncertainty).max() <= PARITY_TOLERANCE
 
 
-def test_refused_microphone_gives_the_message(page, tmp_path):
+def test_refused_microphone_gives_the_message_and_a_file_still_works(page, tmp_path):
     url, _ = page
+    wav = write_wav(tmp_path / "file.wav", "noise", seconds=8.0, rate=44100)
     with chromium_driver(tmp_path, flags=REFUSED_MICROPHONE) as driver:
-        state = run_microphone(driver, url, "", frames=1, timeout_s=20)
+        state = run_microphone(driver, url, "?k=2&hop=0.5", frames=1, timeout_s=20)
         assert state["message"] is not None and "microphone was refused" in state["message"]
         assert state["seq"] == 0
         assert driver.find_element("id", "start").is_enabled()     # it can be tried again
+        driver.find_element("id", "file").send_keys(str(wav))     # as a dropped file
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and driver.execute_script(STATE_JS)["seq"] < 2:
+            time.sleep(0.2)
+        state = driver.execute_script(STATE_JS)
+        assert state["seq"] >= 2 and state["message"] is None, state
+        assert state["canvases"] == [SIDE, SIDE]
 
 
 def page_memory(driver, samples: int = 3) -> dict:

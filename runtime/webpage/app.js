@@ -378,7 +378,11 @@ function wireControls() {
   $("hop").addEventListener("change", () => {
     if (state.running) { clearInterval(state.timer); state.timer = setInterval(tick, settings().hop * 1000); }
   });
-  $("file").addEventListener("change", (e) => e.target.files[0] && startFile(e.target.files[0]));
+  $("file").addEventListener("change", (e) => {
+    const file = e.target.files[0];
+    e.target.value = "";               // so that picking the same file again starts it again
+    if (file && state.translator) startFile(file);
+  });
   document.addEventListener("dragover", (e) => { e.preventDefault(); document.body.classList.add("dropping"); });
   document.addEventListener("dragleave", () => document.body.classList.remove("dropping"));
   document.addEventListener("drop", (e) => {
