@@ -16,6 +16,8 @@ COMMANDS = {
                                           "(K = 1 and K = 8 + uncertainty)"),
     "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
     "gpu-check": ("benchmarks.gpu_check", "verify and time the GPU path in one command"),
+    "web": ("benchmarks.web_bench", "per-window latency in the web page (ONNX Runtime Web, "
+                                    "headless Chromium) and its download size"),
 }
 
 

@@ -38,3 +38,7 @@ def view() -> int:
 
 def keys() -> int:
     return _run("runtime.keys")
+
+
+def web() -> int:
+    return _run("runtime.webapp")

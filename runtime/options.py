@@ -10,20 +10,23 @@ from runtime.errors import S2IError
 from runtime.pipeline import Pipeline
 from runtime.precision import GPU_BACKENDS, PRECISIONS
 from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
+from runtime.shipped import TRAINED_EXPORT, default_export, default_precision
 
-DEFAULT_EXPORT = "runs/demo/export"
+DEFAULT_EXPORT = TRAINED_EXPORT
 # (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
 BATCHING_DEFAULTS = {"cpu": (64, 10.0), "gpu": (512, 5.0)}
 
 
 def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("model and publishing")
-    g.add_argument("--export", default=DEFAULT_EXPORT,
-                   help=f"export folder (default: {DEFAULT_EXPORT})")
+    g.add_argument("--export", default=default_export(),
+                   help=f"export folder (default: {DEFAULT_EXPORT} when it exists, else the "
+                        "demo model shipped with S2I)")
     g.add_argument("--backend", default="auto",
                    help="auto | tensorrt | onnxruntime-cuda | onnxruntime-cpu (default: auto)")
-    g.add_argument("--precision", default="fp32", choices=PRECISIONS,
-                   help="fp32 (default), fp16, or int8 (onnxruntime-cpu; export --int8)")
+    g.add_argument("--precision", default=None, choices=PRECISIONS,
+                   help="fp32 (default; fp16 for the shipped demo model, which holds FP16 "
+                        "graphs only), fp16, or int8 (onnxruntime-cpu; export --int8)")
     g.add_argument("--features", default="auto", choices=("auto", "graph", "host"),
                    help="where the log-mel front end runs: graph (inside the model: the "
                         "export's audio-in graphs), host (runtime/frontend.py, numpy), or "
@@ -90,7 +93,8 @@ def open_translator_from_args(args: argparse.Namespace) -> Any:
         return open_cluster_translator(args.cluster)
     from runtime.backends import open_translator  # onnxruntime/TensorRT; never torch
 
-    return open_translator(args.export, backend=args.backend, precision=args.precision,
+    precision = args.precision or default_precision(args.export)
+    return open_translator(args.export, backend=args.backend, precision=precision,
                            threads=args.threads, features=getattr(args, "features", "auto"))
 
 

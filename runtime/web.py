@@ -10,7 +10,10 @@ from typing import Any
 
 
 class QuietHandler(BaseHTTPRequestHandler):
-    """No log line per request (it would bury the page's URL); whole-body answers."""
+    """No log line per request (it would bury the page's URL); whole-body answers, each with
+    the headers in ``extra_headers``."""
+
+    extra_headers: dict[str, str] = {}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         pass
@@ -20,6 +23,8 @@ class QuietHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
+        for name, value in self.extra_headers.items():
+            self.send_header(name, value)
         self.end_headers()
         self.wfile.write(body)
 
