@@ -12,6 +12,8 @@ COMMANDS = {
     "serve": ("benchmarks.serve_bench", "streams the real s2i-serve holds (batched, paced load)"),
     "cluster": ("benchmarks.cluster_bench", "the Ray hop and streams held with 1 and 2 "
                                              "replicas (= serve --cluster)"),
+    "encodings": ("benchmarks.encodings", "CPU per frame, bytes and error of png/jpeg/raw "
+                                          "(K = 1 and K = 8 + uncertainty)"),
     "newest-only": ("benchmarks.newest_only", "stale frames seen by a slow newest-only subscriber"),
     "gpu-check": ("benchmarks.gpu_check", "verify and time the GPU path in one command"),
     "web": ("benchmarks.web_bench", "per-window latency in the web page (ONNX Runtime Web, "

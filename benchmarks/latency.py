@@ -82,9 +82,12 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
 
 
 def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str, Any],
-                 threads: int) -> Any:
-    """A translator for one row, or ``Skipped(reason)``."""
+                 threads: int, features: str = "auto") -> Any:
+    """A translator for one row, or ``Skipped(reason)``. ``features``: where the log-mel
+    runs (``runtime.backends.open_translator``; PyTorch rows always use the host's)."""
     if name.startswith("pytorch"):
+        if features == "graph":
+            raise Skipped("PyTorch rows compute the features on the host (runtime/frontend.py)")
         import torch
 
         from benchmarks.eager import EagerTranslator
@@ -103,7 +106,8 @@ def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str
         raise Skipped(f"runtime.backends.open_translator is not available ({exc})") from exc
     try:
         return open_translator(export_dir, backend=name, precision=precision,
-                               threads=None if name in GPU_BACKENDS else threads)
+                               threads=None if name in GPU_BACKENDS else threads,
+                               features=features)
     except S2IError as exc:
         raise Skipped(str(exc)) from exc
 
@@ -194,7 +198,11 @@ def build_parser() -> argparse.ArgumentParser:
                         + ", ".join(f"{b}:{q}" for b, q in CANDIDATES) + ")")
     p.add_argument("--threads", type=int, default=2,
                    help="CPU threads for PyTorch and ONNX Runtime CPU (default 2)")
-    p.add_argument("--encoding", default="png", choices=("png", "raw"))
+    p.add_argument("--encoding", default="png", choices=("png", "raw", "jpeg"))
+    p.add_argument("--features", nargs="+", default=["auto"], choices=("auto", "graph", "host"),
+                   help="where the log-mel runs, one row each: graph (the export's audio-in "
+                        "graphs), host (numpy), auto (default: graph where the export has "
+                        "it); e.g. --features host graph to compare them")
     p.add_argument("--audio", type=Path, default=None,
                    help="audio file to stream (default: a 60-s demo WAV, looped)")
     p.add_argument("--realtime", action="store_true",
@@ -286,15 +294,17 @@ def run(args: argparse.Namespace, work: Path,
                              f"{backend}/{precision}/k{k}",
                              audio_path if args.realtime else None)
         rows.append(row_summary(backend, precision, k, records))
+        rows[-1]["features"] = getattr(translator, "features", "host")
         e = rows[-1]["end_to_end_ms"]
-        print(f"{backend:<17} {precision} K={k}: p50 {e['p50']:.1f} ms  p95 "
+        print(f"{backend:<17} {precision} {rows[-1]['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
               f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
         if args.no_throughput:
             return
         result = max_streams(translator, windows_audio, front_end, k,
                              reps=args.throughput_reps, time_cap_s=args.throughput_cap,
                              limit=args.max_streams, pipelined=backend in GPU_BACKENDS)
-        throughput.append({"backend": backend, "precision": precision, "k": k, **result})
+        throughput.append({"backend": backend, "precision": precision, "k": k,
+                           "features": rows[-1]["features"], **result})
         print(f"{'':<17} streams held: {result['streams']}"
               f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
 
@@ -317,12 +327,18 @@ def run(args: argparse.Namespace, work: Path,
                            "tensorrt": manifest.get("tensorrt")}}
 
     try:
-        for backend, precision in rows_planned:
+        for (backend, precision), features in ((row, f) for row in rows_planned
+                                               for f in args.features):
+            if backend.startswith("pytorch") and features == "auto" and "host" in args.features:
+                continue                           # the same row twice
             try:
-                translator = open_backend(backend, precision, export_dir, manifest, args.threads)
+                translator = open_backend(backend, precision, export_dir, manifest, args.threads,
+                                          features)
             except Skipped as exc:
-                skipped.append({"backend": backend, "precision": precision, "reason": str(exc)})
-                print(f"skip {backend} {precision}: {exc}")
+                if len(args.features) == 1 or not backend.startswith("pytorch"):
+                    skipped.append({"backend": backend, "precision": precision,
+                                    "features": features, "reason": str(exc)})
+                    print(f"skip {backend} {precision} ({features} features): {exc}")
                 continue
             except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
                 skipped.append({"backend": backend, "precision": precision,

@@ -141,7 +141,7 @@ def markdown_table(results: dict[str, Any]) -> str:
     for row in results["latency"]:
         e2e, st = row["end_to_end_ms"], row["stages_ms"]
         lines.append(
-            f"| {row['backend']} | {row['precision']} | {row['k']} | {_fmt(e2e['p50'])} "
+            f"| {_backend(row)} | {row['precision']} | {row['k']} | {_fmt(e2e['p50'])} "
             f"| {_fmt(e2e['p95'])} | {_fmt(e2e['p99'])} | {_fmt(e2e['max'])} "
             f"| {_ratio(row, 'p50')} | {_ratio(row, 'p99')} | "
             + " | ".join(_fmt(st.get(k, {}).get("p50"), 2) for k in SPLIT) + " |")
@@ -160,7 +160,7 @@ def markdown_table(results: dict[str, Any]) -> str:
         for row in results["throughput"]:
             best = row.get("at_limit") or {}
             more = " (search limit)" if row.get("limit_reached") else ""
-            lines.append(f"| {row['backend']} | {row['precision']} | {row['k']} "
+            lines.append(f"| {_backend(row)} | {row['precision']} | {row['k']} "
                          f"| {row['streams']}{more} | {_fmt(best.get('p50_ms'))} "
                          f"| {_fmt(best.get('p99_ms'))} "
                          f"| {_fmt(best.get('features_p99_ms'))} |")
@@ -225,5 +225,10 @@ def plot(path: Path, results: dict[str, Any]) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def _backend(row: dict[str, Any]) -> str:
+    """The backend, marked where the log-mel ran inside the graph (``--features graph``)."""
+    return row["backend"] + (" (features in graph)" if row.get("features") == "graph" else "")
+
+
 def _label(row: dict[str, Any]) -> str:
-    return f"{row['backend']} {row['precision']} K={row['k']}"
+    return f"{_backend(row)} {row['precision']} K={row['k']}"

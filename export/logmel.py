@@ -23,6 +23,7 @@ The bases are computed in float64 and stored as float32; the module always runs 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -66,3 +67,37 @@ class LogMel(nn.Module):
         scaled = (torch.clamp(db, cfg.db_min, cfg.db_max) - cfg.db_min) \
             * (2.0 / (cfg.db_max - cfg.db_min)) - 1.0
         return scaled.unsqueeze(1)
+
+
+class FrontEndGraph(nn.Module):
+    """The front end alone as a graph: ``audio [B, n_samples] -> spectrogram [B,1,M,T]``
+    (``prepend_front_end`` joins it to a graph another tool wrote, e.g. the INT8 encoder)."""
+
+    def __init__(self, cfg: FrontEndConfig) -> None:
+        super().__init__()
+        self.front = LogMel(cfg)
+        self.input_names, self.output_names = ["audio"], ["spectrogram"]
+
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        return self.front(audio)
+
+
+def prepend_front_end(front: Path, model: Path, out: Path) -> None:
+    """Write ``out``: ``model`` (a graph whose input is ``spectrogram``) fed by the front-end
+    graph ``front`` (``FrontEndGraph``), so its input becomes ``audio``. The front end's
+    internal names get an ``s2i_front/`` prefix (no clash); IR versions are aligned to the
+    model's. Checked with ``export.onnx_export.check_onnx``."""
+    import onnx
+    import onnx.compose
+
+    from export.onnx_export import check_onnx
+
+    head, body = onnx.load(str(front)), onnx.load(str(model))
+    head = onnx.compose.add_prefix(head, "s2i_front/", rename_inputs=False,
+                                   rename_outputs=False)
+    head.ir_version = body.ir_version
+    merged = onnx.compose.merge_models(head, body, io_map=[("spectrogram", "spectrogram")])
+    del merged.metadata_props[:]
+    merged.metadata_props.extend(body.metadata_props)
+    onnx.save_model(merged, str(out))
+    check_onnx(out)

@@ -180,6 +180,9 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
         if int8 is not None:
             int8_models, quantized = export_int8(tmp, files, dropout, state, int8, log,
                                                     stamp=stamp)
+            if "encoder_int8" in int8_models and "encoder_audio" in files:
+                int8_models.update(_audio_int8(tmp, FrontEndConfig.from_dict(
+                    state["front_end"]), opset, stamp, quantized, log))
             models.update(int8_models)
         manifest = build_manifest(state=state, checkpoint=checkpoint, dropout=dropout,
                                   opset=written, models=models, parity=parity,
@@ -244,6 +247,49 @@ def _summary(verdicts: dict[str, dict[str, Any]]) -> str:
     """Every dropped engine's reason, one line."""
     return "; ".join(f"{key}: {v['reason']}" for key, v in verdicts.items()
                      if not v.get("kept")) or "no engine built"
+
+
+# the INT8 encoder on the in-graph front end vs on runtime/frontend.py's features: a 1e-5
+# feature difference may move an activation across a quantization step (rms, as for FP16)
+INT8_AUDIO_TOLERANCE = 2e-2
+
+
+def _audio_int8(tmp: Path, front_end: FrontEndConfig, opset: int, stamp: dict[str, str],
+                record: dict[str, Any], log: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """``encoder_audio.int8.onnx``: the FP32 front end (export/logmel.py; 8-bit activations
+    cannot hold the power spectrum's range) feeding the kept INT8 encoder, checked against
+    the INT8 encoder on the host front end's features; ``record["audio_in"]`` says how
+    close and whether it was kept."""
+    from export.logmel import FrontEndGraph, prepend_front_end
+    from export.onnx_export import stamp_onnx_file
+    from export.parity import cpu_session, parity_audio, rms_relative_error
+    from runtime.frontend import log_mel_batch
+
+    front, out, encoder = tmp / "front_end.onnx", tmp / "encoder_audio.int8.onnx", \
+        tmp / "encoder.int8.onnx"
+    try:
+        write_onnx(FrontEndGraph(front_end), (torch.zeros(2, front_end.n_samples),), front,
+                   {"audio": "batch"}, opset)
+        prepend_front_end(front, encoder, out)
+    finally:
+        front.unlink(missing_ok=True)
+    stamp_onnx_file(out, stamp)
+    audio = parity_audio(front_end)
+    (z_graph,) = cpu_session(out).run(None, {"audio": audio})
+    (z_host,) = cpu_session(encoder).run(
+        None, {"spectrogram": log_mel_batch(audio, front_end)[:, None]})
+    error = rms_relative_error(z_graph, z_host)
+    kept = bool(error <= INT8_AUDIO_TOLERANCE)
+    record["audio_in"] = {"file": out.name, "front_end": "fp32", "kept": kept,
+                          "rms_relative_error_vs_host_features": error,
+                          "limit": INT8_AUDIO_TOLERANCE}
+    log(f"{out.name}: FP32 front end + INT8 encoder, rms relative error {error:.1e} vs the "
+        f"host front end (limit {INT8_AUDIO_TOLERANCE:.0e}) {'ok' if kept else 'NOT kept'}")
+    if not kept:
+        out.unlink()
+        return {}
+    return {"encoder_audio_int8": {**onnx_entry(out, "int8"), "quantized_from": encoder.name,
+                                   "front_end": "fp32"}}
 
 
 def _half_copy(graph: Any) -> Any:

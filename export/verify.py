@@ -55,12 +55,16 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
            " - too little for parity to see wiring errors"))
     if not parity["all_ones_deterministic"]:
         log("MISMATCH: all-ones masks do not give repeatable generator outputs")
+    front = parity.get("front_end") or {"ok": True}
+    if not front["ok"]:
+        log(f"MISMATCH: the audio-in graphs' front end differs from runtime/frontend.py by "
+            f"{front['max_abs_error']:.1e} (limit {front['limit']:.0e})")
     failed = [key for key, row in rows.items() if not row.get("skipped") and not row["ok"]]
     log(f"{export_dir}: " + (f"{len(failed)} file(s) do NOT match: {', '.join(failed)}"
                              if failed or not parity["all_ones_deterministic"] else
                              f"{len(rows) - _skipped(rows)} file(s) match"
                              + (f", {_skipped(rows)} skipped" if _skipped(rows) else "")))
-    return not failed and parity["all_ones_deterministic"]
+    return not failed and parity["all_ones_deterministic"] and front["ok"]
 
 
 def _skipped(rows: dict[str, dict[str, Any]]) -> int:

@@ -15,6 +15,7 @@ import soundfile as sf
 import soxr
 import torch
 from helpers_export import make_tiny_checkpoint
+from helpers_runtime import run_cli, write_tone_wav
 
 from export.logmel import LogMel
 from export.onnx_export import op_types, write_onnx
@@ -186,3 +187,21 @@ def test_features_graph_is_refused_where_the_export_has_no_audio_in_graph(
         open_translator(export, backend="onnxruntime-cpu", features="graph")
     with pytest.raises(S2IError, match="unknown features"):
         open_translator(export, backend="onnxruntime-cpu", features="gpu")
+    wav = write_tone_wav(tmp_path / "tone.wav", 1.0)
+    done = run_cli("s2i-stream", "--file", str(wav), "--export", str(export), "--features",
+                   "graph", "--pub", "tcp://127.0.0.1:*")
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith("error: --features graph:")
+    assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+def test_throughput_benchmark_times_the_audio_in_step(audio_export: Path) -> None:
+    from benchmarks.throughput import features_step, in_graph, measure_batch
+
+    graph = open_translator(audio_export, backend="onnxruntime-cpu")
+    cfg = FrontEndConfig.from_dict(graph.manifest["front_end"])
+    windows = edge_inputs(cfg)
+    assert in_graph(graph) and features_step(windows, cfg, True)[0].shape == windows.shape
+    point = measure_batch(graph, windows, 3, cfg, 2, np.random.default_rng(0), reps=3,
+                          time_cap_s=1.0)
+    assert point["streams"] == 3 and point["reps"] == 3 and point["p99_ms"] > 0

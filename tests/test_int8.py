@@ -17,6 +17,7 @@ from export.int8 import AUTO_CALIBRATIONS, Int8Options
 from export.translator import export_translator
 from runtime.backends import open_translator
 from runtime.errors import S2IError, run_cli
+from runtime.frontend import FrontEndConfig, log_mel_batch
 from runtime.masks import draw_masks
 from trainer.data.demo_data import build_demo_store
 
@@ -51,8 +52,8 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
     assert calibration["method"] == max(figures, key=lambda n: figures[n]["psnr_db_pooled"])
     assert record["quantizer"]["calibration"] == calibration["method"]
     assert not set(calibration["selection"]["positions"]) & set(calibration["positions"])
-    assert sorted(p.name for p in out.glob("*.int8*.onnx")) == ["encoder.int8.onnx",
-                                                                 "generator.int8.onnx"]
+    assert sorted(p.name for p in out.glob("*.int8*.onnx")) == [
+        "encoder.int8.onnx", "encoder_audio.int8.onnx", "generator.int8.onnx"]
     assert "node_tanh" in record["quantizer"]["fp32_output_layer"]["generator"]
     gates = record["gates"]
     assert gates["passed"] and gates["images"]["windows"] == 6
@@ -74,6 +75,15 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
     assert np.abs(images[0] - images[1]).mean() * 127.5 > 1
     with pytest.raises(S2IError, match="onnxruntime-cpu only"):
         open_translator(out, backend="tensorrt", precision="int8")
+    # the audio-in INT8 encoder: FP32 front end + the INT8 encoder, = the host path
+    assert record["audio_in"]["kept"] and manifest["models"]["encoder_audio_int8"]
+    assert translator.features == "graph"
+    audio = np.clip(rng.standard_normal((3, 16000)) * [[0.3], [0.05], [0.005]], -1, 1
+                    ).astype(np.float32)        # as the runtime sanitises it
+    z_graph = translator.encode_audio(audio)
+    z_host = translator.encode(log_mel_batch(audio, FrontEndConfig())[:, None])
+    assert np.abs(z_graph - z_host).max() <= 2e-2 * np.abs(z_host).max()
+    assert np.abs(z_graph[0] - z_graph[2]).max() > 1e-2 * np.abs(z_host).max()
 
 
 def test_missed_gate_keeps_fp32_and_says_why(tiny, tmp_path: Path) -> None:

@@ -106,7 +106,7 @@ def test_every_onnx_file_carries_the_stamp(export: Path) -> None:
     from runtime.frontend import FrontEndConfig
     stamp = export_stamp(FrontEndConfig.from_dict(manifest["front_end"]), manifest["dropout"])
     onnx_files = [e["file"] for e in manifest["models"].values() if e["file"].endswith(".onnx")]
-    assert len(onnx_files) == 3
+    assert len(onnx_files) == 5          # encoder, generator, translator and the audio-in two
     for file in onnx_files:
         metadata = read_onnx_metadata(export / file)
         assert {k: metadata[k] for k in stamp} == stamp
