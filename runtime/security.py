@@ -166,13 +166,20 @@ class ServerSecurity:
     def __init__(self, ctx: zmq.Context, secret_file: str | Path,
                  allowed: dict[str, str | Path]) -> None:
         self.public, self.secret = load_secret(secret_file, "server secret")
-        keys = {domain: AllowedKeys(path, domain.removeprefix("s2i-"))
-                for domain, path in allowed.items()}
+        self.allowed = {domain: Path(path) for domain, path in allowed.items()}
+        self.providers = {domain: AllowedKeys(path, domain.removeprefix("s2i-"))
+                          for domain, path in self.allowed.items()}
         self.auth = ThreadAuthenticator(ctx)
         self.auth.start()
-        for domain, provider in keys.items():
+        for domain, provider in self.providers.items():
             self.auth.configure_curve_callback(domain=domain, credentials_provider=provider)
-        self.domains = set(keys)
+        self.domains = set(self.providers)
+
+    def reload(self) -> None:
+        """Read the allowed-keys folders again: keys added or removed since the start count
+        from the next handshake."""
+        for domain, provider in self.providers.items():
+            provider.keys = AllowedKeys(self.allowed[domain], domain.removeprefix("s2i-")).keys
 
     def secure(self, socket: zmq.Socket, domain: str) -> None:
         """Make ``socket`` a CURVE server checked against ``domain``'s allowed keys

@@ -53,8 +53,7 @@ class CurveServer:
 
     def allow(self, name: str) -> None:
         shutil.copy(self.root / "clients" / f"{name}.key", self.allowed)
-        for domain in (SUBSCRIBERS_DOMAIN, NODES_DOMAIN):
-            self.security.auth.configure_curve(domain=domain, location=str(self.allowed))
+        self.security.reload()
 
     def publish_until(self, done, timeout: float = 40.0) -> None:
         deadline = time.monotonic() + timeout
