@@ -67,10 +67,10 @@ def deploy(export: Path, replicas: int, threads: int) -> None:
 def hop_latency(export: Path, spec: str, batches: list[int], calls: int, threads: int
                 ) -> list[dict[str, Any]]:
     """Local vs cluster translate of the same batch, interleaved call by call."""
-    from runtime.backends import open_translator
     from runtime.cluster import open_cluster_translator
     from runtime.frontend import FrontEndConfig, log_mel_batch
-    from runtime.masks import draw_masks
+    from runtime.model.backends import open_translator
+    from runtime.model.masks import draw_masks
 
     local = open_translator(export, backend="onnxruntime-cpu", threads=threads)
     cfg = FrontEndConfig.from_dict(local.manifest["front_end"])
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig
-    from runtime.manifest import load_export_manifest
+    from runtime.model.manifest import load_export_manifest
 
     rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
     counts = [int(n) for n in args.streams.split(",")]

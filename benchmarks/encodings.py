@@ -2,8 +2,8 @@
 
 For each encoding (``raw``, ``png`` at several compression levels, ``jpeg`` at several
 qualities) and each frame shape (K = 1; K = 8 plus the uncertainty map), builds the real
-protocol message (``runtime.protocol.encode_frame``) ``--frames`` times and decodes it back
-(``decode_frame``, what ``runtime.client.Subscriber`` does), timing both with the thread's
+protocol message (``runtime.wire.protocol.encode_frame``) ``--frames`` times and decodes it back
+(``decode_frame``, what ``runtime.wire.client.Subscriber`` does), timing both with the thread's
 CPU clock (``time.thread_time``: what the host pays, whatever else runs) and the wall clock.
 The pictures are the generator's own (``--export``: an export's FP32 translator on seeded
 noise windows) or, by default, smooth synthetic pictures with the statistics of generated
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import report
-from runtime.protocol import decode_frame, encode_frame, images_to_uint8, uncertainty_map
+from runtime.wire.protocol import decode_frame, encode_frame, images_to_uint8, uncertainty_map
 
 RESULTS = Path(__file__).parent / "results"
 SETTINGS: tuple[tuple[str, int | None], ...] = (
@@ -51,9 +51,9 @@ def synthetic_images(count: int, seed: int = 0, size: int = 96) -> np.ndarray:
 
 def export_images(export_dir: Path, count: int, seed: int = 0) -> np.ndarray:
     """``count`` images of an export's FP32 translator (ONNX Runtime CPU) on noise windows."""
-    from runtime.backends import open_translator
     from runtime.frontend import FrontEndConfig, log_mel_batch
-    from runtime.masks import draw_masks
+    from runtime.model.backends import open_translator
+    from runtime.model.masks import draw_masks
 
     translator = open_translator(export_dir, backend="onnxruntime-cpu", features="host")
     cfg = FrontEndConfig.from_dict(translator.manifest["front_end"])

@@ -130,7 +130,7 @@ class Check:
 # --------------------------------------------------------------------------- steps
 
 def environment() -> dict[str, Any]:
-    from runtime.gpu_env import environment as probe
+    from runtime.model.gpu_env import environment as probe
 
     env = probe()
     env["nvidia_smi"] = _nvidia_smi()
@@ -168,7 +168,7 @@ def build_export(work: Path, quick: bool) -> Path:
 
 
 def open_row(export_dir: Path, backend: str, precision: str) -> Any:
-    from runtime.backends import open_translator
+    from runtime.model.backends import open_translator
 
     return open_translator(export_dir, backend, precision, threads=None)
 
@@ -186,7 +186,7 @@ def parity_inputs(manifest: dict[str, Any], k: int, seed: int = 0
     """K smooth synthetic spectrograms (K streams in one batch) and K drawn mask rows."""
     import torch
 
-    from runtime.masks import draw_masks
+    from runtime.model.masks import draw_masks
     from trainer.calibrate import synthetic_spectrograms
 
     spec = synthetic_spectrograms(k, torch.Generator().manual_seed(seed)).numpy()
@@ -195,7 +195,7 @@ def parity_inputs(manifest: dict[str, Any], k: int, seed: int = 0
 
 def check_parity(check: Check, export_dir: Path) -> None:
     from export.parity import relative_error, rms_relative_error
-    from runtime.manifest import load_export_manifest
+    from runtime.model.manifest import load_export_manifest
 
     manifest = load_export_manifest(export_dir)
     sizes = parity_sizes(manifest)
@@ -257,8 +257,8 @@ def _round(x: float) -> float | None:
 
 def model_latency(check: Check, export_dir: Path, reps: int) -> None:
     """Encoder on one window, generator on its K samples (the pipeline's model step)."""
-    from runtime.manifest import load_export_manifest
-    from runtime.masks import draw_masks
+    from runtime.model.manifest import load_export_manifest
+    from runtime.model.masks import draw_masks
 
     manifest = load_export_manifest(export_dir)
     spec, _ = parity_inputs(manifest, 1)
@@ -390,7 +390,7 @@ def main(argv: list[str]) -> int:
         export_dir = args.export or check.step("export", lambda: build_export(work,
                                                                             args.quick))
         if export_dir is not None:
-            from runtime.manifest import load_export_manifest
+            from runtime.model.manifest import load_export_manifest
 
             manifest = load_export_manifest(export_dir)
             check.results["export"] = {"path": str(export_dir),
@@ -407,7 +407,7 @@ def main(argv: list[str]) -> int:
             check.step("streams", lambda: streams(check, export_dir, work, args.quick))
     check.write()
     md_path = args.out / f"gpu-check-{name}.md"
-    from runtime.manifest import atomic_write_bytes
+    from runtime.artifacts import atomic_write_bytes
 
     table = markdown({**check.results, "elapsed_s": round(check.elapsed(), 1)})
     atomic_write_bytes(md_path, table.encode())

@@ -23,9 +23,9 @@ from benchmarks.streaming import close_stream, open_stream, stream_row
 from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import load_export_manifest
-from runtime.pipeline import Pipeline
-from runtime.precision import GPU_BACKENDS
+from runtime.model.manifest import load_export_manifest
+from runtime.model.precision import GPU_BACKENDS
+from runtime.serve.pipeline import Pipeline
 
 DEFAULT_WINDOWS = 300
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -85,7 +85,7 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
 def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str, Any],
                  threads: int, features: str = "auto") -> Any:
     """A translator for one row, or ``Skipped(reason)``. ``features``: where the log-mel
-    runs (``runtime.backends.open_translator``; PyTorch rows always use the host's)."""
+    runs (``runtime.model.backends.open_translator``; PyTorch rows always use the host's)."""
     if name.startswith("pytorch"):
         if features == "graph":
             raise Skipped("PyTorch rows compute the features on the host (runtime/frontend.py)")
@@ -102,9 +102,9 @@ def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str
         return EagerTranslator.from_checkpoint(checkpoint, manifest,
                                                "cuda" if name == "pytorch-cuda" else "cpu")
     try:
-        from runtime.backends import open_translator
+        from runtime.model.backends import open_translator
     except ImportError as exc:
-        raise Skipped(f"runtime.backends.open_translator is not available ({exc})") from exc
+        raise Skipped(f"runtime.model.backends.open_translator is not available ({exc})") from exc
     try:
         return open_translator(export_dir, backend=name, precision=precision,
                                threads=None if name in GPU_ROWS else threads,
@@ -264,7 +264,7 @@ def run(args: argparse.Namespace, work: Path,
                                              fp16=wants_fp16, int8=wants_int8)
     manifest = load_export_manifest(export_dir)
     front_end = FrontEndConfig.from_dict(manifest["front_end"])
-    from runtime.audio_io import load_audio
+    from runtime.audio.decode import load_audio
 
     audio_path = args.audio or demo_audio(work / "demo.wav", 60.0)
     audio = load_audio(audio_path, front_end.sample_rate)

@@ -7,7 +7,7 @@ before the consumer asked. Side by side in one run:
 
 - ``nonblocking``: protocol 1's recipe: ``RCVHWM = 1`` and a non-blocking drain (what a
   client of docs/PROTOCOL.md version 1 did);
-- ``subscriber``: ``runtime.client.Subscriber(newest_only=True)``: the same, but draining
+- ``subscriber``: ``runtime.wire.client.Subscriber(newest_only=True)``: the same, but draining
   until no message came for 20 ms (``DRAIN_TIMEOUT_S``).
 
     python -m benchmarks newest-only [--consumer 2.0] [--hop 0.25] [--frames 30]
@@ -28,9 +28,9 @@ import numpy as np
 import zmq
 
 from benchmarks import report
-from runtime.client import Subscriber
 from runtime.config import config_json, parse_config
-from runtime.protocol import DEFAULT_TOPIC, Publisher, decode_header, encode_frame
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import DEFAULT_TOPIC, Publisher, decode_header, encode_frame
 
 RESULTS = Path(__file__).parent / "results"
 

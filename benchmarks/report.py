@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.manifest import atomic_write_bytes, atomic_write_json
+from runtime.artifacts import atomic_write_bytes, atomic_write_json
 
 RESULTS_FORMAT = "s2i-latency-benchmark"
 RESULTS_VERSION = 1

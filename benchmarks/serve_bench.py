@@ -1,6 +1,6 @@
 """``python -m benchmarks serve``: how many real-time streams the real ``s2i-serve`` holds.
 
-One run starts the real server process (``python -m runtime.server``), a subscriber process
+One run starts the real server process (``python -m runtime.apps.serve``), a subscriber process
 that counts every frame (raw ZeroMQ SUB, headers only) and load processes (``--load-processes``,
 default 2) that play N paced capture streams over tcp://127.0.0.1 on real PUSH sockets, in
 blocks of ``--block-ms`` (default: ``s2i-capture``'s), their starts spread over one hop. Per N
@@ -41,7 +41,7 @@ import numpy as np
 from benchmarks import report
 from benchmarks.standin_serve import DEFAULT_STANDIN_MS
 from benchmarks.standin_serve import LABEL as STANDIN_LABEL
-from runtime.capture import CAPTURE_BLOCK_S
+from runtime.apps.capture import CAPTURE_BLOCK_S
 from runtime.errors import S2IError
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -85,7 +85,8 @@ def sensitive_export(out_dir: Path, width: float, embedding_dim: int, seed: int 
 def export_for(checkout: Path, export: Path) -> Path:
     """``export`` as an older checkout's runtime reads it: the same model files (linked), the
     manifest's ``version`` set to that runtime's ``EXPORT_VERSION`` (nothing else differs)."""
-    source = (checkout / "runtime" / "manifest.py").read_text()
+    source = next(p for p in (checkout / "runtime" / "model" / "manifest.py",
+                              checkout / "runtime" / "manifest.py") if p.exists()).read_text()
     match = re.search(r"^EXPORT_VERSION = (\d+)", source, re.MULTILINE)
     manifest = json.loads((export / "manifest.json").read_text())
     if match is None or int(match.group(1)) == manifest.get("version"):
@@ -121,7 +122,7 @@ def load_process(addresses: list[str], streams: list[int], total: int, seconds: 
     goes to server ``i % len(addresses)``, always on the same socket."""
     import zmq
 
-    from runtime.protocol import encode_audio
+    from runtime.wire.protocol import encode_audio
 
     ctx = zmq.Context()
     per_server = max(1, min(len(streams), shape.max_sockets) // len(addresses))
@@ -249,7 +250,7 @@ class Server:
     def __init__(self, export: Path, pythonpath: Path, hop_s: float, extra: list[str],
                  standin_ms: float | None = None, stats_file: Path | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(pythonpath), PYTHONUNBUFFERED="1")
-        entry = ["-m", "runtime.server"] if standin_ms is None else \
+        entry = ["-m", "runtime.apps.serve"] if standin_ms is None else \
             [str(HERE / "standin_serve.py"), "--standin-ms", str(standin_ms)]
         if stats_file is not None and "--stats-file" not in \
                 (pythonpath / "runtime" / "server.py").read_text():
@@ -465,9 +466,9 @@ def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: 
 def ceiling(export: Path, hop_s: float, time_cap_s: float, limit: int = 65536,
             precision: str = "fp32") -> dict[str, Any]:
     from benchmarks.throughput import max_streams
-    from runtime.backends import open_translator
     from runtime.frontend import FrontEndConfig
-    from runtime.pipeline import single_threaded_blas
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import single_threaded_blas
 
     single_threaded_blas()            # as the server's stages run it
     translator = open_translator(export, backend="onnxruntime-cpu", precision=precision)
@@ -667,7 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig
-    from runtime.manifest import load_export_manifest
+    from runtime.model.manifest import load_export_manifest
 
     rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
     top = ceiling(export, args.hop, args.ceiling_cap, limit=8 if args.quick else 65536,

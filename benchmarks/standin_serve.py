@@ -29,7 +29,7 @@ class ConstantTimeModel:
 
     def __init__(self, inner: Any, seconds: float, windows: int = 8) -> None:
         from runtime.frontend import FrontEndConfig, log_mel_batch
-        from runtime.masks import draw_masks
+        from runtime.model.masks import draw_masks
 
         self.manifest, self.dropout = inner.manifest, inner.dropout
         self.backend, self.seconds = f"stand-in-{seconds * 1000:g}ms", seconds
@@ -49,18 +49,19 @@ class ConstantTimeModel:
 
 
 def main(argv: list[str]) -> int:
-    import runtime.backends
-    from runtime.server import main as serve
+    import runtime.model.backends
+    from runtime.apps.serve import main as serve
 
     seconds = DEFAULT_STANDIN_MS / 1000
     if argv[:1] == ["--standin-ms"]:
         seconds, argv = float(argv[1]) / 1000, argv[2:]
-    real_open = runtime.backends.open_translator
+    real_open = runtime.model.backends.open_translator
 
     def open_standin(*args: Any, **kwargs: Any) -> ConstantTimeModel:
         return ConstantTimeModel(real_open(*args, **kwargs), seconds)
 
-    runtime.backends.open_translator = open_standin   # read at call time by runtime.options
+    # read at call time by runtime.serve.options
+    runtime.model.backends.open_translator = open_standin
     print(f"{LABEL} ({seconds * 1000:g} ms per batch)", file=sys.stderr, flush=True)
     return serve(argv)
 

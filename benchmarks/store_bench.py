@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from benchmarks.report import cpu_model
+from runtime.artifacts import atomic_write_json
 from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.frontend import from_uint8
-from runtime.manifest import atomic_write_json
 from trainer.data.prepare import build
 from trainer.data.prepare_common import PrepareOptions
 from trainer.data.store import Store

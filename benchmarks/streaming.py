@@ -5,7 +5,7 @@ Per 1-s window it measures the time from the window's last audio sample entering
 buffer (its capture stamp) to the generated image(s) being received by the subscriber. The
 chain is the runtime's own: ``AudioRing`` -> ``run_ring`` -> ``Pipeline`` (features, encoder,
 generator xK) -> PNG encoding -> ``Publisher`` (XPUB on tcp://127.0.0.1) ->
-``runtime.client.Subscriber``. Windows are paced by consumption (``ConsumptionFeeder``): the
+``runtime.wire.client.Subscriber``. Windows are paced by consumption (``ConsumptionFeeder``): the
 next hop of audio is written the moment the previous window's image arrives, so no window
 waits in a queue and hundreds of windows take seconds, not minutes; each window is still timed
 from its own capture stamp.
@@ -25,18 +25,18 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks import report
+from runtime.audio.ring import AudioRing
 from runtime.errors import S2IError
-from runtime.pipeline import Pipeline
-from runtime.protocol import DEFAULT_TOPIC, Publisher
-from runtime.ring import AudioRing
-from runtime.stages import run_ring
+from runtime.serve.pipeline import Pipeline
+from runtime.serve.stages import run_ring
+from runtime.wire.protocol import DEFAULT_TOPIC, Publisher
 
 ADDRESS = "tcp://127.0.0.1:*"
 
 
 def subscriber_process(address: str, topic: str, out: Any, stop: Any) -> None:
     """A real subscriber in its own process: every frame -> (stream, seq, stamps, timings)."""
-    from runtime.client import Subscriber
+    from runtime.wire.client import Subscriber
 
     try:
         with Subscriber(address, topic) as sub:
@@ -147,7 +147,7 @@ def stream_row(stream: Stream, pipeline: Pipeline, audio: np.ndarray, windows: i
     feeder = ConsumptionFeeder(ring, audio, pipeline.window, pipeline.hop)
     source = None
     if realtime_file is not None:
-        from runtime.sources import FileSource
+        from runtime.audio.sources import FileSource
 
         source = FileSource(ring.write, pipeline.sample_rate, str(realtime_file), loop=True)
     worker = threading.Thread(target=loop, name=f"loop-{stream_id}", daemon=True)

@@ -21,8 +21,8 @@ import numpy as np
 
 from benchmarks.report import summarize
 from runtime.frontend import FrontEndConfig, log_mel_batch
-from runtime.masks import draw_masks
-from runtime.protocol import sanitise_audio
+from runtime.model.masks import draw_masks
+from runtime.wire.protocol import sanitise_audio
 
 
 class Translator(Protocol):

@@ -23,8 +23,8 @@ from typing import Any
 from benchmarks import report
 from benchmarks.browser import WEBGPU, BrowserMissing, start_chromium
 from runtime.errors import S2IError
-from runtime.shipped import default_export
-from runtime.webapp import build_page, page_size, serving
+from runtime.model.shipped import default_export
+from runtime.web.app import build_page, page_size, serving
 
 DEFAULT_OUT = Path(__file__).parent / "results"
 READY_JS = """const done = arguments[arguments.length - 1];

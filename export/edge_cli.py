@@ -6,7 +6,7 @@ import argparse
 
 from export.int8 import AUTO_CALIBRATIONS, FORMATS, Int8Options
 from runtime.errors import S2IError
-from runtime.precision import BF16_REASON
+from runtime.model.precision import BF16_REASON
 
 
 def add_edge_args(parser: argparse.ArgumentParser) -> None:

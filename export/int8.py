@@ -4,7 +4,7 @@
 static quantizer (``onnxruntime.quantization.quantize_static``): weights INT8, activations
 UINT8, ranges measured on windows of the training store's train split, the generator's
 calibration inputs being the FP32 encoder's embeddings of those windows and masks drawn as the
-runtime draws them (``runtime.masks.draw_masks``).
+runtime draws them (``runtime.model.masks.draw_masks``).
 
 How the ranges are set matters more than anything else here. A few activations of the trained
 generator lie far above the rest; MinMax ranges stretch to them and leave the bulk a few
@@ -32,8 +32,8 @@ from export.manifest import onnx_entry
 from export.onnx_export import quiet_logger, stamp_onnx_file
 from export.parity import cpu_session
 from runtime.errors import S2IError
-from runtime.masks import draw_masks
-from runtime.precision import model_file, model_key
+from runtime.model.masks import draw_masks
+from runtime.model.precision import model_file, model_key
 
 FORMATS = ("qoperator", "qdq")
 GRAPHS = ("encoder", "generator")
@@ -268,7 +268,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
         selection = {"split": split, "windows": int(len(windows)),
                      "positions": [int(i) for i in chosen_from],
                      "same_as_calibration": skip == 0,
-                     "masks": f"runtime.masks.draw_masks, seed {options.seed + 3}"}
+                     "masks": f"runtime.model.masks.draw_masks, seed {options.seed + 3}"}
     fp32_nodes = {graph: output_layer(files[graph]) for graph in GRAPHS}
     out, choice = choose_calibration(folder, files, dropout, feeds, windows, fp32_nodes,
                                      options, log)
@@ -285,7 +285,7 @@ def export_int8(folder: Path, files: dict[str, Path], dropout: list[dict[str, An
         "calibration": {"store": str(path.resolve()), "store_fingerprint": store.fingerprint,
                         "split": split, "windows": int(len(spectrograms)),
                         "positions": [int(i) for i in picked],
-                        "masks": f"runtime.masks.draw_masks, seed {options.seed}",
+                        "masks": f"runtime.model.masks.draw_masks, seed {options.seed}",
                         "method": choice["method"],
                         **({"selection": {**selection, "psnr_vs_fp32": choice["candidates"]}}
                            if selection else {})},

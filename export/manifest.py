@@ -2,8 +2,8 @@
 
 Every model file listed gets its sha256 (``onnx_entry``; TensorRT engines in
 ``export.tensorrt_build``), and every ONNX file carries the S2I stamp in its metadata_props
-(``write_onnx(..., metadata=runtime.manifest.export_stamp(...))``, or ``stamp_onnx_file`` for
-a file another tool wrote): ``runtime.manifest.load_export_manifest`` refuses any file
+(``write_onnx(..., metadata=runtime.model.manifest.export_stamp(...))``, or ``stamp_onnx_file`` for
+a file another tool wrote): ``runtime.model.manifest.load_export_manifest`` refuses any file
 without them, whatever its precision.
 """
 
@@ -18,8 +18,9 @@ import onnxruntime
 import torch
 
 from export.onnx_export import describe_io
+from runtime.artifacts import sha256_file
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import EXPORT_FORMAT, EXPORT_VERSION, sha256_file
+from runtime.model.manifest import EXPORT_FORMAT, EXPORT_VERSION
 from trainer.models import DenseGenerator
 
 

@@ -35,7 +35,7 @@ def write_onnx(graph: nn.Module, example: tuple[torch.Tensor, ...], path: Path,
 
     ``dynamic`` maps input names to the name of their dynamic axis 0 (e.g. ``"batch"``);
     inputs sharing a name share one symbolic size. ``metadata`` goes into the file's
-    ``metadata_props`` (the S2I stamp: ``runtime.manifest.export_stamp``). Uses the
+    ``metadata_props`` (the S2I stamp: ``runtime.model.manifest.export_stamp``). Uses the
     torch.export-based exporter (the default since torch 2.9) and falls back to the
     TorchScript exporter (deprecated, still in torch 2.13) if that fails. The graph is
     written as one self-contained file.

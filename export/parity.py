@@ -18,8 +18,8 @@ import onnxruntime as ort
 import torch
 
 from runtime.frontend import FrontEndConfig, log_mel_batch
-from runtime.masks import draw_masks, ones_masks
-from runtime.precision import parse_model_key
+from runtime.model.masks import draw_masks, ones_masks
+from runtime.model.precision import parse_model_key
 from trainer.calibrate import synthetic_spectrograms
 from trainer.models import AudioEncoder, DenseGenerator
 
@@ -274,8 +274,8 @@ def check_engine_parity(encoder: AudioEncoder, generator: DenseGenerator, folder
     """TensorRT engines against PyTorch (same inputs and masks as ``check_parity``), one
     verdict per engine: an engine that fails to load or run gets ``ok: False`` and the
     error, the others are still checked."""
-    from runtime.backends import TrtModel
     from runtime.errors import first_line
+    from runtime.model.backends import TrtModel
 
     spectrogram, masks = parity_inputs(dropout, samples, seed)
     z_ref, image_ref = reference(encoder, generator, spectrogram, masks)

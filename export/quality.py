@@ -9,7 +9,7 @@
   test sounds with the same MC masks. Needs a store with real images; else skipped, said so.
 
 ``score_translator(encode, generate, ...)`` scores any backend given its two calls, so the
-same function serves ONNX Runtime sessions, ``runtime.backends`` translators or PyTorch.
+same function serves ONNX Runtime sessions, ``runtime.model.backends`` translators or PyTorch.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import numpy as np
 
 from export.parity import cpu_session
 from runtime.frontend import from_uint8
-from runtime.masks import draw_masks
+from runtime.model.masks import draw_masks
 
 Encode = Callable[[np.ndarray], np.ndarray]
 Generate = Callable[[np.ndarray, Sequence[np.ndarray]], np.ndarray]

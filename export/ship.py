@@ -1,7 +1,7 @@
 """``python -m export.ship EXPORT --keys KEY ... --out DIR``: a smaller copy of an export
 holding only the chosen model files, its manifest's ``models`` cut to them (every other
 field kept, ``shipped`` added), checked on both sides by ``load_export_manifest``. Used to
-make the demo model shipped in the package (``runtime/demo_export``, docs/WEB.md).
+make the demo model shipped in the package (``runtime/model/demo_export``, docs/WEB.md).
 """
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import shutil
 import sys
 from pathlib import Path
 
+from runtime.artifacts import atomic_dir, atomic_write_json
 from runtime.errors import S2IError, run_cli
-from runtime.manifest import atomic_dir, atomic_write_json, load_export_manifest
+from runtime.model.manifest import load_export_manifest
 
 
 def ship_export(export_dir: str | Path, keys: list[str], out_dir: str | Path) -> Path:

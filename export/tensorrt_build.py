@@ -15,10 +15,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from runtime.artifacts import atomic_write_bytes, sha256_file
 from runtime.errors import S2IError, first_line
-from runtime.gpu_env import cuda_device_info, tensorrt_unavailable_reason
-from runtime.manifest import atomic_write_bytes, sha256_file
-from runtime.precision import model_file, model_key
+from runtime.model.gpu_env import cuda_device_info, tensorrt_unavailable_reason
+from runtime.model.precision import model_file, model_key
 
 ENGINE_GRAPHS = ("encoder", "generator")          # the fused translator stays ONNX-only
 WORKSPACE_BYTES = 2 << 30

@@ -1,7 +1,7 @@
 """Export a GAN checkpoint: ONNX graphs (+FP16), parity checks, TensorRT engines, manifest.
 
 Everything is written into a temporary folder beside the output and renamed into place at
-the end (``runtime.manifest.atomic_dir``): an interrupted export or a failed parity check
+the end (``runtime.model.manifest.atomic_dir``): an interrupted export or a failed parity check
 leaves no half-written files, and a previous export at the same place stays intact.
 """
 
@@ -29,11 +29,11 @@ from export.manifest import build_manifest, dropout_spec, onnx_entry
 from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
 from export.tensorrt_build import build_engines
-from runtime.artifacts import check_replaceable
+from runtime.artifacts import atomic_dir, atomic_write_json, check_replaceable
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import EXPORT_FORMAT, atomic_dir, atomic_write_json, export_stamp
-from runtime.precision import model_file, model_key
+from runtime.model.manifest import EXPORT_FORMAT, export_stamp
+from runtime.model.precision import model_file, model_key
 from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 from trainer.run import RunFolder, find_checkpoint

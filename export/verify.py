@@ -8,12 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from export.parity import check_engine_parity, check_parity, describe
-from runtime.backends import open_translator
+from runtime.artifacts import sha256_file
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
-from runtime.gpu_env import tensorrt_unavailable_reason
-from runtime.manifest import load_export_manifest, sha256_file
-from runtime.precision import PRECISIONS, model_key
+from runtime.model.backends import open_translator
+from runtime.model.gpu_env import tensorrt_unavailable_reason
+from runtime.model.manifest import load_export_manifest
+from runtime.model.precision import PRECISIONS, model_key
 
 
 def verify_export(export_dir: Path, checkpoint: Path | None = None,
@@ -22,7 +23,7 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
     the manifest names, whose sha256 must match). ONNX files run on ONNX Runtime CPU;
     TensorRT engines where TensorRT and a GPU exist (else one ``skipped`` line each).
     First the runtime's own checks: the export is opened on ONNX Runtime CPU in every
-    precision it has (``runtime.backends.open_translator``), so what verify passes the
+    precision it has (``runtime.model.backends.open_translator``), so what verify passes the
     runtime loads. ONNX Runtime errors are one ``S2IError`` line."""
     from export.translator import load_networks
 

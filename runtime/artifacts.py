@@ -12,8 +12,13 @@ without recursion, and is also run over every checkpoint's unpickled contents.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
-from collections.abc import Mapping
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,3 +168,77 @@ def check_replaceable(out: str | Path, what: str, fmt: str | None = None,
                        f"{fmt!r}); it is left untouched, choose another --out")
     if not overwrite:
         raise S2IError(f"{out} already exists; pass --overwrite to replace it")
+
+
+# --- writing: atomic files and folders, hashes -------------------------------------------
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; look like an ordinary file
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+@contextlib.contextmanager
+def atomic_dir(final_path: str | Path, replace: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory beside ``final_path``; move it into place on success.
+
+    On any exception the temporary directory is removed and ``final_path`` is untouched.
+    """
+    final_path = Path(final_path)
+    parent = final_path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise S2IError(f"cannot create output folder {parent}: {exc.strerror}") from exc
+    if not os.access(parent, os.W_OK):
+        raise S2IError(f"output folder {parent} is not writable")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".partial", dir=parent))
+    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like a mkdir
+    try:
+        yield tmp
+        if final_path.exists():
+            if not replace:
+                raise S2IError(f"{final_path} already exists")
+            old = parent / f".{final_path.name}.old-{os.getpid()}"
+            os.replace(final_path, old)
+            try:
+                os.replace(tmp, final_path)
+            except BaseException:
+                os.replace(old, final_path)     # put the previous result back
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final_path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

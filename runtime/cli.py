@@ -79,7 +79,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
 def raise_on_signals() -> Iterator[None]:
     """For a command that works in one go (``python -m export``): SIGINT raises
     ``KeyboardInterrupt`` and SIGTERM ``runtime.errors.Terminated`` in the main thread, so the
-    stack unwinds (``runtime.manifest.atomic_dir`` removes its ``.partial`` folder) and
+    stack unwinds (``runtime.model.manifest.atomic_dir`` removes its ``.partial`` folder) and
     ``runtime.errors.run_cli`` prints one line. The first signal makes both ignored from then
     on, so that clean-up is not itself interrupted; without one the old handlers come back."""
     from runtime.errors import Terminated

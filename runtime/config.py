@@ -27,8 +27,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from runtime.artifacts import atomic_write_json
 from runtime.errors import S2IError
-from runtime.manifest import atomic_write_json
 
 T = TypeVar("T")
 

@@ -15,7 +15,7 @@ class S2IError(Exception):
 
 class Terminated(KeyboardInterrupt):
     """SIGTERM as an exception (``runtime.cli.raise_on_signals``): it unwinds like Ctrl-C, so
-    ``finally`` blocks and ``runtime.manifest.atomic_dir`` remove what was half written."""
+    ``finally`` blocks and ``runtime.model.manifest.atomic_dir`` remove what was half written."""
 
 
 def first_line(exc: BaseException, with_type: bool = False) -> str:

@@ -69,7 +69,7 @@ install)
     "$PYTHON" -m pip uninstall -y onnxruntime >/dev/null 2>&1 || true
     "$PYTHON" -m pip install --no-index --find-links "$dir" --no-deps "$dir"/*.whl
     "$PYTHON" -m pip install --no-index --find-links "$dir" --no-deps -e ".[$extras]"
-    "$PYTHON" -c "from runtime.gpu_env import environment; import json; \
+    "$PYTHON" -c "from runtime.model.gpu_env import environment; import json; \
 print(json.dumps(environment(), indent=1))"
     ;;
 *)

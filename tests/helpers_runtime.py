@@ -17,8 +17,9 @@ import numpy as np
 import soundfile as sf
 
 BIN = Path(sys.executable).parent
-SCRIPTS = {"s2i-stream": "runtime.stream", "s2i-serve": "runtime.server",
-           "s2i-capture": "runtime.capture", "s2i-view": "runtime.view", "s2i-keys": "runtime.keys"}
+SCRIPTS = {"s2i-stream": "runtime.apps.stream", "s2i-serve": "runtime.apps.serve",
+           "s2i-capture": "runtime.apps.capture", "s2i-view": "runtime.apps.view",
+           "s2i-keys": "runtime.apps.keys"}
 
 
 def tiny_export(tmp_path_factory) -> Path:

@@ -25,9 +25,9 @@ from helpers_export import make_tiny_checkpoint, make_tiny_export
 from export.translator import export_translator
 from export.verify import verify_export
 from runtime.artifacts import load_json
-from runtime.backends import open_translator
 from runtime.errors import S2IError
-from runtime.manifest import load_export_manifest
+from runtime.model.backends import open_translator
+from runtime.model.manifest import load_export_manifest
 from trainer.checkpoint import load_checkpoint, load_translator, read_state, save_checkpoint, seal
 from trainer.data.store import Store
 

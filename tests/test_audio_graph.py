@@ -21,14 +21,14 @@ from export.logmel import LogMel
 from export.onnx_export import op_types, write_onnx
 from export.parity import FEATURE_TOLERANCE
 from export.translator import export_translator
-from runtime.backends import open_translator
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, log_mel_batch, pad_or_trim
-from runtime.manifest import STAMP_FINGERPRINT
-from runtime.masks import draw_masks
-from runtime.onnx_metadata import read_onnx_metadata
-from runtime.pipeline import Batch, Pipeline, Window
-from runtime.protocol import images_to_uint8, sanitise_audio
+from runtime.model.backends import open_translator
+from runtime.model.manifest import STAMP_FINGERPRINT
+from runtime.model.masks import draw_masks
+from runtime.model.onnx_metadata import read_onnx_metadata
+from runtime.serve.pipeline import Batch, Pipeline, Window
+from runtime.wire.protocol import images_to_uint8, sanitise_audio
 
 # Real recordings on any machine with this Python: CPython's own test sounds (a plucked
 # string, recorded; 16/24/32-bit PCM at 11025 Hz, stereo).

@@ -1,4 +1,4 @@
-"""runtime.backends: open an export on ONNX Runtime, check inputs, refuse bad exports."""
+"""runtime.model.backends: open an export on ONNX Runtime, check inputs, refuse bad exports."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from helpers_export import make_tiny_checkpoint, make_tiny_export
 
 from export.parity import relative_error, rms_relative_error
 from export.translator import export_translator
-from runtime.backends import list_backends, open_translator, tensorrt_unavailable_reason
 from runtime.errors import S2IError
-from runtime.masks import draw_masks, ones_masks
+from runtime.model.backends import list_backends, open_translator, tensorrt_unavailable_reason
+from runtime.model.masks import draw_masks, ones_masks
 from trainer.calibrate import synthetic_spectrograms
 from trainer.checkpoint import load_checkpoint
 from trainer.models import AudioEncoder, DenseGenerator
@@ -160,7 +160,7 @@ def test_translate_window_fused_and_unfused_agree(export_dir: Path, tmp_path: Pa
 
 
 def test_runtime_backends_do_not_import_torch() -> None:
-    code = ("import sys, runtime.backends, runtime.masks; "
+    code = ("import sys, runtime.model.backends, runtime.model.masks; "
             "sys.exit(1 if 'torch' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
@@ -209,7 +209,7 @@ def test_manifest_that_does_not_match_the_models_fails_at_load(export_dir: Path,
     def unknown_mask(m: dict) -> None:
         m["dropout"][5]["input"] = "mask9"
 
-    # the manifest's dropout is checked against the stamp in the ONNX files (runtime.manifest)
+    # the manifest's dropout is checked against the stamp in the ONNX files (runtime.model.manifest)
     cases = [(more_channels, r"dropout differs from the one \w+\.onnx was exported with "
                              r"\(mask2 p [\d.]+ x \d+ in manifest\.json, mask2 p [\d.]+ x \d+ in"),
              (other_dim, rf"input embedding has {D} channels, the manifest says {D - 1}"),

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 from helpers_export import make_tiny_export
 
-from runtime.backends import open_translator
-from runtime.masks import draw_masks, ones_masks
+from runtime.model.backends import open_translator
+from runtime.model.masks import draw_masks, ones_masks
 
 
 def grey_levels(images: np.ndarray) -> np.ndarray:

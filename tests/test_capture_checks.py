@@ -9,9 +9,9 @@ import socket
 import pytest
 from helpers_runtime import run_cli, write_tone_wav
 
-from runtime.capture import default_stream_id
+from runtime.apps.capture import default_stream_id
 from runtime.errors import S2IError
-from runtime.protocol import check_audio_values
+from runtime.wire.protocol import check_audio_values
 
 
 def test_values_the_server_refuses_are_one_line_errors(tmp_path):

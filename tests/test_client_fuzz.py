@@ -16,10 +16,10 @@ import zmq
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runtime.client import Subscriber
 from runtime.errors import S2IError
-from runtime.images import png_bytes
-from runtime.protocol import Publisher, decode_frame, decode_header, encode_frame
+from runtime.wire.client import Subscriber
+from runtime.wire.images import png_bytes
+from runtime.wire.protocol import Publisher, decode_frame, decode_header, encode_frame
 
 NASTY_HEADERS = [b"NaN", b'{"protocol": 2, "seq": NaN}', b'{"protocol": 2, "x": -Infinity}',
                  b'{"protocol": 2, "seq": 1e999}', b"9" * 5000,

@@ -17,11 +17,11 @@ import pytest
 import zmq
 from helpers_runtime import CLI, run_cli, write_tone_wav
 
-from runtime.client import Backoff, Subscriber
+from runtime.apps.keys import make_key_pair
 from runtime.errors import S2IError
-from runtime.keys import make_key_pair
-from runtime.protocol import Publisher, decode_audio, encode_frame
-from runtime.security import NODES_DOMAIN, SUBSCRIBERS_DOMAIN, ClientKeys, ServerSecurity
+from runtime.wire.client import Backoff, Subscriber
+from runtime.wire.protocol import Publisher, decode_audio, encode_frame
+from runtime.wire.security import NODES_DOMAIN, SUBSCRIBERS_DOMAIN, ClientKeys, ServerSecurity
 
 IMAGES = np.full((1, 4, 4, 3), 50, np.uint8)
 

@@ -26,11 +26,11 @@ ray = pytest.importorskip("ray", reason="ray[serve] is not installed (pip instal
 serve = pytest.importorskip("ray.serve",
                             reason="ray[serve] is not installed (pip install 's2i[cluster]')")
 
-from runtime.backends import open_translator  # noqa: E402
 from runtime.cluster import open_cluster_translator  # noqa: E402
 from runtime.errors import S2IError  # noqa: E402
 from runtime.frontend import FrontEndConfig, log_mel  # noqa: E402
-from runtime.masks import draw_masks  # noqa: E402
+from runtime.model.backends import open_translator  # noqa: E402
+from runtime.model.masks import draw_masks  # noqa: E402
 
 APP = "s2i"
 CONFIG = Path(__file__).parents[1] / "deploy" / "serve.yaml"
@@ -175,7 +175,7 @@ class Front:
         import zmq
         from helpers_runtime import CLI
 
-        from runtime.client import Subscriber
+        from runtime.wire.client import Subscriber
 
         self.samples, self.seed = samples, seed
         self.cli = CLI("s2i-serve", "--cluster", spec or cluster.spec, "--bind",
@@ -194,7 +194,7 @@ class Front:
 
     def send(self, audio: np.ndarray, rate: int, start_seq: int, block_s: float = 0.25,
              pace: bool = True) -> None:
-        from runtime.protocol import encode_audio
+        from runtime.wire.protocol import encode_audio
 
         block = int(rate * block_s)
         for i, begin in enumerate(range(0, len(audio), block)):

@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper
 from export.conv_rewrite import rewrite_file, rewrite_model
 from export.onnx_export import op_types
 from export.translator import export_translator
-from runtime.masks import draw_masks
+from runtime.model.masks import draw_masks
 from trainer.checkpoint import load_translator
 
 

@@ -1,5 +1,5 @@
 """Frame encodings (png with a compression level, lossy jpeg with a quality, raw): every one
-round-trips through a real PUB socket into ``runtime.client.Subscriber`` and ``s2i-view``;
+round-trips through a real PUB socket into ``runtime.wire.client.Subscriber`` and ``s2i-view``;
 bad knobs and mislabelled payloads are one-line errors; the encodings benchmark runs."""
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from PIL import Image
 
 from benchmarks.encodings import main as encodings_main
 from benchmarks.encodings import synthetic_images
-from runtime.client import Subscriber
 from runtime.errors import S2IError
-from runtime.protocol import (
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import (
     ENCODINGS,
     Publisher,
     decode_frame,

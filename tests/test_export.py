@@ -19,9 +19,10 @@ from export.onnx_export import FORBIDDEN_OPS, op_types
 from export.parity import relative_error, rms_relative_error
 from export.tensorrt_build import why_no_tensorrt
 from export.translator import export_translator
+from runtime.artifacts import sha256_file
 from runtime.errors import S2IError, run_cli
-from runtime.manifest import load_export_manifest, sha256_file
-from runtime.masks import draw_masks, ones_masks
+from runtime.model.manifest import load_export_manifest
+from runtime.model.masks import draw_masks, ones_masks
 from trainer.calibrate import synthetic_spectrograms
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.models import DROPOUT_P, AudioEncoder, DenseGenerator

@@ -101,7 +101,7 @@ def test_running_reference_follows_the_loudest_and_decays() -> None:
 
 def test_pipeline_keeps_one_running_reference_per_stream() -> None:
     """A loud stream does not darken a quiet one: each stream has its own reference."""
-    from runtime.pipeline import Pipeline, Window
+    from runtime.serve.pipeline import Pipeline, Window
 
     translator = SimpleNamespace(manifest={"front_end": CLIP.to_dict(), "dropout": []},
                                  dropout=[])

@@ -20,9 +20,9 @@ from helpers_export import make_tiny_export
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runtime.backends import open_translator
 from runtime.errors import S2IError
-from runtime.manifest import load_export_manifest
+from runtime.model.backends import open_translator
+from runtime.model.manifest import load_export_manifest
 from trainer.checkpoint import load_checkpoint, read_state, save_checkpoint, seal
 
 pytestmark = pytest.mark.filterwarnings("ignore:Duplicate name")   # crafted zips

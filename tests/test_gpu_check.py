@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import gpu_check
-from runtime.backends import list_backends
+from runtime.model.backends import list_backends
 
 GPU_ROWS = {("onnxruntime-cuda", "fp32"), ("onnxruntime-cuda", "fp16"), ("tensorrt", "fp32"),
             ("tensorrt", "fp16")}

@@ -1,4 +1,4 @@
-"""runtime.gpu_env and the install matrix: one ONNX Runtime build, reasons that name the real
+"""runtime.model.gpu_env and the install matrix: one ONNX Runtime build, reasons that name the real
 cause, ``auto`` falling back with a logged reason. Runs on CPU machines (the GPU cases are
 stood in for by fake packages on sys.path); skips what a real GPU stack here would change."""
 
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from helpers_export import make_tiny_export
 
-from runtime import backends, gpu_env
 from runtime.errors import S2IError
+from runtime.model import backends, gpu_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +161,7 @@ def test_auto_falls_back_when_cuda_is_listed_but_cannot_load(
 
 def test_without_onnxruntime_runtime_imports_and_says_which_extra(export_dir: Path) -> None:
     code = ("import sys; sys.modules['onnxruntime'] = None\n"
-            "from runtime.backends import open_translator\n"
+            "from runtime.model.backends import open_translator\n"
             "from runtime.errors import S2IError\n"
             "try:\n"
             f"    open_translator({str(export_dir)!r}, 'onnxruntime-cpu')\n"

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import zmq
 
-from runtime.audio_io import StreamResampler
-from runtime.ingress import RESAMPLE_PIECE_S, NetworkIngress
-from runtime.protocol import encode_audio
+from runtime.audio.decode import StreamResampler
+from runtime.serve.ingress import RESAMPLE_PIECE_S, NetworkIngress
+from runtime.wire.protocol import encode_audio
 
 MODEL_RATE = 16000
 
@@ -59,7 +59,7 @@ def test_resampling_in_pieces_equals_block_by_block(ingress):
 
 def test_nan_at_the_model_rate_is_left_to_the_features_and_zeroed_when_resampled(ingress):
     from runtime.frontend import FrontEndConfig, log_mel_batch
-    from runtime.protocol import sanitise_audio
+    from runtime.wire.protocol import sanitise_audio
 
     hostile = np.full(MODEL_RATE, 0.25, np.float32)
     hostile[::97], hostile[5::101] = np.nan, np.inf

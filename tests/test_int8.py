@@ -15,10 +15,10 @@ from helpers_export import make_tiny_checkpoint
 from export.__main__ import main as export_main
 from export.int8 import AUTO_CALIBRATIONS, Int8Options
 from export.translator import export_translator
-from runtime.backends import open_translator
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig, log_mel_batch
-from runtime.masks import draw_masks
+from runtime.model.backends import open_translator
+from runtime.model.masks import draw_masks
 from trainer.data.demo_data import build_demo_store
 
 

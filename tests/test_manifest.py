@@ -16,16 +16,16 @@ import onnx
 import pytest
 from helpers_export import make_tiny_export
 
-from runtime.backends import open_translator
+from runtime.artifacts import sha256_file
 from runtime.errors import S2IError
-from runtime.manifest import (
+from runtime.model.backends import open_translator
+from runtime.model.manifest import (
     STAMP_FINGERPRINT,
     STAMP_FRONT_END,
     export_stamp,
     load_export_manifest,
-    sha256_file,
 )
-from runtime.onnx_metadata import read_onnx_metadata
+from runtime.model.onnx_metadata import read_onnx_metadata
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_bad_front_end_through_the_cli_is_one_line_no_traceback(export: Path,
     """The issue: sample_rate 0 or "abc", hop_ms 0, n_fft null gave tracebacks."""
     for i, values in enumerate(({"sample_rate": "abc"}, {"hop_ms": 0}, {"n_fft": None})):
         bad = edited(export, tmp_path / f"bad{i}", front_end(**values))
-        result = subprocess.run([sys.executable, "-m", "runtime.stream", "--export", str(bad),
+        result = subprocess.run([sys.executable, "-m", "runtime.apps.stream", "--export", str(bad),
                                  "--file", str(tmp_path / "any.wav")],
                                 capture_output=True, text=True, timeout=120)
         lines = result.stderr.strip().splitlines()

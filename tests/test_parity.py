@@ -19,9 +19,9 @@ from onnx import numpy_helper
 
 from export.__main__ import main as export_main
 from export.parity import SENSITIVITY_MIN, parity_inputs, reference, sensitivity
+from runtime.artifacts import sha256_file
 from runtime.errors import S2IError, run_cli
-from runtime.manifest import sha256_file
-from runtime.masks import draw_masks
+from runtime.model.masks import draw_masks
 from trainer.calibrate import calibrate_batchnorm
 from trainer.models import AudioEncoder, DenseGenerator
 

@@ -15,10 +15,12 @@ import pytest
 import soundfile as sf
 import zmq
 
-from runtime.audio_io import StreamResampler, load_audio
-from runtime.client import Subscriber
+from runtime.audio.decode import StreamResampler, load_audio
+from runtime.audio.ring import AudioRing
+from runtime.audio.sources import FileSource, StdinSource, file_windows
 from runtime.errors import S2IError
-from runtime.protocol import (
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import (
     Publisher,
     decode_audio,
     decode_frame,
@@ -27,8 +29,6 @@ from runtime.protocol import (
     images_to_uint8,
     uncertainty_map,
 )
-from runtime.ring import AudioRing
-from runtime.sources import FileSource, StdinSource, file_windows
 
 
 def tone(seconds: float, rate: int, freq: float = 440.0, channels: int = 1) -> np.ndarray:
@@ -228,7 +228,7 @@ def test_runtime_never_imports_torch():
     code = ("import importlib, pkgutil, sys, runtime; "
             "names = [m.name for m in pkgutil.walk_packages(runtime.__path__, 'runtime.')]; "
             "[importlib.import_module(n) for n in names]; "
-            "assert 'runtime.stream' in names and 'runtime.cluster.bridge' in names, names; "
+            "assert 'runtime.apps.stream' in names and 'runtime.cluster.bridge' in names, names; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('torch', 'trainer', 'export')]; "
             "assert not bad, bad")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -369,7 +369,7 @@ def test_publisher_counts_only_its_topic_and_sees_unsubscribes():
 
 
 def test_capture_queue_drains_its_last_blocks():
-    from runtime.capture import BlockQueue
+    from runtime.apps.capture import BlockQueue
 
     blocks = BlockQueue(maxsize=3)
     for i in range(5):                               # the two oldest are dropped

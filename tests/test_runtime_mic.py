@@ -10,8 +10,8 @@ import pytest
 from helpers_pulse import null_sink_server
 from helpers_runtime import CLI, run_cli, tiny_export, write_tone_wav
 
-from runtime.client import Subscriber
 from runtime.errors import S2IError
+from runtime.wire.client import Subscriber
 
 pytest.importorskip("pyaudio", reason="PyAudio is not installed (pip install s2i[mic])")
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"

@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from runtime.errors import S2IError
-from runtime.protocol import (
+from runtime.wire.protocol import (
     HELLO_INTERVAL_S,
     PROTOCOL_VERSION,
     SESSION_ID,
@@ -59,8 +59,8 @@ def test_audio_is_sanitised_and_levels_are_finite_and_consistent():
 def test_hostile_audio_through_the_pipeline_gives_strict_json(tmp_path_factory):
     from helpers_runtime import sensitive_export
 
-    from runtime.backends import open_translator
-    from runtime.pipeline import Pipeline
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import Pipeline
 
     pipeline = Pipeline(open_translator(sensitive_export(tmp_path_factory),
                                         backend="onnxruntime-cpu"), samples=2, uncertainty=True)
@@ -84,7 +84,7 @@ def test_hostile_audio_through_the_pipeline_gives_strict_json(tmp_path_factory):
     audio = encode_audio("node", 0, np.zeros(4, np.float32), 16000, time.time())
     assert strict_json(audio[1])["protocol"] == 2
     v1 = dict(strict_json(audio[1]), protocol=1)
-    from runtime.protocol import decode_audio
+    from runtime.wire.protocol import decode_audio
     assert decode_audio([audio[0], json.dumps(v1).encode(), audio[2]])[0]["protocol"] == 1
     with pytest.raises(S2IError, match="protocol 1; this client reads version 2"):
         decode_header([b"s2i", json.dumps({"kind": "frame", "protocol": 1}).encode()])
@@ -137,7 +137,7 @@ def test_a_subscription_flood_costs_an_innocent_subscriber_no_frame():
 
 
 def test_end_follows_the_last_frame_and_carries_its_seq():
-    from runtime.client import Subscriber
+    from runtime.wire.client import Subscriber
 
     ctx = zmq.Context()
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"})
@@ -174,7 +174,7 @@ def test_newest_only_subscriber_gets_the_newest_frame():
 
 
 def test_ingress_reports_stopped_and_expired_streams():
-    from runtime.ingress import NetworkIngress
+    from runtime.serve.ingress import NetworkIngress
 
     ends = []
     ctx = zmq.Context()

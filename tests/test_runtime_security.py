@@ -13,11 +13,11 @@ import pytest
 import zmq
 from helpers_runtime import CLI, run_cli, sensitive_export, write_tone_wav
 
-from runtime.client import Subscriber
+from runtime.apps.keys import make_key_pair
 from runtime.errors import S2IError
-from runtime.keys import make_key_pair
-from runtime.protocol import encode_audio
-from runtime.security import ClientKeys, check_address, is_loopback
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import encode_audio
+from runtime.wire.security import ClientKeys, check_address, is_loopback
 
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"
 

@@ -18,7 +18,7 @@ import zmq
 from helpers_runtime import CLI, run_cli, tiny_export, write_tone_wav
 from PIL import Image
 
-from runtime.client import Subscriber
+from runtime.wire.client import Subscriber
 
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"
 
@@ -115,8 +115,8 @@ def test_capture_and_generation_in_separate_processes(export, tmp_path):
 
 
 def test_pipeline_library_silence_clipping_and_seeds(export):
-    from runtime.backends import open_translator
-    from runtime.pipeline import Pipeline
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import Pipeline
 
     translator = open_translator(export, backend="onnxruntime-cpu")
     rng = np.random.default_rng(0)
@@ -148,7 +148,7 @@ def test_stdin_pcm_and_a_dead_subscriber(export, tmp_path):
         # A second subscriber in its own process takes a frame and dies without closing.
         dead = subprocess.Popen(
             [sys.executable, "-c",
-             "import os, sys; from runtime.client import Subscriber; "
+             "import os, sys; from runtime.wire.client import Subscriber; "
              "s = Subscriber(sys.argv[1]); s.wait_ready(20); s.receive(30); os._exit(0)",
              address])
         with Subscriber(address) as sub:
@@ -297,8 +297,8 @@ def run_network_loop(pipeline, messages, done, timeout=60.0, **options):
     ``done(loop, published)``; returns (loop, published headers)."""
     import threading
 
-    from runtime.engine import NetworkLoop
-    from runtime.protocol import Publisher
+    from runtime.serve.engine import NetworkLoop
+    from runtime.wire.protocol import Publisher
 
     ctx = zmq.Context()
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
@@ -329,9 +329,9 @@ def run_network_loop(pipeline, messages, done, timeout=60.0, **options):
 
 
 def test_network_loop_skips_to_the_newest_window_when_the_model_is_slow(export):
-    from runtime.backends import open_translator
-    from runtime.pipeline import Pipeline
-    from runtime.protocol import encode_audio
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import Pipeline
+    from runtime.wire.protocol import encode_audio
 
     slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.3)
     pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
@@ -355,9 +355,9 @@ def test_network_loop_skips_to_the_newest_window_when_the_model_is_slow(export):
 
 
 def test_network_loop_logs_and_ignores_malformed_audio(export, capsys):
-    from runtime.backends import open_translator
-    from runtime.pipeline import Pipeline
-    from runtime.protocol import encode_audio
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import Pipeline
+    from runtime.wire.protocol import encode_audio
 
     pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), encoding="raw")
     rate = pipeline.sample_rate

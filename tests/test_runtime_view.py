@@ -112,7 +112,7 @@ def _publish_until_received(publisher, parts_list, view, pattern: str) -> None:
 def test_view_skips_bad_frames_and_keeps_stream_ids_inside_out(tmp_path):
     import zmq
 
-    from runtime.protocol import Publisher, encode_frame
+    from runtime.wire.protocol import Publisher, encode_frame
 
     ctx = zmq.Context()
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"})
@@ -142,7 +142,7 @@ def test_view_skips_bad_frames_and_keeps_stream_ids_inside_out(tmp_path):
 
 
 def test_safe_stream_names():
-    from runtime.view import safe_stream_name
+    from runtime.apps.view import safe_stream_name
 
     assert safe_stream_name("../escaped") == "_escaped"
     assert safe_stream_name("node-a.1_x") == "node-a.1_x"
@@ -157,8 +157,8 @@ def test_web_page_serves_the_frame_it_asked_for(tmp_path):
     import urllib.request
     from http.server import ThreadingHTTPServer
 
-    from runtime.protocol import decode_frame, encode_frame
-    from runtime.view import LatestFrame, make_handler
+    from runtime.apps.view import LatestFrame, make_handler
+    from runtime.wire.protocol import decode_frame, encode_frame
 
     latest = LatestFrame()
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), make_handler(latest))
@@ -195,8 +195,8 @@ def test_web_page_serves_the_frame_it_asked_for(tmp_path):
 
 
 def test_a_long_stream_id_still_gives_writable_file_names(tmp_path):
-    from runtime.protocol import decode_frame, encode_frame
-    from runtime.view import MAX_NAME_CHARS, safe_stream_name, write_frame
+    from runtime.apps.view import MAX_NAME_CHARS, safe_stream_name, write_frame
+    from runtime.wire.protocol import decode_frame, encode_frame
 
     long_ids = ["s" * 250, "s" * 249 + "t", "../" * 90]
     names = [safe_stream_name(s) for s in long_ids]
@@ -217,7 +217,8 @@ def test_slow_and_idle_connections_do_not_starve_the_page():
     import threading
     import urllib.request
 
-    from runtime.view import LatestFrame, PageServer, make_handler
+    from runtime.apps.view import LatestFrame, make_handler
+    from runtime.web.server import PageServer
 
     slots = 4
     httpd = PageServer(("127.0.0.1", 0), make_handler(LatestFrame(), timeout_s=3.0),
@@ -259,7 +260,7 @@ def test_slow_and_idle_connections_do_not_starve_the_page():
 def test_the_gate_keeps_a_bounded_number_of_waiting_connections():
     import socket
 
-    from runtime.view import RequestGate
+    from runtime.apps.view import RequestGate
 
     ready = []
     gate = RequestGate(lambda sock, address, head: ready.append((sock, head)), deadline_s=60,
@@ -290,8 +291,8 @@ def test_the_gate_keeps_a_bounded_number_of_waiting_connections():
 def test_latest_json_is_always_strict_json():
     """A hostile uncertainty_scale (1e308, an int of 400 digits) made /latest.json carry
     Infinity (invalid JSON) or an OverflowError in the receive loop."""
-    from runtime.protocol import decode_frame, encode_frame
-    from runtime.view import LatestFrame
+    from runtime.apps.view import LatestFrame
+    from runtime.wire.protocol import decode_frame, encode_frame
 
     images = np.full((2, 8, 8, 3), 100, np.uint8)
     unc = np.full((8, 8), 200, np.uint8)
@@ -307,8 +308,8 @@ def test_latest_json_is_always_strict_json():
 
 
 def test_uncertainty_is_stretched_for_the_page():
-    from runtime.protocol import decode_frame, encode_frame
-    from runtime.view import LatestFrame
+    from runtime.apps.view import LatestFrame
+    from runtime.wire.protocol import decode_frame, encode_frame
 
     images = np.full((2, 8, 8, 3), 100, np.uint8)
     unc = np.zeros((8, 8), np.uint8)

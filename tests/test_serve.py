@@ -17,8 +17,8 @@ import pytest
 import zmq
 from helpers_runtime import CLI, run_cli, tiny_export
 
-from runtime.client import Subscriber
-from runtime.protocol import encode_audio
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import encode_audio
 
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"
 RATE = 16000
@@ -37,8 +37,8 @@ def sounds() -> list[np.ndarray]:
 
 
 def test_a_mixed_batch_gives_each_stream_its_own_image(export):
-    from runtime.backends import open_translator
-    from runtime.pipeline import Pipeline, Window
+    from runtime.model.backends import open_translator
+    from runtime.serve.pipeline import Pipeline, Window
 
     k = 2
     pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), samples=k,
@@ -77,10 +77,10 @@ class SlowTranslator:
 
 
 def test_streams_keep_their_seq_and_positions_under_batching(export):
-    from runtime.backends import open_translator
-    from runtime.engine import NetworkLoop
-    from runtime.pipeline import Pipeline
-    from runtime.protocol import Publisher
+    from runtime.model.backends import open_translator
+    from runtime.serve.engine import NetworkLoop
+    from runtime.serve.pipeline import Pipeline
+    from runtime.wire.protocol import Publisher
 
     slow = SlowTranslator(open_translator(export, backend="onnxruntime-cpu"), delay=0.15)
     pipeline = Pipeline(slow, hop_seconds=0.25, encoding="raw")
@@ -227,7 +227,7 @@ def test_hostile_messages_cost_only_themselves(export):
 
 SLOW_SERVER = """
 import sys, time
-import runtime.options as options
+import runtime.serve.options as options
 real = options.open_translator_from_args
 
 class Blocking:
@@ -241,7 +241,7 @@ class Blocking:
         time.sleep(60)
 
 options.open_translator_from_args = lambda args: Blocking(real(args))
-from runtime.server import main
+from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -281,9 +281,9 @@ def test_sigterm_ends_the_server_within_a_second_in_every_state(export):
 EXPIRY_SCRIPT = """
 import sys, time
 import numpy as np, zmq
-from runtime import memory
-from runtime.ingress import NetworkIngress
-from runtime.protocol import encode_audio
+from runtime.serve import memory
+from runtime.serve.ingress import NetworkIngress
+from runtime.wire.protocol import encode_audio
 
 if not memory._glibc():
     print("skip"); sys.exit(0)

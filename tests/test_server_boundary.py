@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 import zmq
 
+from runtime.apps.keys import make_key_pair
 from runtime.errors import S2IError
-from runtime.ingress import PULL_RCVHWM, NetworkIngress
-from runtime.keys import make_key_pair
-from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, decode_audio, encode_audio
-from runtime.security import NODES_DOMAIN, ServerSecurity, load_secret
+from runtime.serve.ingress import PULL_RCVHWM, NetworkIngress
+from runtime.wire.protocol import MAX_AUDIO_PAYLOAD_BYTES, decode_audio, encode_audio
+from runtime.wire.security import NODES_DOMAIN, ServerSecurity, load_secret
 
 RATE = 16000
 BLOCK = np.zeros(800, np.float32)
@@ -214,7 +214,7 @@ def test_the_window_is_the_audio_that_ends_at_position_s(ctx):
 RECEIVER = """
 import sys, time
 import zmq
-from runtime.ingress import NetworkIngress
+from runtime.serve.ingress import NetworkIngress
 
 def rss_mb():
     for line in open("/proc/self/status"):
@@ -298,7 +298,7 @@ def test_a_broken_key_file_costs_only_itself(tmp_path, capsys):
         pull = ctx.socket(zmq.PULL)
         security.secure(pull, NODES_DOMAIN)
         port = pull.bind_to_random_port("tcp://127.0.0.1")
-        from runtime.security import ClientKeys
+        from runtime.wire.security import ClientKeys
 
         push = ctx.socket(zmq.PUSH)
         ClientKeys(node_secret, tmp_path / "server.key").apply(push)
@@ -338,11 +338,11 @@ def test_ctrl_c_while_a_console_script_imports_is_one_line(tmp_path):
     (tmp_path / "slow_to_import.py").write_text("raise KeyboardInterrupt\n")
     code = textwrap.dedent("""
         import sys
-        from runtime.entry import _run
+        from runtime.apps.entry import _run
         sys.exit(_run("slow_to_import"))
     """)
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=str(tmp_path)), timeout=60)
     assert result.returncode == 130 and result.stderr.strip() == "interrupted", result.stderr
     scripts = Path(__file__).resolve().parents[1] / "pyproject.toml"
-    assert 's2i-serve = "runtime.entry:serve"' in scripts.read_text()
+    assert 's2i-serve = "runtime.apps.entry:serve"' in scripts.read_text()

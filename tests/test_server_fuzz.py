@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from test_serve import ADDRESS, GoodStream, assert_still_serving
 
 from runtime.errors import S2IError
-from runtime.ingress import NetworkIngress
-from runtime.protocol import (
+from runtime.serve.ingress import NetworkIngress
+from runtime.wire.protocol import (
     MAX_AUDIO_CHANNELS,
     NODE_ID_PATTERN,
     STREAM_ID_PATTERN,
@@ -123,7 +123,7 @@ def export(tmp_path_factory):
 
 
 def test_the_server_keeps_serving_a_good_stream_through_fuzzed_messages(export):
-    from runtime.client import Subscriber
+    from runtime.wire.client import Subscriber
 
     server = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
                  "--pub", "tcp://127.0.0.1:*", "--hop", "0.25", "--encoding", "raw",

@@ -17,8 +17,8 @@ import zmq
 from helpers_runtime import CLI, tiny_export
 from test_serve import ADDRESS, RATE, GoodStream, assert_still_serving, sounds
 
-from runtime.client import Subscriber
-from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, encode_audio
+from runtime.wire.client import Subscriber
+from runtime.wire.protocol import MAX_AUDIO_PAYLOAD_BYTES, encode_audio
 
 try:
     import resource
@@ -39,8 +39,8 @@ def serve(export, *extra: str, code: str | None = None, **kwargs) -> CLI:
 
 BUGGY_SERVER = """
 import sys
-import runtime.ingress as ingress
-import runtime.pipeline as pipeline
+import runtime.serve.ingress as ingress
+import runtime.serve.pipeline as pipeline
 
 real_decode, real_encode = ingress.decode_audio, pipeline.Pipeline.encode
 
@@ -55,7 +55,7 @@ def encode(self, result):
     return real_encode(self, result)
 
 ingress.decode_audio, pipeline.Pipeline.encode = decode_audio, encode
-from runtime.server import main
+from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -107,13 +107,13 @@ def test_unexpected_errors_cost_only_their_message(export):
 
 DYING_INGRESS = """
 import sys
-from runtime.ingress import NetworkIngress
+from runtime.serve.ingress import NetworkIngress
 
 def expire_idle(self):
     raise RuntimeError("injected: the ingress loop cannot go on")
 
 NetworkIngress.expire_idle = expire_idle
-from runtime.server import main
+from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -138,7 +138,7 @@ def test_a_thread_that_cannot_go_on_stops_the_server_with_one_line(export):
 LOW_SOFT_LIMIT = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-from runtime.server import main
+from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -208,7 +208,7 @@ def test_position_s_of_a_served_stream_is_on_the_hop_grid(export):
 FD_STARVED = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_NOFILE, (160, 160))
-from runtime.server import main
+from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
 

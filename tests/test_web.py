@@ -17,13 +17,13 @@ from helpers_export import make_tiny_export
 
 from benchmarks.browser import MEMORY_FLAGS, REFUSED_MICROPHONE, fake_microphone
 from export.ship import ship_export
-from runtime.backends import open_translator
 from runtime.errors import S2IError
-from runtime.manifest import load_export_manifest
-from runtime.masks import draw_masks
-from runtime.shipped import SHIPPED_EXPORT, default_export
-from runtime.webapp import ORT_FILES, build_page, find_ort_dist, page_size, serving
-from runtime.webapp import main as web_cli
+from runtime.model.backends import open_translator
+from runtime.model.manifest import load_export_manifest
+from runtime.model.masks import draw_masks
+from runtime.model.shipped import SHIPPED_EXPORT, default_export
+from runtime.web.app import ORT_FILES, build_page, find_ort_dist, page_size, serving
+from runtime.web.app import main as web_cli
 
 SIDE = 96
 PLANE = 3 * SIDE * SIDE

@@ -26,10 +26,9 @@ from typing import Any
 
 import torch
 
-from runtime.artifacts import check_format, check_tree
+from runtime.artifacts import atomic_write_bytes, check_format, check_tree
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig, check_same_front_end
-from runtime.manifest import atomic_write_bytes
 from trainer.models import MAX_EMBEDDING_DIM, MAX_WIDTH, AudioEncoder, DenseGenerator
 from trainer.run import find_checkpoint
 

@@ -24,7 +24,7 @@ import torch
 
 from runtime.config import parse_config
 from runtime.errors import S2IError
-from runtime.images import save_png
+from runtime.wire.images import save_png
 from trainer.checkpoint import load_checkpoint, load_translator
 from trainer.data.batches import load_batch, open_split
 from trainer.data.demo_data import build_demo_store

@@ -1,5 +1,5 @@
 """Pictures between the networks and files: float tensors ``[B, C, H, W]`` in [-1, 1] <->
-uint8 ``[B, H, W, 3]`` arrays, and grids of them (PNG encoding: ``runtime.images``)."""
+uint8 ``[B, H, W, 3]`` arrays, and grids of them (PNG encoding: ``runtime.wire.images``)."""
 
 from __future__ import annotations
 

@@ -21,10 +21,9 @@ import re
 from pathlib import Path
 from typing import Any, TypeVar
 
-from runtime.artifacts import read_json
+from runtime.artifacts import atomic_write_json, read_json
 from runtime.config import config_from_dict, save_config
 from runtime.errors import S2IError
-from runtime.manifest import atomic_write_json
 
 T = TypeVar("T")
 FOREIGN_MARKS = {"manifest.json": "a store, export or classifiers folder",

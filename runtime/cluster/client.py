@@ -1,6 +1,6 @@
 """``ClusterTranslator``: the front's side of the S2I Serve deployment.
 
-It has the interface of ``runtime.backends.Translator`` (``manifest``, ``dropout``,
+It has the interface of ``runtime.model.backends.Translator`` (``manifest``, ``dropout``,
 ``embedding_dim``, ``encode``, ``generate``, ``translate``, ``translate_window``) plus
 ``translate_samples`` (B windows, K masks each) which the batched pipeline uses: ONE call per
 batch through a Serve ``DeploymentHandle`` held by a bridge process (runtime.cluster.bridge).

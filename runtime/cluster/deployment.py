@@ -1,6 +1,6 @@
 """The S2I translator as a Ray Serve deployment (ONNX Runtime CPU/CUDA or TensorRT, no torch).
 
-One replica loads an export folder with ``runtime.backends.open_translator`` and answers
+One replica loads an export folder with ``runtime.model.backends.open_translator`` and answers
 batched translate calls: ``@serve.batch`` merges the calls that arrive within
 ``batch_wait_timeout_s`` (up to ``max_batch_size`` calls, each already a front's batch of
 windows) into one encoder run and one generator run. Replicas, GPUs per replica, autoscaling and
@@ -33,7 +33,7 @@ BATCH_DEFAULTS = {"max_batch_size": 8, "batch_wait_timeout_s": 0.002}
 class S2ITranslator:
     def __init__(self, export: str, backend: str = "auto", precision: str = "fp32",
                  threads: int | None = None) -> None:
-        from runtime.backends import open_translator  # onnxruntime/TensorRT, never torch
+        from runtime.model.backends import open_translator  # onnxruntime/TensorRT, never torch
 
         self.translator = open_translator(export, backend=backend, precision=precision,
                                           threads=threads)

@@ -418,7 +418,7 @@ def write_demo_wav(path: str | Path, seconds: float, seed: int = 0,
 
     import soundfile
 
-    from runtime.manifest import atomic_write_bytes
+    from runtime.artifacts import atomic_write_bytes
 
     audio, labels = demo_audio(seconds, seed, sample_rate)
     buffer = io.BytesIO()

@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
                         "default (16 kHz, -80..20 dB) on real recordings": shipped["default"]},
              args.plot)
     if args.json:
-        from runtime.manifest import atomic_write_json
+        from runtime.artifacts import atomic_write_json
         atomic_write_json(args.json, {
             "config": config_json(args),
             "official": {"source": str(args.source.official), **evidence,

@@ -353,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     report["config"] = config_json(args)
     print_report(report)
     if args.json:
-        from runtime.manifest import atomic_write_json
+        from runtime.artifacts import atomic_write_json
         atomic_write_json(args.json, report)
     return 0
 

@@ -20,7 +20,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from runtime.config import parse_config, save_config
 from runtime.errors import S2IError
 from runtime.frontend import AUTHORS_FRONT_END, FrontEndConfig
-from runtime.images import save_png
+from runtime.wire.images import save_png
 from trainer.data.prepare_common import PrepareOptions
 from trainer.data.prepare_s2i import build_from_bins, build_from_jpgs, is_archive
 from trainer.data.prepare_videos import VIDEO_SUFFIXES, build_from_videos

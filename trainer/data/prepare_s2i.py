@@ -14,8 +14,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from runtime.artifacts import sha256_file
 from runtime.errors import S2IError
-from runtime.manifest import sha256_file
 from trainer.data.prepare_common import (
     SEGMENT_NAME,
     SPLITS,

@@ -29,10 +29,17 @@ from typing import Any
 
 import numpy as np
 
-from runtime.artifacts import check_format, check_replaceable, load_json, read_json
+from runtime.artifacts import (
+    atomic_dir,
+    atomic_write_json,
+    check_format,
+    check_replaceable,
+    load_json,
+    read_json,
+    sha256_file,
+)
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, from_uint8
-from runtime.manifest import atomic_dir, atomic_write_json, sha256_file
 
 STORE_FORMAT = "s2i-store"
 STORE_VERSION = 1

@@ -36,10 +36,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from runtime.artifacts import check_format, check_replaceable
+from runtime.artifacts import (
+    atomic_dir,
+    atomic_write_json,
+    check_format,
+    check_replaceable,
+    read_json,
+)
 from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
-from runtime.manifest import atomic_dir, atomic_write_json, read_json
 from trainer.checkpoint import MAX_WIDTH, check_seal, read_state, seal
 from trainer.evaluate.autolabel import load_png
 from trainer.evaluate.sample_files import INFORMATIVE, read_index, read_labels

@@ -30,7 +30,7 @@ from urllib.parse import unquote
 
 from runtime.config import parse_config
 from runtime.errors import S2IError
-from runtime.web import QuietHandler
+from runtime.web.handler import QuietHandler
 from trainer.evaluate.sample_files import LabelBook
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"

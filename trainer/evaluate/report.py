@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from runtime.artifacts import atomic_write_bytes, atomic_write_json
 from runtime.config import parse_config, save_config
 from runtime.errors import S2IError
-from runtime.manifest import atomic_write_bytes, atomic_write_json
 from trainer.checkpoint import load_translator
 from trainer.data.store import Store
 from trainer.evaluate.informativity import informative_probability, load_classifiers

@@ -24,12 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from runtime.artifacts import check_replaceable
+from runtime.artifacts import atomic_dir, check_replaceable
 from runtime.config import parse_config, save_config
 from runtime.errors import S2IError
 from runtime.frontend import check_same_front_end, from_uint8
-from runtime.images import png_bytes
-from runtime.manifest import atomic_dir
+from runtime.wire.images import png_bytes
 from trainer.checkpoint import Translator, load_checkpoint, load_translator
 from trainer.data.store import SplitArrays, Store
 from trainer.evaluate.sample_files import SAMPLES_FORMAT, SAMPLES_VERSION, write_index

@@ -14,9 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from runtime.artifacts import check_format
+from runtime.artifacts import atomic_write_bytes, atomic_write_json, check_format, read_json
 from runtime.errors import S2IError
-from runtime.manifest import atomic_write_bytes, atomic_write_json, read_json
 
 SAMPLES_FORMAT = "s2i-samples"
 SAMPLES_VERSION = 1

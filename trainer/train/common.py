@@ -17,7 +17,7 @@ import torch.distributed as dist
 
 from runtime.config import config_parser, dataclass_from_args
 from runtime.errors import S2IError
-from runtime.images import save_png
+from runtime.wire.images import save_png
 from trainer.checkpoint import load_checkpoint, save_checkpoint
 from trainer.data.store import Store
 from trainer.presets import preset_overrides

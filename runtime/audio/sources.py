@@ -19,7 +19,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from runtime.audio_io import StreamResampler, iter_audio_blocks, quiet_stderr
+from runtime.audio.decode import StreamResampler, iter_audio_blocks, quiet_stderr
 from runtime.errors import S2IError
 
 Sink = Callable[[np.ndarray, float], None]

@@ -7,7 +7,7 @@ stage then only stacks and sanitises the windows) and ONE generator call on ``[B
 with fresh masks per sample, and splits the results back into one ``Result`` per window
 (its own stream id, seq and position). The translator is only used through ``.manifest``,
 ``.dropout``, ``.encode`` and ``.generate`` (and ``.features``/``.encode_audio``:
-``runtime.backends.Translator``), so a remote translator with the same interface drops in.
+``runtime.model.backends.Translator``), so a remote translator with the same interface drops in.
 ``process_window`` and ``message`` are the one-window library form (a batch of one).
 """
 
@@ -29,8 +29,8 @@ from runtime.frontend import (
     log_mel_db,
     scale_relative,
 )
-from runtime.masks import draw_masks
-from runtime.protocol import (
+from runtime.model.masks import draw_masks
+from runtime.wire.protocol import (
     DEFAULT_TOPIC,
     ENCODINGS,
     PROTOCOL_VERSION,
@@ -91,7 +91,7 @@ class Pipeline:
         self.translator = translator
         self.front_end = FrontEndConfig.from_dict(manifest["front_end"])
         self.dropout = getattr(translator, "dropout", None) or manifest["dropout"]
-        # the translator runs the log-mel in its graph (runtime.backends, features="graph")
+        # the translator runs the log-mel in its graph (runtime.model.backends, features="graph")
         self.in_graph = getattr(translator, "features", "host") == "graph" \
             and hasattr(translator, "encode_audio")
         self.samples, self.uncertainty, self.encoding = int(samples), uncertainty, encoding

@@ -5,7 +5,7 @@ static folder and served on loopback.
     s2i-web --export runs/demo/export --port 0
     s2i-web --export runs/demo/export --out site/ --build-only    # for any static host
 
-The folder holds the page (``runtime/webpage``), ONNX Runtime Web's files copied from
+The folder holds the page (``runtime/web/page``), ONNX Runtime Web's files copied from
 ``node_modules/onnxruntime-web/dist`` (``npm ci``; nothing is fetched at run time), the
 export's audio-in translator and ``config.json`` (sample rate, window, dropout list, model
 file). The server sends the wasm MIME type and the cross-origin isolation headers that
@@ -28,16 +28,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
+from runtime.artifacts import atomic_dir, atomic_write_json, read_json
 from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
-from runtime.manifest import atomic_dir, atomic_write_json, load_export_manifest, read_json
-from runtime.security import is_loopback
-from runtime.shipped import default_export
-from runtime.view import IDLE_TIMEOUT_S, PageServer
-from runtime.web import QuietHandler
+from runtime.model.manifest import load_export_manifest
+from runtime.model.shipped import default_export
+from runtime.web.handler import QuietHandler
+from runtime.web.server import IDLE_TIMEOUT_S, PageServer
+from runtime.wire.security import is_loopback
 
-PAGE = Path(__file__).parent / "webpage"
+PAGE = Path(__file__).parent / "page"
 PAGE_FORMAT, PAGE_VERSION = "s2i-web", 1
 # ONNX Runtime Web: the WebAssembly-only bundle (the default) and the JSEP bundle (WebGPU)
 ORT_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm",
@@ -61,7 +62,7 @@ def find_ort_dist(given: str | Path | None = None) -> Path:
     beside the S2I checkout or in the working folder."""
     candidates = [Path(given)] if given else (
         [Path(os.environ["S2I_ORT_DIST"])] if os.environ.get("S2I_ORT_DIST") else
-        [Path(__file__).resolve().parent.parent / ORT_DIST, Path.cwd() / ORT_DIST])
+        [Path(__file__).resolve().parents[2] / ORT_DIST, Path.cwd() / ORT_DIST])
     for folder in candidates:
         if all((folder / name).is_file() for name in ORT_FILES):
             return folder

@@ -28,9 +28,9 @@ from typing import Any, Protocol
 
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import first_line
-from runtime.pipeline import Batch, Pipeline, Result, Window, single_threaded_blas
-from runtime.protocol import Publisher
 from runtime.resilience import guarded, survived
+from runtime.serve.pipeline import Batch, Pipeline, Result, Window, single_threaded_blas
+from runtime.wire.protocol import Publisher
 
 END = None                # sent down the queues when the source has ended
 BUDGET_HOPS = 0.4         # a batch's model time stays within this many hops
@@ -355,7 +355,7 @@ def run_ring(pipeline: Pipeline, publisher: Publisher, ring: Any, stop: threadin
              stream_id: str = "main", finished: threading.Event | None = None) -> int:
     """Every hop, the newest window of a live ring, through the same stages as the server
     (a batch of one stream); skips ahead (never queues) when late. Returns frames published."""
-    from runtime.ingress import RingIngress
+    from runtime.serve.ingress import RingIngress
 
     source = RingIngress(ring, stream_id, pipeline.sample_rate, pipeline.window, pipeline.hop,
                          finished)
@@ -368,7 +368,7 @@ def run_ring(pipeline: Pipeline, publisher: Publisher, ring: Any, stop: threadin
 def run_file(pipeline: Pipeline, publisher: Publisher, path: str, stop: threading.Event,
              stream_id: str = "main") -> int:
     """Every window of a file, as fast as the model allows; returns the frames published."""
-    from runtime.sources import file_windows
+    from runtime.audio.sources import file_windows
 
     count = 0
     for window, end in file_windows(path, pipeline.sample_rate, pipeline.window, pipeline.hop):

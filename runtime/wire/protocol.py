@@ -30,9 +30,9 @@ import zmq
 
 from runtime.cli import RateLimitedLog
 from runtime.errors import S2IError, first_line
-from runtime.images import ImageShapeError, jpeg_bytes, png_bytes, png_image
 from runtime.resilience import ConnectionWatch
-from runtime.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
+from runtime.wire.images import ImageShapeError, jpeg_bytes, png_bytes, png_image
+from runtime.wire.security import SUBSCRIBERS_DOMAIN, ServerSecurity, check_address, warn_if_open
 
 PROTOCOL_VERSION = 2
 AUDIO_PROTOCOLS = (1, 2)  # capture nodes of protocol 1 keep working (same audio message)

@@ -54,6 +54,6 @@ def png_image(data: bytes, shape: list[int] | None = None,
 
 def save_png(path: str | Path, image: np.ndarray) -> None:
     """Write a picture as a PNG file, atomically."""
-    from runtime.manifest import atomic_write_bytes
+    from runtime.artifacts import atomic_write_bytes
 
     atomic_write_bytes(path, png_bytes(image))

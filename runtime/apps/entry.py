@@ -21,24 +21,24 @@ def _run(module: str) -> int:
 
 
 def serve() -> int:
-    return _run("runtime.server")
+    return _run("runtime.apps.serve")
 
 
 def stream() -> int:
-    return _run("runtime.stream")
+    return _run("runtime.apps.stream")
 
 
 def capture() -> int:
-    return _run("runtime.capture")
+    return _run("runtime.apps.capture")
 
 
 def view() -> int:
-    return _run("runtime.view")
+    return _run("runtime.apps.view")
 
 
 def keys() -> int:
-    return _run("runtime.keys")
+    return _run("runtime.apps.keys")
 
 
 def web() -> int:
-    return _run("runtime.webapp")
+    return _run("runtime.web.app")

@@ -1,4 +1,4 @@
-"""Atomic writes, file hashes and the export manifest that the runtime trusts.
+"""The export manifest that the runtime trusts.
 
 ``load_export_manifest`` is the one door to an existing export (runtime backends, the
 streaming CLIs, ``python -m export --verify``, benchmarks): it checks the manifest's form and
@@ -9,23 +9,17 @@ each ONNX file's ``metadata_props``. Any mismatch is one ``S2IError`` line namin
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.artifacts import check_format, parse_json, read_json
+from runtime.artifacts import check_format, parse_json, read_json, sha256_file
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
-from runtime.onnx_metadata import read_onnx_metadata
+from runtime.model.onnx_metadata import read_onnx_metadata
 
 EXPORT_FORMAT = "s2i-export"
 EXPORT_VERSION = 2   # 2: a sha256 for every model file, the S2I stamp in every ONNX file
@@ -37,78 +31,6 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 _FILE_NAME = re.compile(r"[A-Za-z0-9._/-]{1,255}")   # what export writes: encoder.fp16.onnx
 MAX_IMAGE_SIDE = 4096     # the generator's images are 96 x 96; a manifest claiming more lies
 MAX_DIM = 2**31 - 1       # a tensor dimension ONNX Runtime and TensorRT can hold
-
-
-def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; look like an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
-
-
-@contextlib.contextmanager
-def atomic_dir(final_path: str | Path, replace: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside ``final_path``; move it into place on success.
-
-    On any exception the temporary directory is removed and ``final_path`` is untouched.
-    """
-    final_path = Path(final_path)
-    parent = final_path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise S2IError(f"cannot create output folder {parent}: {exc.strerror}") from exc
-    if not os.access(parent, os.W_OK):
-        raise S2IError(f"output folder {parent} is not writable")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.", suffix=".partial", dir=parent))
-    tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700; the result should look like a mkdir
-    try:
-        yield tmp
-        if final_path.exists():
-            if not replace:
-                raise S2IError(f"{final_path} already exists")
-            old = parent / f".{final_path.name}.old-{os.getpid()}"
-            os.replace(final_path, old)
-            try:
-                os.replace(tmp, final_path)
-            except BaseException:
-                os.replace(old, final_path)     # put the previous result back
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, final_path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def canonical_json(value: Any) -> str:

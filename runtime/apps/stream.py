@@ -13,25 +13,25 @@ import threading
 
 import zmq
 
-from runtime.audio_io import iter_audio_blocks
-from runtime.cli import exit_code, log, stop_on_signals
-from runtime.engine import close_translator, wait_for_subscribers
-from runtime.errors import S2IError, run_cli
-from runtime.frontend import FrontEndConfig
-from runtime.manifest import load_export_manifest
-from runtime.options import add_pipeline_args, open_pipeline
-from runtime.protocol import Publisher
-from runtime.resilience import raise_open_file_limit
-from runtime.ring import AudioRing
-from runtime.security import add_server_security_args, check_address, server_security
-from runtime.sources import (
+from runtime.audio.decode import iter_audio_blocks
+from runtime.audio.ring import AudioRing
+from runtime.audio.sources import (
     Source,
     add_source_args,
     chosen_source,
     list_devices,
     open_live_source,
 )
-from runtime.stages import run_file, run_ring
+from runtime.cli import exit_code, log, stop_on_signals
+from runtime.errors import S2IError, run_cli
+from runtime.frontend import FrontEndConfig
+from runtime.model.manifest import load_export_manifest
+from runtime.resilience import raise_open_file_limit
+from runtime.serve.engine import close_translator, wait_for_subscribers
+from runtime.serve.options import add_pipeline_args, open_pipeline
+from runtime.serve.stages import run_file, run_ring
+from runtime.wire.protocol import Publisher
+from runtime.wire.security import add_server_security_args, check_address, server_security
 
 FLUSH_MS = 2000
 

@@ -1,7 +1,7 @@
 """Where due windows come from: capture nodes over PULL, or one local ring buffer.
 
 ``NetworkIngress`` owns the PULL socket (used only by its own thread, ``run``): it decodes and
-validates each audio message (``runtime.protocol.decode_audio``), files it into its stream's
+validates each audio message (``runtime.wire.protocol.decode_audio``), files it into its stream's
 ring (at the model rate as it came, with no pass over it before the ring's copy; at another
 rate resampled in pieces of ``RESAMPLE_PIECE_S``) and marks the stream due when its next hop
 has arrived. ``RingIngress`` does
@@ -12,7 +12,7 @@ queueing them.
 
 Everything per stream is bounded: at most ``max_streams`` streams (a newcomer past that is
 refused, logged and counted), each with a fixed ring; an idle stream is forgotten after
-``idle_expiry_s`` and its memory returned (``runtime.memory``).
+``idle_expiry_s`` and its memory returned (``runtime.serve.memory``).
 """
 
 from __future__ import annotations
@@ -28,15 +28,15 @@ from typing import Any
 import numpy as np
 import zmq
 
-from runtime import memory
-from runtime.audio_io import StreamResampler
+from runtime.audio.decode import StreamResampler
+from runtime.audio.ring import AudioRing
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
-from runtime.pipeline import Window
-from runtime.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio, sanitise_audio
 from runtime.resilience import ConnectionWatch, survived
-from runtime.ring import AudioRing
-from runtime.security import NODES_DOMAIN, ServerSecurity, warn_if_open
+from runtime.serve import memory
+from runtime.serve.pipeline import Window
+from runtime.wire.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio, sanitise_audio
+from runtime.wire.security import NODES_DOMAIN, ServerSecurity, warn_if_open
 
 DEFAULT_MAX_STREAMS = 1024
 IDLE_EXPIRY_S = 30.0
@@ -246,7 +246,7 @@ class NetworkIngress:
         if state.resampler.resamples and not np.isfinite(block).all():
             block = sanitise_audio(block)    # soxr would smear a NaN over its neighbours
         # At the model rate NaN/inf go into the ring as they came: the features stage
-        # sanitises the whole batch in one pass (runtime.pipeline.Pipeline.features).
+        # sanitises the whole batch in one pass (runtime.serve.pipeline.Pipeline.features).
         mono = state.resampler.process(block)
         sid = header["stream"]
         with self.scheduler.cond:

@@ -19,7 +19,7 @@ import numpy as np
 from runtime.cli import log
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
-from runtime.gpu_env import (
+from runtime.model.gpu_env import (
     _cudart,
     cuda_device_info,
     cuda_provider_reason,
@@ -28,8 +28,8 @@ from runtime.gpu_env import (
     preload_cuda_libraries,
     tensorrt_unavailable_reason,
 )
-from runtime.manifest import load_export_manifest
-from runtime.precision import BACKENDS, PRECISIONS, check_precision, missing_hint, model_key
+from runtime.model.manifest import load_export_manifest
+from runtime.model.precision import BACKENDS, PRECISIONS, check_precision, missing_hint, model_key
 
 try:
     import onnxruntime as ort
@@ -264,7 +264,7 @@ class Translator:
 
     def generate(self, embedding: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
         """``[B, D]`` embeddings + one ``[B, C_i]`` mask per dropout layer -> ``[B,3,96,96]``
-        images in [-1, 1]. Masks come from ``runtime.masks.draw_masks(self.dropout, ...)``
+        images in [-1, 1]. Masks come from ``runtime.model.masks.draw_masks(self.dropout, ...)``
         (MC samples) or ``ones_masks`` (deterministic)."""
         embedding = _float_array(embedding, "embedding")
         if embedding.ndim != 2 or embedding.shape[1] != self.embedding_dim \

@@ -7,10 +7,10 @@ import argparse
 from typing import Any
 
 from runtime.errors import S2IError
-from runtime.pipeline import Pipeline
-from runtime.precision import GPU_BACKENDS, PRECISIONS
-from runtime.protocol import DEFAULT_TOPIC, ENCODINGS
-from runtime.shipped import TRAINED_EXPORT, default_export, default_precision
+from runtime.model.precision import GPU_BACKENDS, PRECISIONS
+from runtime.model.shipped import TRAINED_EXPORT, default_export, default_precision
+from runtime.serve.pipeline import Pipeline
+from runtime.wire.protocol import DEFAULT_TOPIC, ENCODINGS
 
 DEFAULT_EXPORT = TRAINED_EXPORT
 # (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
@@ -91,7 +91,7 @@ def open_translator_from_args(args: argparse.Namespace) -> Any:
         from runtime.cluster.client import open_cluster_translator  # ray only in its bridge
 
         return open_cluster_translator(args.cluster)
-    from runtime.backends import open_translator  # onnxruntime/TensorRT; never torch
+    from runtime.model.backends import open_translator  # onnxruntime/TensorRT; never torch
 
     precision = args.precision or default_precision(args.export)
     return open_translator(args.export, backend=args.backend, precision=precision,

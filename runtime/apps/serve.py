@@ -1,6 +1,6 @@
 """``s2i-serve``: a multi-stream inference server, the console script. Capture nodes PUSH
 audio; frames go out on PUB. The engine (``NetworkLoop``: ingress and stage threads) is
-runtime/engine.py; this module parses the options, opens the translator, the publisher and
+runtime/serve/engine.py; this module parses the options, opens the translator, the publisher and
 the security, runs the engine until a signal and ends the streams for subscribers.
 """
 
@@ -15,13 +15,13 @@ from pathlib import Path
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
-from runtime.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.errors import S2IError, run_cli
-from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
-from runtime.options import add_batching_args, add_pipeline_args, batching, open_pipeline
-from runtime.protocol import Publisher
 from runtime.resilience import raise_open_file_limit
-from runtime.security import add_server_security_args, check_address, server_security
+from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
+from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
+from runtime.serve.options import add_batching_args, add_pipeline_args, batching, open_pipeline
+from runtime.wire.protocol import Publisher
+from runtime.wire.security import add_server_security_args, check_address, server_security
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
 

@@ -5,10 +5,10 @@ the user's explicit choice; without CURVE it is logged as a warning. With CURVE
 (``--curve-secret``), pyzmq's ``zmq.auth.ThreadAuthenticator`` (ZAP) admits only clients whose
 public key file is in the allowed folder of that socket: ``--allow-subscribers`` for the image
 PUB socket, ``--allow-nodes`` for the audio PULL socket. Clients (``s2i-view``,
-``s2i-capture``, ``runtime.client.Subscriber``) take their own key pair and the server's public
-key. Key pairs come from ``s2i-keys`` (``runtime/keys.py``). A failed handshake (plaintext
+``s2i-capture``, ``runtime.wire.client.Subscriber``) take their own key pair and the server's public
+key. Key pairs come from ``s2i-keys`` (``runtime/apps/keys.py``). A failed handshake (plaintext
 against CURVE, an unknown key, a wrong server key) is seen through socket monitor events and
-reported as one line by ``HandshakeWatch``; ``runtime.client.ClientSocket`` raises it, or
+reported as one line by ``HandshakeWatch``; ``runtime.wire.client.ClientSocket`` raises it, or
 (``--retry``) re-creates the socket with backoff, since libzmq never retries a refusal.
 """
 
@@ -277,7 +277,7 @@ class HandshakeWatch:
     reconnect); this names the reason: a plaintext client against a CURVE server (or the
     reverse), a key the server does not allow, or (no handshake ever completes) a wrong
     server key. The latest handshake counts: a refusal after an earlier success (the server
-    restarted with other keys) is a failure again. ``runtime.client.ClientSocket`` acts on it.
+    restarted with other keys) is a failure again. ``runtime.wire.client.ClientSocket`` acts on it.
     """
 
     EVENTS = (zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL

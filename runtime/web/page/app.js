@@ -12,7 +12,7 @@ const params = new URLSearchParams(location.search);
 const SIZE = 96;              // the generator's image side
 const MAX_K = 16;
 
-// ---- MC-dropout masks: 0 or 1/(1-p) per channel, as runtime.masks.draw_masks -------------
+// ---- MC-dropout masks: 0 or 1/(1-p) per channel, as runtime.model.masks.draw_masks -------------
 
 // mulberry32: a small seeded generator of floats in [0, 1) (?seed=N makes a run repeatable;
 // it is not numpy's stream: tests that compare with Python pass their masks to s2i.translate)

@@ -1,6 +1,6 @@
 """A Python subscriber for S2I image streams (protocol in docs/PROTOCOL.md).
 
-    from runtime.client import Subscriber
+    from runtime.wire.client import Subscriber
     with Subscriber("tcp://127.0.0.1:5556", newest_only=True) as sub:
         sub.wait_ready()                      # handshake: our subscription is live
         for frame in sub:                     # frame.header (dict), frame.images ([H,W,3] uint8)
@@ -20,8 +20,8 @@ import zmq
 
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
-from runtime.protocol import DEFAULT_TOPIC, Frame, connect, decode_frame, decode_header
-from runtime.security import ClientKeys, HandshakeWatch
+from runtime.wire.protocol import DEFAULT_TOPIC, Frame, connect, decode_frame, decode_header
+from runtime.wire.security import ClientKeys, HandshakeWatch
 
 DRAIN_TIMEOUT_S = 0.02    # newest_only: drain until no message came for this long
 DRAIN_LIMIT_S = 0.5       # ... but never longer than this in all (a fast stream never pauses)

@@ -1,4 +1,4 @@
-"""The demo translator shipped inside the package (``runtime/demo_export``): what the
+"""The demo translator shipped inside the package (``runtime/model/demo_export``): what the
 streaming commands and ``s2i-web`` use when no export is given and ``runs/demo/export``
 (the quickstart's own training) does not exist. How it was trained and exported:
 docs/WEB.md, "The shipped model"."""

@@ -1,8 +1,8 @@
 """The serving engine of ``s2i-serve``: ``NetworkLoop`` runs a ``NetworkIngress``
-(runtime/ingress.py: PULL, validation, rings, due streams) in its thread and the ``Stages``
-(runtime/stages.py: features -> model -> encode + publish) in theirs, and keeps the
+(runtime/serve/ingress.py: PULL, validation, rings, due streams) in its thread and the ``Stages``
+(runtime/serve/stages.py: features -> model -> encode + publish) in theirs, and keeps the
 counters, the log line every 10 s and ``--stats-file``. The console script is
-runtime/server.py; ``s2i-stream`` (runtime/stream.py) shares ``close_translator`` and
+runtime/apps/serve.py; ``s2i-stream`` (runtime/apps/stream.py) shares ``close_translator`` and
 ``wait_for_subscribers``.
 
     PULL -> ingress (validate, rings)  -> due windows of every stream
@@ -17,15 +17,15 @@ from pathlib import Path
 
 import zmq
 
+from runtime.artifacts import atomic_write_json
 from runtime.cli import log
 from runtime.errors import S2IError
-from runtime.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
-from runtime.manifest import atomic_write_json
-from runtime.pipeline import Pipeline
-from runtime.protocol import Publisher
 from runtime.resilience import guarded
-from runtime.security import ServerSecurity
-from runtime.stages import Stages, StatusLine
+from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
+from runtime.serve.pipeline import Pipeline
+from runtime.serve.stages import Stages, StatusLine
+from runtime.wire.protocol import Publisher
+from runtime.wire.security import ServerSecurity
 
 SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
 COUNTERS_EVERY_S = 10.0

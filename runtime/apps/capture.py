@@ -10,11 +10,11 @@ without ever blocking: when the server is unreachable or slow, audio is dropped,
 each); a window whose end falls inside a block waits for that block (docs/RUNTIME.md).
 
 Every option is checked before anything starts, with the server's own rules
-(``runtime.protocol.check_audio_values``): what the server would refuse is a one-line error,
+(``runtime.wire.protocol.check_audio_values``): what the server would refuse is a one-line error,
 exit 2. PUSH has no acknowledgement, so the closing line counts blocks handed to a connected
 server, not blocks the server accepted; with none handed over it is an error (exit 2). A
 refused handshake ends the node with one line (exit 2), or with ``--retry`` is logged and
-retried with backoff (``runtime.client.ClientSocket``).
+retried with backoff (``runtime.wire.client.ClientSocket``).
 """
 
 from __future__ import annotations
@@ -31,12 +31,12 @@ import time
 import numpy as np
 import zmq
 
+from runtime.audio.sources import add_source_args, chosen_source, list_devices, open_live_source
 from runtime.cli import exit_code, log, stop_on_signals
-from runtime.client import ClientSocket
 from runtime.errors import S2IError, run_cli
-from runtime.protocol import check_audio_values, encode_audio
-from runtime.security import add_client_security_args, check_address, client_keys, warn_if_open
-from runtime.sources import add_source_args, chosen_source, list_devices, open_live_source
+from runtime.wire.client import ClientSocket
+from runtime.wire.protocol import check_audio_values, encode_audio
+from runtime.wire.security import add_client_security_args, check_address, client_keys, warn_if_open
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
 QUEUE_SECONDS = 5.0     # the queue holds this much audio, whatever the block

@@ -1,0 +1,1 @@
+"""Audio in: decoding files, live sources (microphone, files, stdin), the ring buffer."""

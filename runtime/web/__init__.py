@@ -1,0 +1,1 @@
+"""Local web pages: the quiet request handler and the live viewer's static page."""
