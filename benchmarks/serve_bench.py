@@ -250,10 +250,12 @@ class Server:
     def __init__(self, export: Path, pythonpath: Path, hop_s: float, extra: list[str],
                  standin_ms: float | None = None, stats_file: Path | None = None) -> None:
         env = dict(os.environ, PYTHONPATH=str(pythonpath), PYTHONUNBUFFERED="1")
-        entry = ["-m", "runtime.apps.serve"] if standin_ms is None else \
+        server = next(p for p in (pythonpath / "runtime" / "apps" / "serve.py",
+                                  pythonpath / "runtime" / "server.py") if p.exists())
+        module = ".".join(server.relative_to(pythonpath).with_suffix("").parts)
+        entry = ["-m", module] if standin_ms is None else \
             [str(HERE / "standin_serve.py"), "--standin-ms", str(standin_ms)]
-        if stats_file is not None and "--stats-file" not in \
-                (pythonpath / "runtime" / "server.py").read_text():
+        if stats_file is not None and "--stats-file" not in server.read_text():
             stats_file = None                 # an older server: no per-stage CPU figures
         self.stats_file = stats_file
         command = [sys.executable, *entry, "--export", str(export),

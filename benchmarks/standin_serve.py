@@ -13,8 +13,10 @@ server's own code, so the process's CPU is the host's work per window, without t
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -29,9 +31,12 @@ class ConstantTimeModel:
 
     def __init__(self, inner: Any, seconds: float, windows: int = 8) -> None:
         from runtime.frontend import FrontEndConfig, log_mel_batch
-        from runtime.model.masks import draw_masks
 
+        draw_masks = _runtime("masks").draw_masks
         self.manifest, self.dropout = inner.manifest, inner.dropout
+        # as the real translator: audio windows in where its export computes the log-mel in
+        # the graph (then the host computes none), spectrograms otherwise
+        self.features = getattr(inner, "features", "host")
         self.backend, self.seconds = f"stand-in-{seconds * 1000:g}ms", seconds
         front_end = FrontEndConfig.from_dict(inner.manifest["front_end"])
         rng = np.random.default_rng(0)
@@ -44,24 +49,38 @@ class ConstantTimeModel:
         time.sleep(self.seconds)
         return self.z[np.arange(len(features)) % len(self.z)]
 
+    def encode_audio(self, audio: np.ndarray) -> np.ndarray:
+        return self.encode(audio)
+
     def generate(self, z: np.ndarray, masks: Any) -> np.ndarray:
         return self.images[np.arange(len(z)) % len(self.images)]
 
 
-def main(argv: list[str]) -> int:
-    import runtime.model.backends
-    from runtime.apps.serve import main as serve
+LAYOUTS = {"backends": ("runtime.model.backends", "runtime.backends"),
+           "masks": ("runtime.model.masks", "runtime.masks"),
+           "serve": ("runtime.apps.serve", "runtime.server")}
 
+
+def _runtime(role: str) -> ModuleType:
+    """A module of whichever runtime PYTHONPATH holds: role folders, or an older flat one."""
+    new, old = LAYOUTS[role]
+    try:
+        return importlib.import_module(new)
+    except ModuleNotFoundError:
+        return importlib.import_module(old)
+
+
+def main(argv: list[str]) -> int:
+    backends, serve = _runtime("backends"), _runtime("serve").main
     seconds = DEFAULT_STANDIN_MS / 1000
     if argv[:1] == ["--standin-ms"]:
         seconds, argv = float(argv[1]) / 1000, argv[2:]
-    real_open = runtime.model.backends.open_translator
+    real_open = backends.open_translator
 
     def open_standin(*args: Any, **kwargs: Any) -> ConstantTimeModel:
         return ConstantTimeModel(real_open(*args, **kwargs), seconds)
 
-    # read at call time by runtime.serve.options
-    runtime.model.backends.open_translator = open_standin
+    backends.open_translator = open_standin    # read at call time by the server's options
     print(f"{LABEL} ({seconds * 1000:g} ms per batch)", file=sys.stderr, flush=True)
     return serve(argv)
 

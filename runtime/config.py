@@ -111,6 +111,8 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, **base: Any) -> 
     values = dict(base)
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if not field.init or field.metadata.get("cli") is False:
+            continue                    # not on the command line: defaults and base only
         tp = _base_type(hints[field.name])
         if _is_group(tp):
             inner = values.get(field.name, {})

@@ -226,7 +226,7 @@ def test_atomic_dir_puts_the_old_folder_back_when_the_move_fails(tmp_path: Path,
                                                                  monkeypatch) -> None:
     import os
 
-    from runtime import manifest as manifest_module
+    from runtime import artifacts as manifest_module
 
     final = tmp_path / "export"
     final.mkdir()

@@ -260,7 +260,7 @@ def test_slow_and_idle_connections_do_not_starve_the_page():
 def test_the_gate_keeps_a_bounded_number_of_waiting_connections():
     import socket
 
-    from runtime.apps.view import RequestGate
+    from runtime.web.server import RequestGate
 
     ready = []
     gate = RequestGate(lambda sock, address, head: ready.append((sock, head)), deadline_s=60,

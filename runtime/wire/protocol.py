@@ -568,9 +568,13 @@ class Publisher:
         Returns the live subscriptions that receive our topic; others are ignored.
         """
         if self._watch is None:     # failed accepts (no file descriptor left), handshakes
-            self._watch = ConnectionWatch(self.socket, "publisher (PUB)", RateLimitedLog(),
-                                          disconnects=False)
-        self._watch.poll()
+            try:
+                self._watch = ConnectionWatch(self.socket, "publisher (PUB)", RateLimitedLog(),
+                                              disconnects=False)
+            except zmq.ZMQError:    # no file descriptor left for the monitor: next time
+                pass
+        if self._watch is not None:
+            self._watch.poll()
         while self.socket.poll(timeout_ms, zmq.POLLIN):
             timeout_ms = 0
             event = self.socket.recv()
