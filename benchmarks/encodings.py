@@ -15,15 +15,17 @@ codec sees in practice.
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import report
+from runtime.config import config_json, parse_config
 from runtime.wire.protocol import decode_frame, encode_frame, images_to_uint8, uncertainty_map
 
 RESULTS = Path(__file__).parent / "results"
@@ -105,17 +107,22 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass
+class EncodingsConfig:
+    frames: int = field(default=200, metadata={"help": "frames per setting and shape"})
+    export: Path | None = field(default=None, metadata={
+        "help": "take the pictures from this export's translator (default: smooth synthetic "
+                "pictures)"})
+    out: Path = RESULTS / "encodings.json"
+
+    def __post_init__(self) -> None:
+        if self.frames < 1:
+            raise ValueError("--frames must be at least 1")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks encodings",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--frames", type=int, default=200, help="frames per setting and shape")
-    parser.add_argument("--export", type=Path, default=None,
-                        help="take the pictures from this export's translator (default: "
-                             "smooth synthetic pictures)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "encodings.json")
-    args = parser.parse_args(argv)
-    if args.frames < 1:
-        parser.error("--frames must be at least 1")
+    args = parse_config(EncodingsConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m benchmarks encodings", __doc__.split("\n\n")[0])
     pictures = 64
     images = export_images(args.export, pictures) if args.export is not None \
         else synthetic_images(pictures)
@@ -129,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
     record = {"benchmark": "encodings", "machine": report.machine_info(),
               "versions": report.versions(),
+              "config": config_json(args),
               "pictures": str(args.export) if args.export else "synthetic (smooth)",
               "clock": "time.thread_time (CPU of the encoding thread)", "rows": rows}
     report.write_result(args.out.parent, args.out.stem, record, markdown(rows))

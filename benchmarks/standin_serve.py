@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -62,12 +63,14 @@ LAYOUTS = {"backends": ("runtime.model.backends", "runtime.backends"),
 
 
 def _runtime(role: str) -> ModuleType:
-    """A module of whichever runtime PYTHONPATH holds: role folders, or an older flat one."""
+    """A module of whichever runtime PYTHONPATH holds: role folders, or an older flat one
+    (decided by the files of the ``runtime`` package found: an editable install's finder
+    could otherwise hand out this checkout's submodules)."""
+    import runtime
+
     new, old = LAYOUTS[role]
-    try:
-        return importlib.import_module(new)
-    except ModuleNotFoundError:
-        return importlib.import_module(old)
+    folders = (Path(runtime.__file__).parent / "model").is_dir()
+    return importlib.import_module(new if folders else old)
 
 
 def main(argv: list[str]) -> int:

@@ -6,12 +6,13 @@ make the demo model shipped in the package (``runtime/model/demo_export``, docs/
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runtime.artifacts import atomic_dir, atomic_write_json
+from runtime.config import parse_config
 from runtime.errors import S2IError, run_cli
 from runtime.model.manifest import load_export_manifest
 
@@ -39,14 +40,17 @@ def ship_export(export_dir: str | Path, keys: list[str], out_dir: str | Path) ->
     return out_dir
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.ship", description=__doc__)
-    parser.add_argument("export", type=Path)
-    parser.add_argument("--keys", nargs="+", required=True, help="manifest model keys to keep")
-    parser.add_argument("--out", type=Path, required=True)
-    args = parser.parse_args(argv)
+@dataclass
+class ShipConfig:
+    export: Path = field(metadata={"positional": True, "help": "the export to copy from"})
+    keys: list[str] = field(metadata={"help": "manifest model keys to keep"})
+    out: Path = field(metadata={"help": "the folder to write (new, empty or an export)"})
 
+
+def main(argv: list[str] | None = None) -> int:
     def run() -> int:
+        args = parse_config(ShipConfig, sys.argv[1:] if argv is None else argv,
+                            "python -m export.ship", __doc__)
         out = ship_export(args.export, args.keys, args.out)
         size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
         print(f"wrote {out} ({size / 1e6:.2f} MB: {', '.join(args.keys)})")
