@@ -5,12 +5,14 @@ SIGTERM ends the server within a second, also while it is blocked."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -160,6 +162,29 @@ def assert_still_serving(sub: Subscriber, stream: str, what: str, within: float 
     raise AssertionError(f"after {what}, no new frame of {stream} within {within:g} s")
 
 
+@contextlib.contextmanager
+def serving_a_good_stream(server: CLI) -> Iterator[tuple[str, Subscriber, zmq.Context,
+                                                          GoodStream]]:
+    """While ``server`` serves a paced stream "good": its audio address, a ready subscriber
+    that has seen the stream's first frame, a ZeroMQ context for other sockets, and the
+    stream. Afterwards everything is closed and the server killed if it still runs."""
+    good_stream = None
+    ctx = zmq.Context()
+    try:
+        audio, pub = server.wait_line(f"serving on {ADDRESS} -> {ADDRESS}").groups()
+        with Subscriber(pub) as sub:
+            sub.wait_ready(20)
+            good_stream = GoodStream(audio, "good")
+            good_stream.start()
+            assert_still_serving(sub, "good", "starting", within=10)   # its first 1-s window
+            yield audio, sub, ctx, good_stream
+    finally:
+        if good_stream is not None:
+            good_stream.stop.set()
+        ctx.destroy(linger=0)
+        server.kill()
+
+
 def hostile_messages(good: list[bytes]) -> dict[str, list[list[bytes]]]:
     header = json.loads(good[1])
 
@@ -181,42 +206,29 @@ def test_hostile_messages_cost_only_themselves(export):
     server = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
                  "--pub", "tcp://127.0.0.1:*", "--hop", "0.25", "--encoding", "raw",
                  "--max-streams", "16")
-    good_stream = None
-    ctx = zmq.Context()
-    try:
-        audio_address, pub_address = server.wait_line(f"serving on {ADDRESS} -> {ADDRESS}").groups()
-        with Subscriber(pub_address) as sub:
-            sub.wait_ready(20)
-            good_stream = GoodStream(audio_address, "good")
-            good_stream.start()
-            assert_still_serving(sub, "good", "starting", within=10)   # its first 1-s window
-            hostile = ctx.socket(zmq.PUSH)
-            hostile.connect(audio_address)
-            good = encode_audio("other", 0, np.zeros(800, np.float32), RATE, time.time())
-            for what, messages in hostile_messages(good).items():
-                for parts in messages:
-                    hostile.send_multipart(parts)
-                assert_still_serving(sub, "good", what)
-            # A second capture node claims the live stream id: refused and told once.
-            for seq in range(20):
-                hostile.send_multipart(encode_audio("good", seq, np.zeros(800, np.float32),
-                                                    RATE, time.time(), node="intruder"))
-                time.sleep(0.02)
-            assert_still_serving(sub, "good", "a second node claiming its stream id")
-            # A part over any valid size: libzmq drops that connection, nobody else.
-            hostile.send_multipart([b"audio", b"{}", b"\x00" * (6 * 1024 * 1024)])
-            assert_still_serving(sub, "good", "an oversized message")
-            hostile.close(linger=0)
-            good_stream.stop.set()
-            started = time.monotonic()
-            server.signal(signal.SIGTERM)
-            assert server.wait(10) == 0, server.stderr()
-            assert time.monotonic() - started < 1.0, "SIGTERM took over a second"
-    finally:
-        if good_stream is not None:
-            good_stream.stop.set()
-        ctx.destroy(linger=0)
-        server.kill()
+    with serving_a_good_stream(server) as (audio_address, sub, ctx, good_stream):
+        hostile = ctx.socket(zmq.PUSH)
+        hostile.connect(audio_address)
+        good = encode_audio("other", 0, np.zeros(800, np.float32), RATE, time.time())
+        for what, messages in hostile_messages(good).items():
+            for parts in messages:
+                hostile.send_multipart(parts)
+            assert_still_serving(sub, "good", what)
+        # A second capture node claims the live stream id: refused and told once.
+        for seq in range(20):
+            hostile.send_multipart(encode_audio("good", seq, np.zeros(800, np.float32),
+                                                RATE, time.time(), node="intruder"))
+            time.sleep(0.02)
+        assert_still_serving(sub, "good", "a second node claiming its stream id")
+        # A part over any valid size: libzmq drops that connection, nobody else.
+        hostile.send_multipart([b"audio", b"{}", b"\x00" * (6 * 1024 * 1024)])
+        assert_still_serving(sub, "good", "an oversized message")
+        hostile.close(linger=0)
+        good_stream.stop.set()
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait(10) == 0, server.stderr()
+        assert time.monotonic() - started < 1.0, "SIGTERM took over a second"
     err = server.stderr()
     assert "Traceback" not in err and "shut down cleanly" in err
     assert "'sample_rate' should be an integer in [8000, 192000]" in err

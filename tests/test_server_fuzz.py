@@ -17,7 +17,7 @@ import zmq
 from helpers_runtime import CLI, tiny_export
 from hypothesis import given
 from hypothesis import strategies as st
-from test_serve import ADDRESS, GoodStream, assert_still_serving
+from test_serve import assert_still_serving, serving_a_good_stream
 
 from runtime.errors import S2IError
 from runtime.serve.ingress import NetworkIngress
@@ -123,41 +123,26 @@ def export(tmp_path_factory):
 
 
 def test_the_server_keeps_serving_a_good_stream_through_fuzzed_messages(export):
-    from runtime.wire.client import Subscriber
-
     server = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
                  "--pub", "tcp://127.0.0.1:*", "--hop", "0.25", "--encoding", "raw",
                  "--max-streams", "8")
-    good_stream = None
-    ctx = zmq.Context()
-    try:
-        audio, pub = server.wait_line(f"serving on {ADDRESS} -> {ADDRESS}").groups()
-        with Subscriber(pub) as sub:
-            sub.wait_ready(20)
-            good_stream = GoodStream(audio, "good")
-            good_stream.start()
-            assert_still_serving(sub, "good", "starting", within=10)
-            hostile = ctx.socket(zmq.PUSH)
-            hostile.connect(audio)
+    with serving_a_good_stream(server) as (audio, sub, ctx, good_stream):
+        hostile = ctx.socket(zmq.PUSH)
+        hostile.connect(audio)
 
-            @given(st.lists(audio_messages(), min_size=1, max_size=4))
-            def send(messages):
-                for parts in messages:
-                    if parts:               # ZeroMQ has no zero-part message
-                        hostile.send_multipart(parts)
+        @given(st.lists(audio_messages(), min_size=1, max_size=4))
+        def send(messages):
+            for parts in messages:
+                if parts:               # ZeroMQ has no zero-part message
+                    hostile.send_multipart(parts)
 
-            send()
-            hostile.send_multipart(encode_audio("after", 0, np.zeros(800, np.float32), RATE,
-                                                time.time()))
-            assert_still_serving(sub, "good", "fuzzed messages", within=5)
-            hostile.close(linger=0)
+        send()
+        hostile.send_multipart(encode_audio("after", 0, np.zeros(800, np.float32), RATE,
+                                            time.time()))
+        assert_still_serving(sub, "good", "fuzzed messages", within=5)
+        hostile.close(linger=0)
         good_stream.stop.set()
         server.signal()
         assert server.wait(20) == 0, server.stderr()
-    finally:
-        if good_stream is not None:
-            good_stream.stop.set()
-        ctx.destroy(linger=0)
-        server.kill()
     err = server.stderr()
     assert "Traceback" not in err and "unexpected error in" not in err, err

@@ -15,7 +15,14 @@ import numpy as np
 import pytest
 import zmq
 from helpers_runtime import CLI, tiny_export
-from test_serve import ADDRESS, RATE, GoodStream, assert_still_serving, sounds
+from test_serve import (
+    ADDRESS,
+    RATE,
+    GoodStream,
+    assert_still_serving,
+    serving_a_good_stream,
+    sounds,
+)
 
 from runtime.wire.client import Subscriber
 from runtime.wire.protocol import MAX_AUDIO_PAYLOAD_BYTES, encode_audio
@@ -62,44 +69,31 @@ sys.exit(main(sys.argv[1:]))
 
 def test_unexpected_errors_cost_only_their_message(export):
     server = serve(export, code=BUGGY_SERVER)
-    good_stream = None
-    ctx = zmq.Context()
-    try:
-        audio, pub = server.wait_line(f"serving on {ADDRESS} -> {ADDRESS}").groups()
-        with Subscriber(pub) as sub:
-            sub.wait_ready(20)
-            good_stream = GoodStream(audio, "good")
-            good_stream.start()
-            assert_still_serving(sub, "good", "starting", within=10)
-            push = ctx.socket(zmq.PUSH)
-            push.connect(audio)
-            for seq in range(40):          # 2 s of each: a full window of boom2 to encode
-                for sid in ("boom", "boom2"):
-                    push.send_multipart(encode_audio(sid, seq, sounds()[0][:800], RATE,
-                                                     time.time(), node="bad"))
-            server.wait_line("unexpected error in the audio ingress; one audio message "
-                             r"dropped, serving goes on \(1 such errors so far\): "
-                             "RuntimeError: injected ingress bug", timeout=20)
-            server.wait_line("unexpected error in the encoding of a frame; one frame dropped",
-                             timeout=20)
-            assert_still_serving(sub, "good", "unexpected errors")
-            # A part over the cap: libzmq drops that connection; the server says so.
-            oversize = ctx.socket(zmq.PUSH)
-            oversize.connect(audio)
-            oversize.send_multipart([b"audio", b"{}", b"\x00" * (2 * MAX_AUDIO_PAYLOAD_BYTES)])
-            server.wait_line(f"over {MAX_AUDIO_PAYLOAD_BYTES} bytes \\(ZMQ_MAXMSGSIZE\\)",
-                             timeout=20)
-            assert_still_serving(sub, "good", "an oversized part")
-            push.close(linger=0)
-            oversize.close(linger=0)
-            good_stream.stop.set()
-            server.signal(signal.SIGTERM)
-            assert server.wait(20) == 0, server.stderr()
-    finally:
-        if good_stream is not None:
-            good_stream.stop.set()
-        ctx.destroy(linger=0)
-        server.kill()
+    with serving_a_good_stream(server) as (audio, sub, ctx, good_stream):
+        push = ctx.socket(zmq.PUSH)
+        push.connect(audio)
+        for seq in range(40):          # 2 s of each: a full window of boom2 to encode
+            for sid in ("boom", "boom2"):
+                push.send_multipart(encode_audio(sid, seq, sounds()[0][:800], RATE,
+                                                 time.time(), node="bad"))
+        server.wait_line("unexpected error in the audio ingress; one audio message "
+                         r"dropped, serving goes on \(1 such errors so far\): "
+                         "RuntimeError: injected ingress bug", timeout=20)
+        server.wait_line("unexpected error in the encoding of a frame; one frame dropped",
+                         timeout=20)
+        assert_still_serving(sub, "good", "unexpected errors")
+        # A part over the cap: libzmq drops that connection; the server says so.
+        oversize = ctx.socket(zmq.PUSH)
+        oversize.connect(audio)
+        oversize.send_multipart([b"audio", b"{}", b"\x00" * (2 * MAX_AUDIO_PAYLOAD_BYTES)])
+        server.wait_line(f"over {MAX_AUDIO_PAYLOAD_BYTES} bytes \\(ZMQ_MAXMSGSIZE\\)",
+                         timeout=20)
+        assert_still_serving(sub, "good", "an oversized part")
+        push.close(linger=0)
+        oversize.close(linger=0)
+        good_stream.stop.set()
+        server.signal(signal.SIGTERM)
+        assert server.wait(20) == 0, server.stderr()
     err = server.stderr()
     assert "Traceback" not in err and "shut down cleanly" in err
     assert err.count("injected ingress bug") == 1          # 40 errors, one line (rate limit)

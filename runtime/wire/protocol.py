@@ -22,6 +22,7 @@ import re
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -483,29 +484,26 @@ def check_audio_values(stream: str, sample_rate: int, options: str = "") -> None
 
 def bind(socket: zmq.Socket, address: str, what: str) -> None:
     """Bind, or close the socket and raise a one-line error (a context can then terminate)."""
-    try:
-        check_address(address, what)
-        socket.bind(address)
-    except S2IError:
-        socket.close(linger=0)
-        raise
-    except zmq.ZMQError as exc:
-        socket.close(linger=0)
-        raise S2IError(f"cannot bind the {what} socket to {address}: {exc}") from exc
+    _attach(socket.bind, socket, address, what, "bind", "")
 
 
 def connect(socket: zmq.Socket, address: str, what: str) -> None:
     """Connect, or close the socket and raise a one-line error."""
+    _attach(socket.connect, socket, address, what, "connect",
+            " (expected e.g. tcp://127.0.0.1:5556)")
+
+
+def _attach(attach: Callable[[str], Any], socket: zmq.Socket, address: str, what: str,
+            verb: str, hint: str) -> None:
     try:
         check_address(address, what)
-        socket.connect(address)
+        attach(address)
     except S2IError:
         socket.close(linger=0)
         raise
     except zmq.ZMQError as exc:
         socket.close(linger=0)
-        raise S2IError(f"cannot connect the {what} socket to {address}: {exc} "
-                       "(expected e.g. tcp://127.0.0.1:5556)") from exc
+        raise S2IError(f"cannot {verb} the {what} socket to {address}: {exc}{hint}") from exc
 
 
 def _report_all_subscriptions(socket: zmq.Socket) -> None:
