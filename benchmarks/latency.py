@@ -24,7 +24,7 @@ from benchmarks.throughput import max_streams
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.model.manifest import load_export_manifest
-from runtime.model.precision import GPU_BACKENDS
+from runtime.model.precision import FEATURES, GPU_BACKENDS
 from runtime.serve.pipeline import Pipeline
 
 DEFAULT_WINDOWS = 300
@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2,
                    help="CPU threads for PyTorch and ONNX Runtime CPU (default 2)")
     p.add_argument("--encoding", default="png", choices=("png", "raw", "jpeg"))
-    p.add_argument("--features", nargs="+", default=["auto"], choices=("auto", "graph", "host"),
+    p.add_argument("--features", nargs="+", default=["auto"], choices=FEATURES,
                    help="where the log-mel runs, one row each: graph (the export's audio-in "
                         "graphs), host (numpy), auto (default: graph where the export has "
                         "it); e.g. --features host graph to compare them")

@@ -31,7 +31,7 @@ import numpy as np
 from runtime.artifacts import atomic_write_bytes
 from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
-from runtime.web.handler import QuietHandler
+from runtime.web.handler import CONTENT_TYPES, QuietHandler
 from runtime.web.server import IDLE_TIMEOUT_S, PageServer
 from runtime.wire.client import Subscriber
 from runtime.wire.images import png_bytes
@@ -40,8 +40,6 @@ from runtime.wire.security import add_client_security_args, client_keys, is_loop
 
 STATIC = Path(__file__).parents[1] / "web" / "static"
 MAX_NAME_CHARS = 80       # stream-id part of a file name (a file name may have 255 bytes)
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
-                ".css": "text/css"}
 
 
 class LatestFrame:
@@ -133,8 +131,8 @@ def make_handler(latest: LatestFrame, timeout_s: float = IDLE_TIMEOUT_S
                     self.send_body(200, body, "image/png")
                     return
             static = STATIC / path.lstrip("/")
-            if "/" not in path.lstrip("/") and static.suffix in STATIC_TYPES and static.is_file():
-                self.send_body(200, static.read_bytes(), STATIC_TYPES[static.suffix])
+            if "/" not in path.lstrip("/") and static.suffix in CONTENT_TYPES and static.is_file():
+                self.send_body(200, static.read_bytes(), CONTENT_TYPES[static.suffix])
                 return
             self.send_body(404, b"not found", "text/plain")
 

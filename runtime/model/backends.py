@@ -29,7 +29,14 @@ from runtime.model.gpu_env import (
     tensorrt_unavailable_reason,
 )
 from runtime.model.manifest import load_export_manifest
-from runtime.model.precision import BACKENDS, PRECISIONS, check_precision, missing_hint, model_key
+from runtime.model.precision import (
+    BACKENDS,
+    FEATURES,
+    PRECISIONS,
+    check_precision,
+    missing_hint,
+    model_key,
+)
 
 try:
     import onnxruntime as ort
@@ -39,7 +46,6 @@ except ImportError:   # neither [cpu] nor [gpu] installed: _ort() says so when i
 __all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_backends",
            "open_translator", "tensorrt_unavailable_reason"]
 
-FEATURES = ("auto", "graph", "host")    # where the log-mel is computed (open_translator)
 SPECTROGRAM_TAIL = (1, 128, 100)
 
 

@@ -20,6 +20,9 @@ RUNS_ON: dict[str, tuple[str, ...]] = {
     "int8": ("onnxruntime-cpu",),   # QLinear/QDQ operators: ONNX Runtime CPU kernels only
 }
 PRECISIONS = tuple(RUNS_ON)
+# Where the log-mel front end runs: in the audio-in graph, on the host (runtime/frontend.py),
+# or graph wherever the export has the audio-in graphs.
+FEATURES = ("auto", "graph", "host")
 BF16_REASON = ("bf16 is not offered: ONNX Runtime's CPU provider has no bfloat16 convolution "
                "(the ONNX Conv operator does not take bfloat16, and its CPU MatMul has no "
                "bfloat16 kernel), so a BF16 graph cannot run on the runtime's CPU path; use "

@@ -7,7 +7,7 @@ import argparse
 from typing import Any
 
 from runtime.errors import S2IError
-from runtime.model.precision import GPU_BACKENDS, PRECISIONS
+from runtime.model.precision import FEATURES, GPU_BACKENDS, PRECISIONS
 from runtime.model.shipped import TRAINED_EXPORT, default_export, default_precision
 from runtime.serve.pipeline import Pipeline
 from runtime.wire.protocol import DEFAULT_TOPIC, ENCODINGS
@@ -27,7 +27,7 @@ def add_pipeline_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", default=None, choices=PRECISIONS,
                    help="fp32 (default; fp16 for the shipped demo model, which holds FP16 "
                         "graphs only), fp16, or int8 (onnxruntime-cpu; export --int8)")
-    g.add_argument("--features", default="auto", choices=("auto", "graph", "host"),
+    g.add_argument("--features", default="auto", choices=FEATURES,
                    help="where the log-mel front end runs: graph (inside the model: the "
                         "export's audio-in graphs), host (runtime/frontend.py, numpy), or "
                         "auto (default: graph when the export has it for this backend and "

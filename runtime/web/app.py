@@ -34,7 +34,7 @@ from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
 from runtime.model.manifest import load_export_manifest
 from runtime.model.shipped import default_export
-from runtime.web.handler import QuietHandler
+from runtime.web.handler import CONTENT_TYPES, QuietHandler
 from runtime.web.server import IDLE_TIMEOUT_S, PageServer
 from runtime.wire.security import is_loopback
 
@@ -48,9 +48,6 @@ ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 MODEL_KEYS = {"int8": "translator_audio_int8", "fp16": "translator_audio_fp16",
               "fp32": "translator_audio"}
 AUDIO_INPUT, IMAGES_OUTPUT, UNCERTAINTY_OUTPUT = "audio", "images", "uncertainty"
-WEB_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
-             ".mjs": "text/javascript", ".css": "text/css", ".json": "application/json",
-             ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
 # cross-origin isolation: SharedArrayBuffer, so WebAssembly threads
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin",
                      "Cross-Origin-Embedder-Policy": "require-corp",
@@ -149,7 +146,7 @@ def build_page(export_dir: str | Path, out_dir: str | Path, precision: str = "au
     }
     with atomic_dir(out_dir) as tmp:
         for item in PAGE.iterdir():
-            if item.suffix in WEB_TYPES:
+            if item.suffix in CONTENT_TYPES:
                 shutil.copyfile(item, tmp / item.name)
         (tmp / "ort").mkdir()
         for name in ORT_FILES:
@@ -186,8 +183,8 @@ def make_static_handler(root: Path, timeout_s: float = IDLE_TIMEOUT_S
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             relative = unquote(self.path.split("?")[0].split("#")[0]).lstrip("/")
             path = (root / (relative or "index.html")).resolve()
-            if path.is_relative_to(root) and path.suffix in WEB_TYPES and path.is_file():
-                self.send_body(200, path.read_bytes(), WEB_TYPES[path.suffix])
+            if path.is_relative_to(root) and path.suffix in CONTENT_TYPES and path.is_file():
+                self.send_body(200, path.read_bytes(), CONTENT_TYPES[path.suffix])
                 return
             self.send_body(404, b"not found", "text/plain")
 

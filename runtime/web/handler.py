@@ -8,6 +8,10 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
+# The content type of every file the local pages serve (the viewer's page, the browser page).
+CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript",
+                 ".mjs": "text/javascript", ".css": "text/css", ".json": "application/json",
+                 ".wasm": "application/wasm", ".onnx": "application/octet-stream"}
 
 class QuietHandler(BaseHTTPRequestHandler):
     """No log line per request (it would bury the page's URL); whole-body answers, each with
