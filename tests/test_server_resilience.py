@@ -217,7 +217,11 @@ def test_running_out_of_file_descriptors_is_logged(export):
         audio = server.wait_line(f"serving on {ADDRESS}").group(1)
         port = int(audio.rsplit(":", 1)[1])
         for _ in range(200):
-            idle.append(socket.create_connection(("127.0.0.1", port)))
+            try:      # past the limit and a full backlog the kernel drops or refuses
+                idle.append(socket.create_connection(("127.0.0.1", port), timeout=2))
+            except OSError:          # (which one depends on its settings): enough either way
+                break
+        assert len(idle) >= 100, f"only {len(idle)} connections: {server.stderr()}"
         server.wait_line(r"cannot accept a connection on the audio input \(PULL\) socket "
                          r"\(\d+ so far\): Too many open files \(open-file limit 160\)",
                          timeout=20)
