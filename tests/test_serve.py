@@ -240,7 +240,7 @@ def test_hostile_messages_cost_only_themselves(export):
 SLOW_SERVER = """
 import sys, time
 import runtime.serve.options as options
-real = options.open_translator_from_args
+real = options.open_model
 
 class Blocking:
     def __init__(self, inner):
@@ -252,7 +252,7 @@ class Blocking:
         print("[s2i] test: model call started", file=sys.stderr, flush=True)
         time.sleep(60)
 
-options.open_translator_from_args = lambda args: Blocking(real(args))
+options.open_model = lambda model: Blocking(real(model))
 from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
