@@ -136,6 +136,21 @@ class CaptureConfig:
     security: ClientCurve = field(default_factory=ClientCurve,
                                   metadata={"title": SECURITY_TITLE})
 
+    def check(self) -> None:
+        """Every option, with the server's own rules, before anything starts."""
+        chosen_source(self.source)
+        check_audio_values(self.stream_id, self.send_rate, "--stream-id and --send-rate")
+        check_address(self.connect, "audio output (--connect)")
+        low, high = BLOCK_MS_RANGE
+        if not low <= self.block_ms <= high:
+            raise S2IError(f"--block-ms must be between {low:g} and {high:g}, "
+                           f"got {self.block_ms:g}")
+
+
+def setup_push(push: zmq.Socket) -> None:
+    push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
+    push.setsockopt(zmq.IMMEDIATE, 1)     # no server connected -> drop, don't queue
+
 
 def capture_main(argv: list[str] | None = None) -> int:
     cfg = parse_config(CaptureConfig, sys.argv[1:] if argv is None else argv, "s2i-capture",
@@ -143,26 +158,16 @@ def capture_main(argv: list[str] | None = None) -> int:
     if cfg.source.list_devices:
         print("\n".join(list_devices()) or "no input devices")
         return 0
-    chosen_source(cfg.source)
-    check_audio_values(cfg.stream_id, cfg.send_rate, "--stream-id and --send-rate")
-    check_address(cfg.connect, "audio output (--connect)")
-    low, high = BLOCK_MS_RANGE
-    if not low <= cfg.block_ms <= high:
-        raise S2IError(f"--block-ms must be between {low:g} and {high:g}, got {cfg.block_ms:g}")
+    cfg.check()
     keys = cfg.security.keys()
     block_s = cfg.block_ms / 1000
     blocks = BlockQueue(max(2, math.ceil(QUEUE_SECONDS / block_s)))
     source = open_live_source(cfg.source, blocks.put, cfg.send_rate, block_s)  # a file is paced
     ctx = zmq.Context()
-
-    def setup(push: zmq.Socket) -> None:
-        push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
-        push.setsockopt(zmq.IMMEDIATE, 1)     # no server connected -> drop, don't queue
-
     linger = 0
     conn = None
     try:
-        conn = ClientSocket(ctx, zmq.PUSH, cfg.connect, "audio output (PUSH)", keys, setup,
+        conn = ClientSocket(ctx, zmq.PUSH, cfg.connect, "audio output (PUSH)", keys, setup_push,
                             retry=cfg.security.retry)
         warn_if_open(cfg.connect, "audio", curve=keys is not None, bound=False)
         with stop_on_signals() as stop:

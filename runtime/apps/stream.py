@@ -59,6 +59,24 @@ def end_reason(kind: str, stop: threading.Event) -> str:
     return {"file": "end-of-file", "stdin": "end-of-input"}.get(kind, "source-stopped")
 
 
+def front_end_of(export: str) -> FrontEndConfig:
+    """The export's front end, read before the models load (cheap checks first, so a bad
+    file or device fails before them); with ``--cluster`` it comes from the deployment."""
+    return FrontEndConfig.from_dict(
+        load_export_manifest(export, verify_hashes=False)["front_end"])
+
+
+def open_input(audio: SourceOptions, kind: str, ring: AudioRing, rate: int) -> Source | None:
+    """The live source writing into ``ring``; None for a file run offline (its first block
+    decoded now, so a bad file fails before anything starts)."""
+    if kind != "file" or audio.realtime:
+        return open_live_source(audio, ring.write, rate)
+    if audio.loop:
+        raise S2IError("--loop needs --realtime (a looped file never ends)")
+    next(iter(iter_audio_blocks(str(audio.file), rate)))
+    return None
+
+
 def stream_main(argv: list[str] | None = None) -> int:
     cfg = parse_config(StreamConfig, sys.argv[1:] if argv is None else argv, "s2i-stream",
                        "Sound to images, live: capture, translate and publish generated images "
@@ -70,22 +88,11 @@ def stream_main(argv: list[str] | None = None) -> int:
     kind = chosen_source(audio)
     check_address(publish.pub, "publisher (--pub)")
     raise_open_file_limit()     # every subscriber connection is a file descriptor
-    pipeline = None
-    if model.cluster:   # the export lives with the deployment: its manifest comes from there
-        pipeline = open_pipeline(model, publish)
-        front_end = pipeline.front_end
-    else:              # cheap checks first, so a bad file or device fails before models load
-        front_end = FrontEndConfig.from_dict(
-            load_export_manifest(model.export, verify_hashes=False)["front_end"])
+    pipeline = open_pipeline(model, publish) if model.cluster else None
+    front_end = pipeline.front_end if pipeline is not None else front_end_of(model.export)
     ring = AudioRing(front_end.n_samples * 4)
-    source: Source | None = None
-    offline = kind == "file" and not audio.realtime
-    if offline and audio.loop:
-        raise S2IError("--loop needs --realtime (a looped file never ends)")
-    if offline:
-        next(iter(iter_audio_blocks(str(audio.file), front_end.sample_rate)))
-    else:
-        source = open_live_source(audio, ring.write, front_end.sample_rate)
+    source = open_input(audio, kind, ring, front_end.sample_rate)
+    offline = source is None
     ctx = zmq.Context()
     publisher = security = None
     linger_ms = 0

@@ -173,13 +173,8 @@ def _wait_for_nodes(gcs: str, env: dict[str, str], nodes: int, timeout_s: float,
                    f"{timeout_s:g} s (logs in {logs[0].parent})")
 
 
-def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) -> dict[str, Any]:
-    folder = folder.resolve()
-    if (folder / STATE).exists():
-        state = read_state(folder)
-        if any(alive(n["pid"]) for n in state["nodes"]):
-            raise S2IError(f"a local cluster already runs from {folder} (gcs {state['gcs']}); "
-                           "stop it first (python -m runtime.cluster.local stop)")
+def _make_token(folder: Path) -> Path:
+    """``folder/auth_token``: this cluster's token (made once, kept across restarts)."""
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "auth_token"
     if not token.exists():
@@ -187,6 +182,17 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     os.chmod(token, 0o600)                 # readable by this user only, also if it was kept
+    return token
+
+
+def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) -> dict[str, Any]:
+    folder = folder.resolve()
+    if (folder / STATE).exists():
+        state = read_state(folder)
+        if any(alive(n["pid"]) for n in state["nodes"]):
+            raise S2IError(f"a local cluster already runs from {folder} (gcs {state['gcs']}); "
+                           "stop it first (python -m runtime.cluster.local stop)")
+    token = _make_token(folder)
     ports = free_ports(len(HEAD_PORTS) + 2 * len(NODE_PORTS))
     head_ports = dict(zip(HEAD_PORTS + NODE_PORTS, ports, strict=False))
     worker_ports = dict(zip(NODE_PORTS, ports[len(head_ports):], strict=True))
