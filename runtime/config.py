@@ -5,7 +5,8 @@ A command's settings are one dataclass. :func:`config_parser` turns its fields i
 values; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
 ``required``, ``positional``, ``flag`` (another flag name), ``negatable: False`` (a ``bool``
 that is a plain ``--x`` switch, no ``--no-x``), or ``cli: False`` to keep it off the command
-line; ``(default: ...)`` is added to a help text unless it already speaks of its default); a
+line; ``(default: ...)`` is added to a help text unless it already speaks of its default,
+the default is None, or the field is a switch); a
 default that depends on the machine is a ``default_factory`` (called when the parser is
 built); a field whose type is itself a config dataclass is a group: its fields become flags
 of their own (flat names, no prefix) under a titled section of ``--help`` (metadata
@@ -80,7 +81,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
         default = _default(field)
         required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
         help_text = field.metadata.get("help", "")
-        if default is not dataclasses.MISSING and not required and "default" not in help_text:
+        switch = tp is bool and field.metadata.get("negatable") is False
+        if default not in (dataclasses.MISSING, None) and not (required or switch) \
+                and "default" not in help_text:
             help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"help": help_text.strip()}
         for key in ("choices", "metavar"):

@@ -103,3 +103,4 @@ def test_switches_machine_defaults_and_default_help() -> None:
     text = " ".join(parser.format_help().split())
     assert "(default: machine-default)" in text     # a default_factory, shown as resolved
     assert "more lines (default: quiet)" in text and "quiet) (default" not in text
+    assert "clock (default" not in text                 # a switch is off unless given
