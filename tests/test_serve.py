@@ -361,3 +361,24 @@ def test_stats_file_in_a_missing_folder_is_one_line(export, tmp_path):
                      str(tmp_path / "missing" / "stats.json"))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --stats-file {tmp_path / 'missing' / 'stats.json'}: its folder does not exist"]
+
+
+def test_the_resolved_config_is_saved_beside_the_stats_file(export, tmp_path):
+    from runtime.apps.serve import ServeConfig, stats_config_path
+    from runtime.config import config_from_dict
+
+    stats = tmp_path / "stats.json"
+    cli = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
+              "--pub", "tcp://127.0.0.1:*", "--encoding", "raw", "--max-batch", "3",
+              "--stats-file", str(stats))
+    try:
+        cli.wait_line(f"serving on {ADDRESS}")
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(10) == 0, cli.stderr()
+    finally:
+        cli.kill()
+    saved = json.loads(stats_config_path(stats).read_text())
+    cfg = config_from_dict(ServeConfig, saved)
+    assert (cfg.model.export, cfg.publish.encoding, cfg.batching.max_batch, cfg.stats_file) \
+        == (str(export), "raw", 3, str(stats))
+    assert cfg.security.allow_nodes is None and cfg.max_streams > 0
