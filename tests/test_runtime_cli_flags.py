@@ -1,6 +1,7 @@
 """Every runtime command keeps its flags: the option strings of each console script (and of
 ``python -m runtime.cluster.local``), whether each takes a value, and its choices, as they were
-before the commands moved to runtime.config's dataclass style (issue 24)."""
+before the commands moved to runtime.config's dataclass style (issue 24); the commands share
+their option groups as types; a group's values are checked with one line."""
 
 from __future__ import annotations
 
@@ -85,3 +86,60 @@ EXPECTED = {
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 def test_every_command_keeps_its_flags(command: str, monkeypatch: pytest.MonkeyPatch) -> None:
     assert flags_of(COMMANDS[command], monkeypatch) == EXPECTED[command]
+
+
+def test_commands_share_option_groups_as_types() -> None:
+    import dataclasses
+    import typing
+
+    from runtime.apps.capture import CaptureConfig
+    from runtime.apps.serve import ServeConfig
+    from runtime.apps.stream import StreamConfig
+    from runtime.apps.view import ViewConfig
+
+    def groups(cls: type) -> dict[str, Any]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)
+                if dataclasses.is_dataclass(hints[f.name])}
+
+    serve, stream = groups(ServeConfig), groups(StreamConfig)
+    assert [serve[g] for g in ("model", "publish")] == [stream[g] for g in ("model", "publish")]
+    assert issubclass(serve["security"], stream["security"])   # plus --allow-nodes
+    assert groups(CaptureConfig)["security"] is groups(ViewConfig)["security"]
+    assert groups(CaptureConfig)["source"] is stream["source"]
+
+
+def test_group_values_are_checked_with_one_line() -> None:
+    import zmq
+
+    from runtime.errors import S2IError
+    from runtime.serve.options import BatchingOptions, batching
+    from runtime.wire.security import ClientCurve, NodeServerCurve, ServerCurve
+
+    assert batching(BatchingOptions(), "onnxruntime-cpu") == (64, 0.01)
+    assert batching(BatchingOptions(max_wait_ms=0), "tensorrt") == (512, 0.0)
+    with pytest.raises(S2IError, match="--max-batch must be at least 1, got 0"):
+        batching(BatchingOptions(max_batch=0), "onnxruntime-cpu")
+    ctx = zmq.Context()
+    try:
+        assert ServerCurve().open(ctx) is None
+        with pytest.raises(S2IError, match="^--allow-subscribers needs --curve-secret"):
+            ServerCurve(allow_subscribers="subs").open(ctx)
+        with pytest.raises(S2IError, match="^--curve-secret needs --allow-nodes"):
+            NodeServerCurve(curve_secret="server.key_secret", allow_subscribers="subs").open(ctx)
+    finally:
+        ctx.term()
+    assert ClientCurve().keys() is None
+    with pytest.raises(S2IError, match="^CURVE needs both --curve-secret"):
+        ClientCurve(server_key="server.key").keys()
+
+
+def test_a_bad_value_is_one_error_line_and_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.apps.capture import main
+
+    assert main(["--stdin", "--block-ms", "5"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: --block-ms must be between 10 and 1000, got 5"]
+    with pytest.raises(SystemExit) as exited:           # argparse's own: a wrong choice
+        main(["--stdin", "--format", "s24"])
+    assert exited.value.code == 2 and "invalid choice: 's24'" in capsys.readouterr().err
