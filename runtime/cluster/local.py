@@ -373,15 +373,17 @@ class LocalClusterConfig:
                                    "help": "what to do with the cluster"})
     dir: str = field(default=DEFAULT_DIR, metadata={
         "help": f"the cluster's folder: token, state, logs (default {DEFAULT_DIR})"})
-    worker_cpus: int = 2
-    worker_gpus: int = 0
+    worker_cpus: int = field(default=2, metadata={
+        "help": "start: CPUs of the second node, where the replicas run"})
+    worker_gpus: int = field(default=0, metadata={"help": "start: GPUs of the second node"})
     timeout: float = field(default=180.0, metadata={"help": "seconds for each node to come up"})
     export: str | None = field(default=None, metadata={
         "help": "deploy: the export folder (made absolute)"})
-    replicas: int = 1
-    backend: str = "auto"
-    threads: int | None = None
-    app: str = "s2i"
+    replicas: int = field(default=1, metadata={"help": "deploy: replicas of the translator"})
+    backend: str = field(default="auto", metadata={"help": "deploy: the replicas' backend"})
+    threads: int | None = field(default=None, metadata={
+        "help": "deploy: CPU threads of each replica's ONNX Runtime"})
+    app: str = field(default="s2i", metadata={"help": "deploy: the application's name"})
 
 
 def run_command(cfg: LocalClusterConfig) -> int:
