@@ -3,9 +3,13 @@
 A command's settings are one dataclass. :func:`config_parser` turns its fields into flags
 (``batch_size`` -> ``--batch-size``; ``bool`` -> ``--x/--no-x``; ``list``/``tuple`` -> several
 values; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
-``required``, ``positional``, ``flag`` (another flag name), or ``cli: False`` to keep it off
-the command line); a field whose type is itself a config dataclass is a group: its fields become
-flags of their own (flat names, no prefix) under a titled section of ``--help`` (metadata
+``required``, ``positional``, ``flag`` (another flag name), ``negatable: False`` (a ``bool``
+that is a plain ``--x`` switch, no ``--no-x``), or ``cli: False`` to keep it off the command
+line; ``(default: ...)`` is added to a help text unless it already speaks of its default,
+the default is None, or the field is a switch); a
+default that depends on the machine is a ``default_factory`` (called when the parser is
+built); a field whose type is itself a config dataclass is a group: its fields become flags
+of their own (flat names, no prefix) under a titled section of ``--help`` (metadata
 ``title``), so that commands share option groups (the model, publishing, batching) as types;
 :func:`parse_config` builds the config from defaults and the flags given
 (:func:`dataclass_from_args` also takes a base: a preset, a saved config for ``--resume``);
@@ -77,7 +81,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
         default = _default(field)
         required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
         help_text = field.metadata.get("help", "")
-        if default is not dataclasses.MISSING and not required:
+        switch = tp is bool and field.metadata.get("negatable") is False
+        if default not in (dataclasses.MISSING, None) and not (required or switch) \
+                and "default" not in help_text:
             help_text += f" (default: {default})"
         kwargs: dict[str, Any] = {"help": help_text.strip()}
         for key in ("choices", "metavar"):
@@ -87,7 +93,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
             kwargs.update(nargs=field.metadata.get("nargs", "+"),
                           type=_inner_type(hints[field.name]))
         elif tp is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
+            negatable = field.metadata.get("negatable", True)
+            kwargs["action"] = argparse.BooleanOptionalAction if negatable else "store_const"
+            if not negatable:
+                kwargs["const"] = True      # given: True; absent: None, so the default holds
         else:
             kwargs["type"] = tp if tp in (int, float, str, Path) else str
         if field.metadata.get("positional"):
@@ -95,6 +104,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
             continue
         flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
         parser.add_argument(flag, dest=field.name, default=None, required=required, **kwargs)
+
+
+def switch(help_text: str) -> Any:
+    """A ``bool`` field that is a plain ``--x`` switch (False unless given; no ``--no-x``)."""
+    return dataclasses.field(default=False, metadata={"negatable": False, "help": help_text})
 
 
 def config_parser(cls: type, prog: str, description: str | None = None

@@ -514,6 +514,8 @@ def test_the_scripted_loopback_cluster_serves_a_front_and_stops_only_itself(clus
         state = json.loads((folder / "cluster.json").read_text())
         assert state["gcs"].startswith("127.0.0.1:")
         assert oct((folder / "auth_token").stat().st_mode & 0o777) == "0o600"
+        saved = json.loads((folder / "config_start.json").read_text())   # the resolved config
+        assert (saved["command"], saved["worker_cpus"]) == ("start", 1)
         local("deploy", "--export", str(cluster.export), "--backend", "onnxruntime-cpu",
               "--threads", "1")
         front_env = dict(env)

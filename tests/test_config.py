@@ -14,6 +14,7 @@ from runtime.config import (
     dataclass_from_args,
     parse_config,
     save_config,
+    switch,
 )
 from runtime.errors import S2IError
 
@@ -84,3 +85,22 @@ def test_a_dataclass_field_is_a_titled_flag_group(tmp_path: Path) -> None:
     assert config_from_dict(Serve, saved) == cfg
     base = dataclass_from_args(Serve, parser.parse_args(["--threads", "2"]), **saved)
     assert base == Serve(Model("x", 2), 7)
+
+
+@dataclass
+class Switches:
+    out: str = field(default_factory=lambda: "machine-" + "default")
+    realtime: bool = switch("play at the pace of a clock")
+    verbose: bool = field(default=False, metadata={"help": "more lines (default: quiet)"})
+
+
+def test_switches_machine_defaults_and_default_help() -> None:
+    parser = config_parser(Switches, "toy")
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"--realtime", "--verbose", "--no-verbose"} <= flags and "--no-realtime" not in flags
+    assert parse_config(Switches, [], "toy") == Switches("machine-default", False, False)
+    assert parse_config(Switches, ["--realtime"], "toy").realtime is True
+    text = " ".join(parser.format_help().split())
+    assert "(default: machine-default)" in text     # a default_factory, shown as resolved
+    assert "more lines (default: quiet)" in text and "quiet) (default" not in text
+    assert "clock (default" not in text                 # a switch is off unless given

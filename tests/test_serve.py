@@ -240,7 +240,7 @@ def test_hostile_messages_cost_only_themselves(export):
 SLOW_SERVER = """
 import sys, time
 import runtime.serve.options as options
-real = options.open_translator_from_args
+real = options.open_model
 
 class Blocking:
     def __init__(self, inner):
@@ -252,7 +252,7 @@ class Blocking:
         print("[s2i] test: model call started", file=sys.stderr, flush=True)
         time.sleep(60)
 
-options.open_translator_from_args = lambda args: Blocking(real(args))
+options.open_model = lambda model: Blocking(real(model))
 from runtime.apps.serve import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -361,3 +361,24 @@ def test_stats_file_in_a_missing_folder_is_one_line(export, tmp_path):
                      str(tmp_path / "missing" / "stats.json"))
     assert result.returncode == 2 and result.stderr.strip().splitlines() == [
         f"error: --stats-file {tmp_path / 'missing' / 'stats.json'}: its folder does not exist"]
+
+
+def test_the_resolved_config_is_saved_beside_the_stats_file(export, tmp_path):
+    from runtime.apps.serve import ServeConfig, stats_config_path
+    from runtime.config import config_from_dict
+
+    stats = tmp_path / "stats.json"
+    cli = CLI("s2i-serve", "--export", str(export), "--bind", "tcp://127.0.0.1:*",
+              "--pub", "tcp://127.0.0.1:*", "--encoding", "raw", "--max-batch", "3",
+              "--stats-file", str(stats))
+    try:
+        cli.wait_line(f"serving on {ADDRESS}")
+        cli.signal(signal.SIGTERM)
+        assert cli.wait(10) == 0, cli.stderr()
+    finally:
+        cli.kill()
+    saved = json.loads(stats_config_path(stats).read_text())
+    cfg = config_from_dict(ServeConfig, saved)
+    assert (cfg.model.export, cfg.publish.encoding, cfg.batching.max_batch, cfg.stats_file) \
+        == (str(export), "raw", 3, str(stats))
+    assert cfg.security.allow_nodes is None and cfg.max_streams > 0

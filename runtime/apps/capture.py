@@ -19,7 +19,6 @@ retried with backoff (``runtime.wire.client.ClientSocket``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import queue
 import re
@@ -27,16 +26,24 @@ import socket as socketlib
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
 
-from runtime.audio.sources import add_source_args, chosen_source, list_devices, open_live_source
+from runtime.audio.sources import (
+    SOURCE_TITLE,
+    SourceOptions,
+    chosen_source,
+    list_devices,
+    open_live_source,
+)
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.config import parse_config
 from runtime.errors import S2IError, run_cli
 from runtime.wire.client import ClientSocket
 from runtime.wire.protocol import check_audio_values, encode_audio
-from runtime.wire.security import add_client_security_args, check_address, client_keys, warn_if_open
+from runtime.wire.security import SECURITY_TITLE, ClientCurve, check_address, warn_if_open
 
 QUEUE_BLOCKS = 100      # ~5 s of 50-ms blocks
 QUEUE_SECONDS = 5.0     # the queue holds this much audio, whatever the block
@@ -109,51 +116,64 @@ class AudioSender:
         self.send(np.zeros(0, np.float32), time.time(), end=True)
 
 
+@dataclass
+class CaptureConfig:
+    """``s2i-capture``'s settings."""
+
+    source: SourceOptions = field(default_factory=SourceOptions,
+                                  metadata={"title": SOURCE_TITLE})
+    connect: str = field(default="tcp://127.0.0.1:5555", metadata={
+        "help": "the server's audio address (default: tcp://127.0.0.1:5555)"})
+    send_rate: int = field(default=16000, metadata={
+        "help": "sample rate sent to the server, 8000-192000 (default: 16000)"})
+    stream_id: str = field(default_factory=default_stream_id, metadata={
+        "help": "stream id, 1-64 characters of [A-Za-z0-9._-]; keep it across restarts "
+                "(default: capture-HOSTNAME, made valid)"})
+    block_ms: float = field(default=CAPTURE_BLOCK_S * 1000, metadata={
+        "metavar": "MS", "help": f"audio per message (default: {CAPTURE_BLOCK_S * 1000:g} ms; "
+                                 "larger costs the server less, a window ending inside a "
+                                 "block waits for it)"})
+    security: ClientCurve = field(default_factory=ClientCurve,
+                                  metadata={"title": SECURITY_TITLE})
+
+    def check(self) -> None:
+        """Every option, with the server's own rules, before anything starts."""
+        chosen_source(self.source)
+        check_audio_values(self.stream_id, self.send_rate, "--stream-id and --send-rate")
+        check_address(self.connect, "audio output (--connect)")
+        low, high = BLOCK_MS_RANGE
+        if not low <= self.block_ms <= high:
+            raise S2IError(f"--block-ms must be between {low:g} and {high:g}, "
+                           f"got {self.block_ms:g}")
+
+
+def setup_push(push: zmq.Socket) -> None:
+    push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
+    push.setsockopt(zmq.IMMEDIATE, 1)     # no server connected -> drop, don't queue
+
+
 def capture_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="s2i-capture", description="Capture audio and PUSH it to an s2i-serve server.")
-    add_source_args(parser)
-    parser.add_argument("--connect", default="tcp://127.0.0.1:5555",
-                        help="the server's audio address (default: tcp://127.0.0.1:5555)")
-    parser.add_argument("--send-rate", type=int, default=16000,
-                        help="sample rate sent to the server, 8000-192000 (default: 16000)")
-    parser.add_argument("--stream-id", default=default_stream_id(),
-                        help="stream id, 1-64 characters of [A-Za-z0-9._-]; keep it across "
-                             "restarts (default: capture-HOSTNAME, made valid)")
-    parser.add_argument("--block-ms", type=float, default=CAPTURE_BLOCK_S * 1000, metavar="MS",
-                        help="audio per message (default: %(default)g ms; larger costs the "
-                             "server less, a window ending inside a block waits for it)")
-    add_client_security_args(parser)
-    args = parser.parse_args(argv)
-    if args.list_devices:
+    cfg = parse_config(CaptureConfig, sys.argv[1:] if argv is None else argv, "s2i-capture",
+                       "Capture audio and PUSH it to an s2i-serve server.")
+    if cfg.source.list_devices:
         print("\n".join(list_devices()) or "no input devices")
         return 0
-    chosen_source(args)
-    check_audio_values(args.stream_id, args.send_rate, "--stream-id and --send-rate")
-    check_address(args.connect, "audio output (--connect)")
-    low, high = BLOCK_MS_RANGE
-    if not low <= args.block_ms <= high:
-        raise S2IError(f"--block-ms must be between {low:g} and {high:g}, got {args.block_ms:g}")
-    keys = client_keys(args)
-    block_s = args.block_ms / 1000
+    cfg.check()
+    keys = cfg.security.keys()
+    block_s = cfg.block_ms / 1000
     blocks = BlockQueue(max(2, math.ceil(QUEUE_SECONDS / block_s)))
-    source = open_live_source(args, blocks.put, args.send_rate, block_s)  # a file is paced
+    source = open_live_source(cfg.source, blocks.put, cfg.send_rate, block_s)  # a file is paced
     ctx = zmq.Context()
-
-    def setup(push: zmq.Socket) -> None:
-        push.setsockopt(zmq.SNDHWM, PUSH_SNDHWM)
-        push.setsockopt(zmq.IMMEDIATE, 1)     # no server connected -> drop, don't queue
-
     linger = 0
     conn = None
     try:
-        conn = ClientSocket(ctx, zmq.PUSH, args.connect, "audio output (PUSH)", keys, setup,
-                            retry=args.retry)
-        warn_if_open(args.connect, "audio", curve=keys is not None, bound=False)
+        conn = ClientSocket(ctx, zmq.PUSH, cfg.connect, "audio output (PUSH)", keys, setup_push,
+                            retry=cfg.security.retry)
+        warn_if_open(cfg.connect, "audio", curve=keys is not None, bound=False)
         with stop_on_signals() as stop:
             source.start()
-            log(f"capturing {source.name} -> {args.connect} as stream {args.stream_id!r}")
-            sender = AudioSender(conn.socket, args.stream_id, args.send_rate)
+            log(f"capturing {source.name} -> {cfg.connect} as stream {cfg.stream_id!r}")
+            sender = AudioSender(conn.socket, cfg.stream_id, cfg.send_rate)
             while not stop.is_set():
                 if conn.check():
                     sender.push = conn.socket
@@ -175,7 +195,7 @@ def capture_main(argv: list[str] | None = None) -> int:
                 "server logs what it refuses")
             linger = 300 if stop.is_set() else 1000   # flush the last blocks and the end
             if handed == 0 and not stop.is_set():
-                raise S2IError(f"no audio reached a server at {args.connect} (none "
+                raise S2IError(f"no audio reached a server at {cfg.connect} (none "
                                "connected: is s2i-serve running with that --bind address?)")
             return exit_code(stop)
     finally:

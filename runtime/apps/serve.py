@@ -6,67 +6,91 @@ the security, runs the engine until a signal and ends the streams for subscriber
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket as socketlib
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
 
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.config import parse_config, save_config
 from runtime.errors import S2IError, run_cli
 from runtime.resilience import raise_open_file_limit
 from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
-from runtime.serve.options import add_batching_args, add_pipeline_args, batching, open_pipeline
+from runtime.serve.options import (
+    BatchingOptions,
+    ModelOptions,
+    PublishOptions,
+    batching,
+    open_pipeline,
+)
 from runtime.wire.protocol import Publisher
-from runtime.wire.security import add_server_security_args, check_address, server_security
+from runtime.wire.security import SECURITY_TITLE, NodeServerCurve, check_address
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
 
 
+@dataclass
+class ServeConfig:
+    """``s2i-serve``'s settings; saved beside ``--stats-file`` (``PATH.config.json``)."""
+
+    bind: str = field(default="tcp://127.0.0.1:5555", metadata={
+        "help": "address to PULL audio on (default: tcp://127.0.0.1:5555, this machine only; "
+                "e.g. tcp://0.0.0.0:5555 opens it)"})
+    max_streams: int = field(default=DEFAULT_MAX_STREAMS, metadata={
+        "metavar": "N", "help": "most live streams; newcomers past it are refused"})
+    idle_expiry: float = field(default=IDLE_EXPIRY_S, metadata={
+        "metavar": "S", "help": "forget a stream silent this long, in seconds"})
+    stats_file: Path | None = field(default=None, metadata={
+        "metavar": "PATH",
+        "help": "keep the counters and each stage's thread CPU time as JSON in PATH, "
+                f"rewritten every {STATS_EVERY_S:g} s (for benchmarks)"})
+    model: ModelOptions = field(default_factory=ModelOptions, metadata={"title": "model"})
+    publish: PublishOptions = field(default_factory=PublishOptions,
+                                    metadata={"title": "publishing"})
+    batching: BatchingOptions = field(default_factory=BatchingOptions,
+                                      metadata={"title": "batching across streams"})
+    security: NodeServerCurve = field(default_factory=NodeServerCurve,
+                                      metadata={"title": SECURITY_TITLE})
+
+
+def stats_config_path(stats_file: Path) -> Path:
+    """Where the resolved config of a run with ``--stats-file`` is saved."""
+    return stats_file.with_name(stats_file.name + ".config.json")
+
+
 def serve_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="s2i-serve", description="Generation server: PULL audio from s2i-capture nodes, "
-                                       "publish generated images on PUB.")
-    parser.add_argument("--bind", default="tcp://127.0.0.1:5555",
-                        help="address to PULL audio on (default: tcp://127.0.0.1:5555, this "
-                             "machine only; e.g. tcp://0.0.0.0:5555 opens it)")
-    parser.add_argument("--max-streams", type=int, default=DEFAULT_MAX_STREAMS, metavar="N",
-                        help=f"most live streams; newcomers past it are refused "
-                             f"(default: {DEFAULT_MAX_STREAMS})")
-    parser.add_argument("--idle-expiry", type=float, default=IDLE_EXPIRY_S, metavar="S",
-                        help=f"forget a stream silent this long (default: {IDLE_EXPIRY_S:g} s)")
-    parser.add_argument("--stats-file", type=Path, default=None, metavar="PATH",
-                        help="keep the counters and each stage's thread CPU time as JSON in "
-                             f"PATH, rewritten every {STATS_EVERY_S:g} s (for benchmarks)")
-    add_pipeline_args(parser)
-    add_batching_args(parser)
-    add_server_security_args(parser, nodes=True)
-    args = parser.parse_args(argv)
-    check_address(args.bind, "audio input (--bind)")
-    check_address(args.pub, "publisher (--pub)")
-    if args.stats_file is not None and not args.stats_file.parent.is_dir():
-        raise S2IError(f"--stats-file {args.stats_file}: its folder does not exist")
+    cfg = parse_config(ServeConfig, sys.argv[1:] if argv is None else argv, "s2i-serve",
+                       "Generation server: PULL audio from s2i-capture nodes, publish "
+                       "generated images on PUB.")
+    check_address(cfg.bind, "audio input (--bind)")
+    check_address(cfg.publish.pub, "publisher (--pub)")
+    if cfg.stats_file is not None:
+        if not cfg.stats_file.parent.is_dir():
+            raise S2IError(f"--stats-file {cfg.stats_file}: its folder does not exist")
+        save_config(cfg, stats_config_path(cfg.stats_file))
     raise_open_file_limit()     # every connection is a file descriptor
-    pipeline = open_pipeline(args)
-    max_batch, max_wait_s = batching(args, pipeline.backend)
+    pipeline = open_pipeline(cfg.model, cfg.publish)
+    max_batch, max_wait_s = batching(cfg.batching, pipeline.backend)
     ctx = zmq.Context()
     publisher = loop = security = None
     failure: S2IError | None = None
     ended = True
     try:
         with stop_on_signals() as stop:
-            security = server_security(args, ctx)
-            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
-            loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
-                               args.max_streams, args.idle_expiry, args.encode_threads,
-                               security=security, stats_file=args.stats_file)
+            security = cfg.security.open(ctx)
+            publisher = Publisher(ctx, cfg.publish.pub, cfg.publish.topic, pipeline.info(),
+                                  security=security)
+            loop = NetworkLoop(pipeline, publisher, ctx, cfg.bind, max_batch, max_wait_s,
+                               cfg.max_streams, cfg.idle_expiry, cfg.batching.encode_threads,
+                               security=security, stats_file=cfg.stats_file)
             log(f"serving on {loop.address} -> {publisher.address} "
                 f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
                 f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
-            wait_for_subscribers(publisher, args.wait_subscribers, stop)
+            wait_for_subscribers(publisher, cfg.publish.wait_subscribers, stop)
             if not stop.is_set():
                 ended = loop.run(stop)
                 failure = loop.failure

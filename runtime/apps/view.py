@@ -15,13 +15,13 @@ retried with backoff (``runtime.wire.client.ClientSocket``).
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import re
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -30,13 +30,14 @@ import numpy as np
 
 from runtime.artifacts import atomic_write_bytes
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.config import parse_config, switch
 from runtime.errors import S2IError, run_cli
 from runtime.web.handler import CONTENT_TYPES, QuietHandler
 from runtime.web.server import IDLE_TIMEOUT_S, PageServer
 from runtime.wire.client import Subscriber
 from runtime.wire.images import png_bytes
 from runtime.wire.protocol import DEFAULT_TOPIC, Frame
-from runtime.wire.security import add_client_security_args, client_keys, is_loopback
+from runtime.wire.security import SECURITY_TITLE, ClientCurve, is_loopback
 
 STATIC = Path(__file__).parents[1] / "web" / "static"
 MAX_NAME_CHARS = 80       # stream-id part of a file name (a file name may have 255 bytes)
@@ -159,51 +160,58 @@ def write_frame(out_dir: Path, frame: Frame) -> None:
                        (json.dumps(frame.header, indent=1) + "\n").encode())
 
 
+@dataclass
+class ViewConfig:
+    """``s2i-view``'s settings."""
+
+    connect: str = field(default="tcp://127.0.0.1:5556", metadata={
+        "help": "the server's PUB address (default: tcp://127.0.0.1:5556)"})
+    topic: str = DEFAULT_TOPIC
+    out: Path | None = field(default=None, metadata={
+        "help": "folder to write frames to (PNG + JSON header)"})
+    web: int | None = field(default=None, metadata={
+        "metavar": "PORT", "help": "serve a live page on http://HOST:PORT/ (0 = any free port)"})
+    host: str = field(default="127.0.0.1", metadata={
+        "help": "web page host (default: 127.0.0.1)"})
+    count: int = field(default=0, metadata={"help": "stop after N frames (0 = never)"})
+    newest_only: bool = switch("skip queued frames and show the newest (slow clients)")
+    security: ClientCurve = field(default_factory=ClientCurve,
+                                  metadata={"title": SECURITY_TITLE})
+
+
 def view_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="s2i-view", description="Subscribe to an S2I stream; save frames and/or show them "
-                                      "in a local web page.")
-    parser.add_argument("--connect", default="tcp://127.0.0.1:5556",
-                        help="the server's PUB address (default: tcp://127.0.0.1:5556)")
-    parser.add_argument("--topic", default=DEFAULT_TOPIC)
-    parser.add_argument("--out", type=Path, help="folder to write frames to (PNG + JSON header)")
-    parser.add_argument("--web", type=int, metavar="PORT",
-                        help="serve a live page on http://HOST:PORT/ (0 = any free port)")
-    parser.add_argument("--host", default="127.0.0.1", help="web page host (default: 127.0.0.1)")
-    parser.add_argument("--count", type=int, default=0, help="stop after N frames (0 = never)")
-    parser.add_argument("--newest-only", action="store_true",
-                        help="skip queued frames and show the newest (slow clients)")
-    add_client_security_args(parser)
-    args = parser.parse_args(argv)
-    if args.out is None and args.web is None:
+    cfg = parse_config(ViewConfig, sys.argv[1:] if argv is None else argv, "s2i-view",
+                       "Subscribe to an S2I stream; save frames and/or show them in a local "
+                       "web page.")
+    if cfg.out is None and cfg.web is None:
         raise S2IError("nothing to do: give --out DIR and/or --web PORT")
-    keys = client_keys(args)
+    keys = cfg.security.keys()
     latest = LatestFrame()
     httpd = None
-    subscriber = Subscriber(args.connect, args.topic, newest_only=args.newest_only, keys=keys,
-                            retry=args.retry)
+    subscriber = Subscriber(cfg.connect, cfg.topic, newest_only=cfg.newest_only, keys=keys,
+                            retry=cfg.security.retry)
     try:
-        if args.out is not None:
+        if cfg.out is not None:
             try:
-                args.out.mkdir(parents=True, exist_ok=True)
+                cfg.out.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise S2IError(f"cannot create output folder {args.out}: "
+                raise S2IError(f"cannot create output folder {cfg.out}: "
                                f"{exc.strerror}") from exc
-        if args.web is not None:
+        if cfg.web is not None:
             try:
-                httpd = PageServer((args.host, args.web), make_handler(latest))
+                httpd = PageServer((cfg.host, cfg.web), make_handler(latest))
             except (OSError, OverflowError) as exc:
-                raise S2IError(f"cannot serve the web page on {args.host}:{args.web}: "
+                raise S2IError(f"cannot serve the web page on {cfg.host}:{cfg.web}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from exc
             threading.Thread(target=httpd.serve_forever, name="s2i-view-web",
                              daemon=True).start()
-            log(f"view at http://{args.host}:{httpd.server_address[1]}/")
-            if not is_loopback(f"tcp://{args.host}:1"):
-                log(f"warning: the page on {args.host} is open to the network, without "
+            log(f"view at http://{cfg.host}:{httpd.server_address[1]}/")
+            if not is_loopback(f"tcp://{cfg.host}:1"):
+                log(f"warning: the page on {cfg.host} is open to the network, without "
                     "authentication or encryption")
         with stop_on_signals() as stop:
             received = 0
-            while not stop.is_set() and (args.count <= 0 or received < args.count):
+            while not stop.is_set() and (cfg.count <= 0 or received < cfg.count):
                 frame = subscriber.receive(timeout_s=0.1)   # bad messages: logged, skipped
                 for sid in list(subscriber.ended):
                     end = subscriber.ended.pop(sid)
@@ -212,8 +220,8 @@ def view_main(argv: list[str] | None = None) -> int:
                 if frame is None:
                     continue
                 received += 1
-                if args.out is not None:
-                    write_frame(args.out, frame)
+                if cfg.out is not None:
+                    write_frame(cfg.out, frame)
                 latest.update(frame)
             log(f"received {received} frames" + (f", skipped {subscriber.bad} bad messages"
                                                   if subscriber.bad else ""))

@@ -15,11 +15,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from runtime.audio.decode import StreamResampler, iter_audio_blocks, quiet_stderr
+from runtime.config import switch
 from runtime.errors import S2IError
 
 Sink = Callable[[np.ndarray, float], None]
@@ -323,41 +325,50 @@ def file_windows(path: str, sample_rate: int, window: int, hop: int
 
 # --- command line ---------------------------------------------------------------------------
 
-def add_source_args(parser: Any) -> None:
-    """``--mic [--device D] | --file X [--realtime] | --stdin --rate R --channels C --format F``."""
-    g = parser.add_argument_group("audio source (pick one)")
-    g.add_argument("--mic", action="store_true", help="capture the microphone (PyAudio)")
-    g.add_argument("--file", metavar="PATH", help="an audio or video file (wav/flac/ogg/mp3/mp4)")
-    g.add_argument("--stdin", action="store_true", help="raw interleaved PCM on stdin")
-    g.add_argument("--list-devices", action="store_true", help="list input devices and exit")
-    g.add_argument("--device", metavar="NAME|INDEX", help="input device (default: the default)")
-    g.add_argument("--realtime", action="store_true",
-                   help="play --file at the pace of a live source (default: as fast as possible)")
-    g.add_argument("--loop", action="store_true", help="repeat --file (with --realtime)")
-    g.add_argument("--rate", type=int, default=16000, help="stdin sample rate (default: 16000)")
-    g.add_argument("--channels", type=int, default=1, help="stdin channels (default: 1)")
-    g.add_argument("--format", default="s16", choices=sorted(PCM_FORMATS),
-                   help="stdin sample format: s16 or f32 little-endian (default: s16)")
+SOURCE_TITLE = "audio source (pick one)"
 
 
-def chosen_source(args: Any) -> str:
-    chosen = [name for name in ("mic", "file", "stdin") if getattr(args, name)]
+@dataclass
+class SourceOptions:
+    """``--mic [--device D] | --file X [--realtime] | --stdin --rate R --channels C --format F``
+    (the flag group of ``s2i-stream`` and ``s2i-capture``)."""
+
+    mic: bool = switch("capture the microphone (PyAudio)")
+    file: str | None = field(default=None, metadata={
+        "metavar": "PATH", "help": "an audio or video file (wav/flac/ogg/mp3/mp4)"})
+    stdin: bool = switch("raw interleaved PCM on stdin")
+    list_devices: bool = switch("list input devices and exit")
+    device: str | None = field(default=None, metadata={
+        "metavar": "NAME|INDEX", "help": "input device (default: the default)"})
+    realtime: bool = switch("play --file at the pace of a live source (default: as fast as "
+                            "possible)")
+    loop: bool = switch("repeat --file (with --realtime)")
+    rate: int = field(default=16000, metadata={"help": "stdin sample rate (default: 16000)"})
+    channels: int = field(default=1, metadata={"help": "stdin channels (default: 1)"})
+    format: str = field(default="s16", metadata={
+        "choices": sorted(PCM_FORMATS),
+        "help": "stdin sample format: s16 or f32 little-endian (default: s16)"})
+
+
+def chosen_source(options: SourceOptions) -> str:
+    chosen = [name for name in ("mic", "file", "stdin") if getattr(options, name)]
     if len(chosen) != 1:
         raise S2IError("choose exactly one audio source: --mic, --file PATH or --stdin "
                        f"(got {', '.join('--' + c for c in chosen) or 'none'})")
     return chosen[0]
 
 
-def open_live_source(args: Any, sink: Sink, sample_rate: int,
+def open_live_source(options: SourceOptions, sink: Sink, sample_rate: int,
                      block_s: float = BLOCK_SECONDS) -> Source:
-    """The live source the arguments ask for (a file is paced like a live source), handing
+    """The live source the options ask for (a file is paced like a live source), handing
     out blocks of about ``block_s`` seconds."""
-    kind = chosen_source(args)
-    if args.loop and kind != "file":
+    kind = chosen_source(options)
+    if options.loop and kind != "file":
         raise S2IError("--loop repeats a --file; it does not apply to --mic or --stdin")
     if kind == "mic":
-        return MicSource(sink, sample_rate, args.device, block_s=block_s)
+        return MicSource(sink, sample_rate, options.device, block_s=block_s)
     if kind == "stdin":
-        return StdinSource(sink, sample_rate, args.rate, args.channels, args.format,
+        return StdinSource(sink, sample_rate, options.rate, options.channels, options.format,
                            block_s=block_s)
-    return FileSource(sink, sample_rate, args.file, loop=args.loop, block_s=block_s)
+    assert options.file is not None
+    return FileSource(sink, sample_rate, options.file, loop=options.loop, block_s=block_s)

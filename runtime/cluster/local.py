@@ -24,7 +24,6 @@ interface (docs/SCALING.md, "Ports"); the token is what keeps other machines out
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import secrets
@@ -35,9 +34,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime.config import parse_config, save_config
 from runtime.errors import S2IError, run_cli
 
 DEFAULT_DIR = "runs/ray-local"
@@ -172,13 +173,8 @@ def _wait_for_nodes(gcs: str, env: dict[str, str], nodes: int, timeout_s: float,
                    f"{timeout_s:g} s (logs in {logs[0].parent})")
 
 
-def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) -> dict[str, Any]:
-    folder = folder.resolve()
-    if (folder / STATE).exists():
-        state = read_state(folder)
-        if any(alive(n["pid"]) for n in state["nodes"]):
-            raise S2IError(f"a local cluster already runs from {folder} (gcs {state['gcs']}); "
-                           "stop it first (python -m runtime.cluster.local stop)")
+def _make_token(folder: Path) -> Path:
+    """``folder/auth_token``: this cluster's token (made once, kept across restarts)."""
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "auth_token"
     if not token.exists():
@@ -186,6 +182,17 @@ def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) ->
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32))
     os.chmod(token, 0o600)                 # readable by this user only, also if it was kept
+    return token
+
+
+def start(folder: Path, worker_cpus: int, worker_gpus: int, timeout_s: float) -> dict[str, Any]:
+    folder = folder.resolve()
+    if (folder / STATE).exists():
+        state = read_state(folder)
+        if any(alive(n["pid"]) for n in state["nodes"]):
+            raise S2IError(f"a local cluster already runs from {folder} (gcs {state['gcs']}); "
+                           "stop it first (python -m runtime.cluster.local stop)")
+    token = _make_token(folder)
     ports = free_ports(len(HEAD_PORTS) + 2 * len(NODE_PORTS))
     head_ports = dict(zip(HEAD_PORTS + NODE_PORTS, ports, strict=False))
     worker_ports = dict(zip(NODE_PORTS, ports[len(head_ports):], strict=True))
@@ -354,55 +361,68 @@ def node_main(argv: list[str]) -> int:
     return int(scripts.main() or 0)  # type: ignore[func-returns-value]
 
 
+COMMANDS = ("start", "deploy", "status", "env", "stop")
+
+
+@dataclass
+class LocalClusterConfig:
+    """``python -m runtime.cluster.local COMMAND``'s settings; ``start`` and ``deploy`` save
+    theirs in the cluster's folder (``config_start.json``, ``config_deploy.json``)."""
+
+    command: str = field(metadata={"positional": True, "choices": COMMANDS,
+                                   "help": "what to do with the cluster"})
+    dir: str = field(default=DEFAULT_DIR, metadata={
+        "help": f"the cluster's folder: token, state, logs (default {DEFAULT_DIR})"})
+    worker_cpus: int = field(default=2, metadata={
+        "help": "start: CPUs of the second node, where the replicas run"})
+    worker_gpus: int = field(default=0, metadata={"help": "start: GPUs of the second node"})
+    timeout: float = field(default=180.0, metadata={"help": "seconds for each node to come up"})
+    export: str | None = field(default=None, metadata={
+        "help": "deploy: the export folder (made absolute)"})
+    replicas: int = field(default=1, metadata={"help": "deploy: replicas of the translator"})
+    backend: str = field(default="auto", metadata={"help": "deploy: the replicas' backend"})
+    threads: int | None = field(default=None, metadata={
+        "help": "deploy: CPU threads of each replica's ONNX Runtime"})
+    app: str = field(default="s2i", metadata={"help": "deploy: the application's name"})
+
+
+def run_command(cfg: LocalClusterConfig) -> int:
+    folder = Path(cfg.dir)
+    if cfg.command == "start":
+        if cfg.worker_cpus < 1 or cfg.worker_gpus < 0:
+            raise S2IError("--worker-cpus should be >= 1 and --worker-gpus >= 0")
+        state = start(folder, cfg.worker_cpus, cfg.worker_gpus, cfg.timeout)
+        save_config(cfg, folder / "config_start.json")
+        print(f"local Ray cluster up: gcs {state['gcs']}, dashboard "
+              f"http://{state['dashboard']}, token {folder.resolve() / 'auth_token'}")
+        print(f"next: python -m runtime.cluster.local deploy --dir {cfg.dir} "
+              "--export EXPORT_DIR")
+        return 0
+    if cfg.command == "deploy":
+        if not cfg.export:
+            raise S2IError("deploy needs --export EXPORT_DIR")
+        if cfg.replicas < 1:
+            raise S2IError(f"--replicas should be >= 1, got {cfg.replicas}")
+        deploy(folder, cfg.export, cfg.replicas, cfg.backend, cfg.threads, cfg.app)
+        save_config(cfg, folder / "config_deploy.json")
+        return 0
+    if cfg.command == "env":
+        for key, value in cluster_env(folder.resolve()).items():
+            print(f"export {key}={value}")
+        print("unset RAY_AUTH_TOKEN")
+        return 0
+    if cfg.command == "status":
+        return status(folder)
+    stop(folder)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["_node"]:
         return node_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="python -m runtime.cluster.local",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=("start", "deploy", "status", "env", "stop"))
-    parser.add_argument("--dir", default=DEFAULT_DIR,
-                        help=f"the cluster's folder: token, state, logs (default {DEFAULT_DIR})")
-    parser.add_argument("--worker-cpus", type=int, default=2)
-    parser.add_argument("--worker-gpus", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=180.0,
-                        help="seconds for each node to come up")
-    parser.add_argument("--export", help="deploy: the export folder (made absolute)")
-    parser.add_argument("--replicas", type=int, default=1)
-    parser.add_argument("--backend", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--app", default="s2i")
-    args = parser.parse_args(argv)
-    folder = Path(args.dir)
-
-    def body() -> int:
-        if args.command == "start":
-            if args.worker_cpus < 1 or args.worker_gpus < 0:
-                raise S2IError("--worker-cpus should be >= 1 and --worker-gpus >= 0")
-            state = start(folder, args.worker_cpus, args.worker_gpus, args.timeout)
-            print(f"local Ray cluster up: gcs {state['gcs']}, dashboard "
-                  f"http://{state['dashboard']}, token {folder.resolve() / 'auth_token'}")
-            print(f"next: python -m runtime.cluster.local deploy --dir {args.dir} "
-                  "--export EXPORT_DIR")
-            return 0
-        if args.command == "deploy":
-            if not args.export:
-                raise S2IError("deploy needs --export EXPORT_DIR")
-            if args.replicas < 1:
-                raise S2IError(f"--replicas should be >= 1, got {args.replicas}")
-            deploy(folder, args.export, args.replicas, args.backend, args.threads, args.app)
-            return 0
-        if args.command == "env":
-            for key, value in cluster_env(folder.resolve()).items():
-                print(f"export {key}={value}")
-            print("unset RAY_AUTH_TOKEN")
-            return 0
-        if args.command == "status":
-            return status(folder)
-        stop(folder)
-        return 0
-
-    return run_cli(body)
+    return run_cli(lambda: run_command(parse_config(
+        LocalClusterConfig, argv, "python -m runtime.cluster.local", __doc__.split("\n\n")[0])))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ WebAssembly threads need. docs/WEB.md.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -23,6 +22,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from urllib.parse import unquote
 
 from runtime.artifacts import atomic_dir, atomic_write_json, read_json
 from runtime.cli import exit_code, log, stop_on_signals
+from runtime.config import parse_config, switch
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig
 from runtime.model.manifest import load_export_manifest
@@ -220,37 +221,43 @@ def serve(root: Path, host: str, port: int) -> int:
             return exit_code(stop)
 
 
+@dataclass
+class WebConfig:
+    """``s2i-web``'s settings."""
+
+    export: str = field(default_factory=default_export, metadata={
+        "help": "export folder with an audio-in translator (default: runs/demo/export when it "
+                "exists, else the shipped demo model)"})
+    precision: str = field(default="auto", metadata={
+        "choices": ["auto", *MODEL_KEYS],
+        "help": "which audio-in graph the page runs (default auto: the smallest)"})
+    out: Path | None = field(default=None, metadata={
+        "help": "folder to write the page to (default: a temporary folder)"})
+    build_only: bool = switch("write the page (--out) and exit; any static host can serve "
+                              "it")
+    ort: Path | None = field(default=None, metadata={
+        "help": "onnxruntime-web's dist folder (default: node_modules/onnxruntime-web/dist)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "page host (default: 127.0.0.1)"})
+    port: int = field(default=8080, metadata={
+        "help": "page port (default: 8080; 0 = any free port)"})
+
+
 def web_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="s2i-web", description="Build the S2I web page (ONNX Runtime Web) for an export "
-                                    "and serve it on this machine.")
-    parser.add_argument("--export", default=default_export(),
-                        help="export folder with an audio-in translator (default: "
-                             "runs/demo/export when it exists, else the shipped demo model)")
-    parser.add_argument("--precision", default="auto", choices=["auto", *MODEL_KEYS],
-                        help="which audio-in graph the page runs (default auto: the smallest)")
-    parser.add_argument("--out", type=Path,
-                        help="folder to write the page to (default: a temporary folder)")
-    parser.add_argument("--build-only", action="store_true",
-                        help="write the page (--out) and exit; any static host can serve it")
-    parser.add_argument("--ort", type=Path, help="onnxruntime-web's dist folder (default: "
-                                                 "node_modules/onnxruntime-web/dist)")
-    parser.add_argument("--host", default="127.0.0.1", help="page host (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8080,
-                        help="page port (default: 8080; 0 = any free port)")
-    args = parser.parse_args(argv)
-    if args.build_only and args.out is None:
+    cfg = parse_config(WebConfig, sys.argv[1:] if argv is None else argv, "s2i-web",
+                       "Build the S2I web page (ONNX Runtime Web) for an export and serve it "
+                       "on this machine.")
+    if cfg.build_only and cfg.out is None:
         raise S2IError("--build-only needs --out DIR (the folder to write the page to)")
-    if not 0 <= args.port <= 65535:
-        raise S2IError(f"--port must be in 0..65535, got {args.port}")
+    if not 0 <= cfg.port <= 65535:
+        raise S2IError(f"--port must be in 0..65535, got {cfg.port}")
     with tempfile.TemporaryDirectory(prefix="s2i-web-") as tmp:
-        out = build_page(args.export, args.out or Path(tmp) / "page", args.precision, args.ort)
+        out = build_page(cfg.export, cfg.out or Path(tmp) / "page", cfg.precision, cfg.ort)
         sizes = page_size(out)
         log(f"page written to {out} ({sizes['total'] / 1e6:.1f} MB with WebAssembly: model "
             f"{sizes['model'] / 1e6:.1f} MB)")
-        if args.build_only:
+        if cfg.build_only:
             return 0
-        return serve(out, args.host, args.port)
+        return serve(out, cfg.host, cfg.port)
 
 
 def main(argv: list[str] | None = None) -> int:

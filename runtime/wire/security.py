@@ -14,13 +14,12 @@ reported as one line by ``HandshakeWatch``; ``runtime.wire.client.ClientSocket``
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import itertools
 import os
 import re
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -30,6 +29,7 @@ from zmq.utils import z85
 from zmq.utils.monitor import parse_monitor_message
 
 from runtime.cli import log
+from runtime.config import switch
 from runtime.errors import S2IError
 
 SUBSCRIBERS_DOMAIN = "s2i-subscribers"   # ZAP domain of the image PUB socket
@@ -195,35 +195,50 @@ class ServerSecurity:
         self.auth.stop()
 
 
-def add_server_security_args(parser: argparse.ArgumentParser, nodes: bool) -> None:
-    g = parser.add_argument_group("security (CURVE; see docs/PROTOCOL.md)")
-    g.add_argument("--curve-secret", metavar="FILE",
-                   help="this server's secret key file (NAME.key_secret from s2i-keys); "
-                        "turns on CURVE encryption and authentication")
-    g.add_argument("--allow-subscribers", metavar="DIR",
-                   help="folder of public .key files of the subscribers allowed on --pub")
-    if nodes:
-        g.add_argument("--allow-nodes", metavar="DIR",
-                       help="folder of public .key files of the capture nodes allowed on "
-                            "--bind")
+SECURITY_TITLE = "security (CURVE; see docs/PROTOCOL.md)"
 
 
-def server_security(args: argparse.Namespace, ctx: zmq.Context) -> ServerSecurity | None:
-    """The CURVE set-up the arguments ask for (None without ``--curve-secret``)."""
-    allowed = {SUBSCRIBERS_DOMAIN: (args.allow_subscribers, "--allow-subscribers")}
-    if hasattr(args, "allow_nodes"):
-        allowed[NODES_DOMAIN] = (args.allow_nodes, "--allow-nodes")
-    if args.curve_secret is None:
-        given = [flag for value, flag in allowed.values() if value is not None]
-        if given:
-            raise S2IError(f"{given[0]} needs --curve-secret (the server's secret key file)")
-        return None
-    missing = [flag for value, flag in allowed.values() if value is None]
-    if missing:
-        raise S2IError(f"--curve-secret needs {' and '.join(missing)} (folders of allowed "
-                       "public keys)")
-    return ServerSecurity(ctx, args.curve_secret,
-                          {domain: value for domain, (value, _) in allowed.items()})
+@dataclass
+class ServerCurve:
+    """A server's CURVE flags (``s2i-stream``'s group; ``s2i-serve`` adds ``--allow-nodes``)."""
+
+    curve_secret: str | None = field(default=None, metadata={
+        "metavar": "FILE", "help": "this server's secret key file (NAME.key_secret from "
+                                   "s2i-keys); turns on CURVE encryption and authentication"})
+    allow_subscribers: str | None = field(default=None, metadata={
+        "metavar": "DIR",
+        "help": "folder of public .key files of the subscribers allowed on --pub"})
+
+    def allowed(self) -> dict[str, tuple[str | None, str]]:
+        """ZAP domain -> (allowed-keys folder, its flag)."""
+        return {SUBSCRIBERS_DOMAIN: (self.allow_subscribers, "--allow-subscribers")}
+
+    def open(self, ctx: zmq.Context) -> ServerSecurity | None:
+        """The CURVE set-up these flags ask for (None without ``--curve-secret``)."""
+        allowed = self.allowed()
+        if self.curve_secret is None:
+            given = [flag for value, flag in allowed.values() if value is not None]
+            if given:
+                raise S2IError(f"{given[0]} needs --curve-secret (the server's secret key file)")
+            return None
+        missing = [flag for value, flag in allowed.values() if value is None]
+        if missing:
+            raise S2IError(f"--curve-secret needs {' and '.join(missing)} (folders of allowed "
+                           "public keys)")
+        return ServerSecurity(ctx, self.curve_secret,
+                              {domain: str(value) for domain, (value, _) in allowed.items()})
+
+
+@dataclass
+class NodeServerCurve(ServerCurve):
+    """``ServerCurve`` of a server that capture nodes connect to (``s2i-serve``)."""
+
+    allow_nodes: str | None = field(default=None, metadata={
+        "metavar": "DIR",
+        "help": "folder of public .key files of the capture nodes allowed on --bind"})
+
+    def allowed(self) -> dict[str, tuple[str | None, str]]:
+        return {**super().allowed(), NODES_DOMAIN: (self.allow_nodes, "--allow-nodes")}
 
 
 # --- clients --------------------------------------------------------------------------------
@@ -243,28 +258,30 @@ class ClientKeys:
         socket.curve_serverkey = load_public(self.server_key_file, "server public")
 
 
-def add_client_security_args(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("security (CURVE; see docs/PROTOCOL.md)")
-    g.add_argument("--curve-secret", metavar="FILE",
-                   help="this client's secret key file (NAME.key_secret from s2i-keys)")
-    g.add_argument("--server-key", metavar="FILE",
-                   help="the server's public key file (SERVER.key)")
-    g.add_argument("--retry", action="store_true",
-                   help="when the server refuses the handshake (a key it does not allow, "
-                        "CURVE on one side only), log it and try again after 0.5 s, doubling "
-                        "to 10 s, instead of exiting with the error")
+@dataclass
+class ClientCurve:
+    """A client's CURVE flags (``s2i-view``, ``s2i-capture``)."""
 
+    curve_secret: str | None = field(default=None, metadata={
+        "metavar": "FILE",
+        "help": "this client's secret key file (NAME.key_secret from s2i-keys)"})
+    server_key: str | None = field(default=None, metadata={
+        "metavar": "FILE", "help": "the server's public key file (SERVER.key)"})
+    retry: bool = switch("when the server refuses the handshake (a key it does not allow, "
+                         "CURVE on one side only), log it and try again after 0.5 s, doubling "
+                         "to 10 s, instead of exiting with the error")
 
-def client_keys(args: argparse.Namespace) -> ClientKeys | None:
-    if args.curve_secret is None and args.server_key is None:
-        return None
-    if args.curve_secret is None or args.server_key is None:
-        raise S2IError("CURVE needs both --curve-secret (this client's key_secret file) and "
-                       "--server-key (the server's public key file)")
-    keys = ClientKeys(args.curve_secret, args.server_key)
-    load_secret(keys.secret_file, "client secret")      # fail now, not at connect
-    load_public(keys.server_key_file, "server public")
-    return keys
+    def keys(self) -> ClientKeys | None:
+        """The key files, checked now (not at connect); None without CURVE."""
+        if self.curve_secret is None and self.server_key is None:
+            return None
+        if self.curve_secret is None or self.server_key is None:
+            raise S2IError("CURVE needs both --curve-secret (this client's key_secret file) "
+                           "and --server-key (the server's public key file)")
+        keys = ClientKeys(self.curve_secret, self.server_key)
+        load_secret(keys.secret_file, "client secret")      # fail now, not at connect
+        load_public(keys.server_key_file, "server public")
+        return keys
 
 
 _MONITOR_IDS = itertools.count()
