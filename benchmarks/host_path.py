@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":      # also as a script, to measure another checkout's runtime:
-    import sys                  # PYTHONPATH=/that/checkout python benchmarks/host_path.py
-
+if __name__ == "__main__":
+    # also as a script, to measure another checkout's runtime:
+    # PYTHONPATH=/that/checkout python benchmarks/host_path.py
     sys.exit(main())

@@ -48,6 +48,7 @@ ENCODINGS = ("png", "raw", "jpeg")
 ENCODING_LEVELS: dict[str, tuple[str, int, int, int]] = {
     "png": ("compress_level", 0, 9, 1), "jpeg": ("quality", 1, 95, 85)}
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
+SUBSCRIPTION_POLL_S = 0.005   # publish() handles (un)subscriptions at most this often
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
 MAX_IMAGE_BYTES = 64 * 1024 * 1024   # a frame's image (H*W*3) a client decodes at most
 
@@ -98,10 +99,14 @@ def _levels(clean: np.ndarray, high: np.ndarray, low: np.ndarray
     return np.minimum(np.sqrt(energy / rows.shape[-1]), peak), peak
 
 
+# One encoder for every header (``json.dumps`` with options builds one per call).
+_COMPACT_STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
+
+
 def dumps_header(header: dict[str, Any]) -> bytes:
     """Strict JSON (RFC 8259): a NaN or infinity anywhere is a one-line error, never sent."""
     try:
-        return json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+        return _COMPACT_STRICT_JSON.encode(header).encode()
     except ValueError as exc:
         bad = sorted(k for k, v in header.items() if isinstance(v, float) and not math.isfinite(v))
         raise S2IError(f"S2I {header.get('kind', 'message')} header has a non-finite number "
@@ -579,6 +584,7 @@ class Publisher:
         self.hellos = 0
         self._hello_due = False
         self._next_hello = 0.0
+        self._next_poll = 0.0
         self.last_seq: dict[str, int] = {}        # stream -> last seq published (live streams)
         self._ends: list[tuple[float, str, str]] = []   # (due monotonic time, stream, reason)
         self._ends_lock = threading.Lock()
@@ -632,15 +638,24 @@ class Publisher:
         except zmq.Again:
             pass    # XPUB drops past the HWM anyway; never block the loop
 
-    def publish(self, parts: list[bytes]) -> None:
-        self.poll_subscriptions()
+    def publish(self, parts: list[bytes], stream: str | None = None,
+                seq: int | None = None) -> None:
+        """Send one frame message; ``stream`` and ``seq`` (its header's, for the stream's end
+        message) spare re-reading the header. Subscriptions are handled at most every
+        ``SUBSCRIPTION_POLL_S`` here (a batch's frames go out back to back)."""
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + SUBSCRIPTION_POLL_S
+            self.poll_subscriptions()
         self._send(parts)
         self.sent += 1
-        try:
-            header = json.loads(parts[1])
-            self.last_seq[str(header["stream"])] = int(header["seq"])
-        except (ValueError, KeyError, TypeError, IndexError):
-            pass
+        if stream is None or seq is None:
+            try:
+                header = json.loads(parts[1])
+                stream, seq = str(header["stream"]), int(header["seq"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                return
+        self.last_seq[stream] = seq
 
     def end(self, stream: str, reason: str, delay_s: float = END_DELAY_S) -> None:
         """Announce that ``stream`` finished (thread-safe; sent after ``delay_s``)."""
