@@ -156,3 +156,35 @@ def test_a_batch_is_sanitised_in_place_as_each_window_alone():
         np.testing.assert_allclose(rms, exact, atol=1e-5)
     rms, peak = sanitise_rows(np.ones((1, 16000), np.float32))
     assert (rms[0], peak[0]) == (1.0, 1.0)         # rms never above the peak
+
+
+def test_a_batch_published_back_to_back_reaches_a_subscriber_whole():
+    """A batch larger than PUB_SNDHWM, sent in one burst, loses no frame (the server's
+    high-water mark holds two batches: runtime.wire.protocol.pub_hwm)."""
+    from runtime.wire.protocol import PUB_SNDHWM, Publisher, pub_hwm
+
+    batch = 8 * PUB_SNDHWM
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"},
+                          sndhwm=pub_hwm(batch))
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"s2i")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(publisher.address)
+    try:
+        while publisher.poll_subscriptions(100) < 1:
+            pass
+        payload = bytes(64 * 64 * 3)
+        for seq in range(batch):
+            publisher.publish([b"s2i", json.dumps({"kind": "frame", "stream": "a",
+                                                   "seq": seq}).encode(), payload], "a", seq)
+        seqs = []
+        while sub.poll(2000):
+            header = json.loads(sub.recv_multipart()[1])
+            if header.get("kind") == "frame":
+                seqs.append(header["seq"])
+        assert seqs == list(range(batch)) and publisher.last_seq == {"a": batch - 1}
+    finally:
+        sub.close(linger=0)
+        publisher.socket.close(linger=0)
+        ctx.destroy(linger=0)

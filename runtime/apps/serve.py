@@ -20,7 +20,7 @@ from runtime.resilience import raise_open_file_limit
 from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.options import add_batching_args, add_pipeline_args, batching, open_pipeline
-from runtime.wire.protocol import Publisher
+from runtime.wire.protocol import Publisher, pub_hwm
 from runtime.wire.security import add_server_security_args, check_address, server_security
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
@@ -59,7 +59,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     try:
         with stop_on_signals() as stop:
             security = server_security(args, ctx)
-            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
+            publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(),
+                                  sndhwm=pub_hwm(max_batch), security=security)
             loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
                                args.max_streams, args.idle_expiry, args.encode_threads,
                                security=security, stats_file=args.stats_file)

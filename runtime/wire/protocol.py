@@ -50,6 +50,14 @@ ENCODING_LEVELS: dict[str, tuple[str, int, int, int]] = {
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
 SUBSCRIPTION_POLL_S = 0.005   # publish() handles (un)subscriptions at most this often
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
+
+
+def pub_hwm(max_batch: int) -> int:
+    """A server's PUB high-water mark: ``PUB_SNDHWM``, and at least two batches' frames. A
+    batch's frames are sent back to back; with a mark below the batch, frames past it were
+    dropped for EVERY subscriber before ZeroMQ's I/O thread could move them on (issue 21: a
+    third of the frames at 1.5x capacity, where batches grow)."""
+    return max(PUB_SNDHWM, 2 * int(max_batch))
 MAX_IMAGE_BYTES = 64 * 1024 * 1024   # a frame's image (H*W*3) a client decodes at most
 
 
