@@ -280,8 +280,7 @@ class Stages:
                             continue
                         parts, cpu_s = item
                         self.counters.cpu_s["encode"] += cpu_s
-                        self.publisher.publish(parts, result.header["stream"],
-                                               result.header["seq"])
+                        self.publisher.publish(parts)
                         self.counters.frames += 1
                         if self.on_published is not None:
                             self.on_published(result)
