@@ -10,6 +10,8 @@ COMMANDS = {
     "store": ("benchmarks.store_bench", "build a store from train.tar.gz; load random batches"),
     "latency": ("benchmarks.latency", "per-window latency of the streaming translator"),
     "serve": ("benchmarks.serve_bench", "streams the real s2i-serve holds (batched, paced load)"),
+    "host-path": ("benchmarks.host_path", "host CPU per audio message and per window, per "
+                                          "stage (thread clocks; ingress, batching, ...)"),
     "cluster": ("benchmarks.cluster_bench", "the Ray hop and streams held with 1 and 2 "
                                              "replicas (= serve --cluster)"),
     "encodings": ("benchmarks.encodings", "CPU per frame, bytes and error of png/jpeg/raw "

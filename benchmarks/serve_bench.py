@@ -51,6 +51,7 @@ SKIPPED = re.compile(r"skipped (\d+) late hops")
 STAGES = ("features", "encoder", "generator", "encoding")
 CPU_COLUMNS = ("ingress", "batching", "features", "split", "encode", "publish", "other")
 OVERLOAD_FACTORS = (1.1, 1.5)
+LOAD_LINGER_MS = 5000     # a load process's queued blocks get this long to reach the server
 # Host-only rows batch like a GPU backend (the stand-in is as cheap per batch as one).
 HOST_ONLY_BATCHING = ["--max-batch", "512", "--max-wait-ms", "5"]
 CEILING_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, *OVERLOAD_FACTORS)
@@ -169,8 +170,10 @@ def load_process(addresses: list[str], streams: list[int], total: int, seconds: 
         except zmq.Again:
             unsent += 1
     cpu1 = time.process_time()
+    # Closed with a linger: the last blocks may still be queued in the sockets (a linger of
+    # 0 dropped them, and with them each process's last window: "1 of 10 frames missed").
     for push in (push for server in sockets for push in server):
-        push.close(linger=0)
+        push.close(linger=LOAD_LINGER_MS)
     ctx.term()
     out.put({"cpu_s": round(cpu1 - cpu0, 3),
              "wall_s": round(time.time() - start, 3), "unsent": unsent,
@@ -450,7 +453,12 @@ def summarize_row(row: dict[str, Any], frames: list[tuple[Any, ...]], expected: 
     stages["queues_and_transport"] = round(float(np.mean(e2e)) - sum(stages.values()), 2) \
         if e2e else 0.0
     fractions = [d / expected for d in delivered]
+    # The server's own count: frames it published that the subscriber did not receive were
+    # dropped past the PUB high-water mark (a burst of a large batch, or a slow subscriber).
+    published = row["host_cpu"].get("frames")
     row.update({
+        "published": published,
+        "published_fraction": round(published / (expected * n), 4) if published else None,
         "expected_per_stream": expected, "delivered": sum(delivered),
         "frames_per_s": round(sum(delivered) / seconds, 1),
         "expected": expected * n, "min_stream_fraction": round(min(fractions), 4),
@@ -505,7 +513,9 @@ def table(runs: list[dict[str, Any]]) -> str:
             s = r["stage_mean_ms"]
             hist = ", ".join(f"{b}: {c:g}" for b, c in list(r["batch_histogram"].items())[:6])
             lines.append(
-                f"| {run['label']} | {r['streams']} | {r['delivered_fraction']:.1%} | "
+                f"| {run['label']} | {r['streams']} | {r['delivered_fraction']:.1%}"
+                + ("" if r.get("published_fraction") is None
+                   else f" (published {r['published_fraction']:.1%})") + " | "
                 f"{r['min_stream_fraction']:.0%} | {r['frames_per_s']:.0f} "
                 f"| {r['e2e_p50_ms']:.0f} | {r['e2e_p99_ms']:.0f} "
                 f"| {hist} | {s['features']:.1f}/{s['encoder']:.1f}/{s['generator']:.1f}/"

@@ -4,6 +4,7 @@ with the same result as block by block, and a NaN there is zeroed, not smeared b
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -105,3 +106,85 @@ def test_capture_sends_blocks_of_block_ms(tmp_path):
     finally:
         pull.close(linger=0)
         ctx.term()
+
+
+def test_samples_received_in_place_arrive_intact_and_in_order(ingress):
+    """Through the real PULL socket (``drain``: payloads read without a copy), int16 and
+    float32 blocks of two streams land in their rings whole and in order."""
+    rng = np.random.default_rng(1)
+    audio = {"f32": (rng.standard_normal(MODEL_RATE) * 0.3).astype(np.float32),
+             "i16": (rng.integers(-32768, 32767, MODEL_RATE) / 32768.0).astype(np.float32)}
+    push = ingress.pull.context.socket(zmq.PUSH)
+    push.connect(ingress.address)
+    try:
+        for seq, start in enumerate(range(0, MODEL_RATE, 1000)):
+            for sid, samples in audio.items():
+                parts = encode_audio(sid, seq, samples[start:start + 1000], MODEL_RATE, 1.0)
+                if sid == "i16":
+                    header = json.loads(parts[1])
+                    header["dtype"] = "int16"
+                    parts[1] = json.dumps(header).encode()
+                    parts[2] = np.round(samples[start:start + 1000] * 32768).astype("<i2") \
+                        .tobytes()
+                push.send_multipart(parts)
+        received = 0
+        while received < 2 * MODEL_RATE // 1000 and ingress.pull.poll(5000):
+            received += ingress.drain()
+    finally:
+        push.close(linger=0)
+    assert ingress.counters.bad_messages == 0
+    for sid, samples in audio.items():
+        ring = ingress.streams[sid].ring
+        np.testing.assert_array_equal(ring.latest(MODEL_RATE)[0], samples)
+
+
+def test_a_batch_is_sanitised_in_place_as_each_window_alone():
+    from runtime.wire.protocol import audio_levels, sanitise_audio, sanitise_rows
+
+    rng = np.random.default_rng(2)
+    clean = (rng.standard_normal((3, 4000)) * 0.2).clip(-1, 1).astype(np.float32)
+    hostile = clean.copy()
+    hostile[1, ::97], hostile[1, 5::101], hostile[2, ::13] = np.nan, -np.inf, 7.0
+    for batch in (clean, hostile):
+        rows = batch.copy()
+        rms, peak = sanitise_rows(rows)
+        np.testing.assert_array_equal(rows, sanitise_audio(batch))
+        ref_rms, ref_peak = audio_levels(sanitise_audio(batch))
+        np.testing.assert_array_equal(peak, ref_peak)
+        np.testing.assert_allclose(rms, ref_rms, atol=1e-6)
+        exact = np.sqrt(np.mean(np.square(sanitise_audio(batch), dtype=np.float64), axis=-1))
+        np.testing.assert_allclose(rms, exact, atol=1e-5)
+    rms, peak = sanitise_rows(np.ones((1, 16000), np.float32))
+    assert (rms[0], peak[0]) == (1.0, 1.0)         # rms never above the peak
+
+
+def test_a_batch_published_back_to_back_reaches_a_subscriber_whole():
+    """A batch larger than PUB_SNDHWM, sent in one burst, loses no frame (the server's
+    high-water mark holds two batches: runtime.wire.protocol.pub_hwm)."""
+    from runtime.wire.protocol import PUB_SNDHWM, Publisher, pub_hwm
+
+    batch = 8 * PUB_SNDHWM
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", "s2i", {"backend": "test"},
+                          sndhwm=pub_hwm(batch))
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.SUBSCRIBE, b"s2i")
+    sub.setsockopt(zmq.RCVHWM, 0)
+    sub.connect(publisher.address)
+    try:
+        while publisher.poll_subscriptions(100) < 1:
+            pass
+        payload = bytes(64 * 64 * 3)
+        for seq in range(batch):
+            publisher.publish([b"s2i", json.dumps({"kind": "frame", "stream": "a",
+                                                   "seq": seq}).encode(), payload], "a", seq)
+        seqs = []
+        while sub.poll(2000):
+            header = json.loads(sub.recv_multipart()[1])
+            if header.get("kind") == "frame":
+                seqs.append(header["seq"])
+        assert seqs == list(range(batch)) and publisher.last_seq == {"a": batch - 1}
+    finally:
+        sub.close(linger=0)
+        publisher.socket.close(linger=0)
+        ctx.destroy(linger=0)

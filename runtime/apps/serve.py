@@ -27,7 +27,7 @@ from runtime.serve.options import (
     batching,
     open_pipeline,
 )
-from runtime.wire.protocol import Publisher
+from runtime.wire.protocol import Publisher, pub_hwm
 from runtime.wire.security import SECURITY_TITLE, NodeServerCurve, check_address
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
@@ -83,7 +83,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         with stop_on_signals() as stop:
             security = cfg.security.open(ctx)
             publisher = Publisher(ctx, cfg.publish.pub, cfg.publish.topic, pipeline.info(),
-                                  security=security)
+                                  sndhwm=pub_hwm(max_batch), security=security)
             loop = NetworkLoop(pipeline, publisher, ctx, cfg.bind, max_batch, max_wait_s,
                                cfg.max_streams, cfg.idle_expiry, cfg.batching.encode_threads,
                                security=security, stats_file=cfg.stats_file)

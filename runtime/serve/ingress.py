@@ -207,10 +207,11 @@ class NetworkIngress:
         count = 0
         while count < limit:
             try:
-                parts = self.pull.recv_multipart(zmq.NOBLOCK)
+                frames = self.pull.recv_multipart(zmq.NOBLOCK, copy=False)
             except zmq.Again:
                 break
-            self.handle(parts)
+            # the payload is not copied: decode_audio reads it in place (the ring copies it)
+            self.handle([*(f.bytes for f in frames[:-1]), frames[-1].buffer])
             count += 1
             if count % YIELD_EVERY == 0:
                 time.sleep(0)           # let a stage thread waiting for the GIL take it

@@ -35,12 +35,11 @@ from runtime.wire.protocol import (
     ENCODINGS,
     PROTOCOL_VERSION,
     audio_level,
-    audio_levels,
     encode_frame,
     encoding_level_of,
     image_shape,
     images_to_uint8,
-    sanitise_audio,
+    sanitise_rows,
     uncertainty_map,
 )
 
@@ -155,8 +154,8 @@ class Pipeline:
         start = time.perf_counter()
         # Silence and clipping are valid input; a broken source's NaN/inf must not stop us:
         # NaN -> 0, clipped to [-1, 1], as the level fields (protocol.audio_level) see it.
-        audio = sanitise_audio(np.stack([w.audio for w in batch.windows]))
-        batch.levels = audio_levels(audio)     # the headers' rms/peak, one pass for all
+        audio = np.stack([w.audio for w in batch.windows]).astype(np.float32, copy=False)
+        batch.levels = sanitise_rows(audio)    # in place; the headers' rms/peak for all
         if self.in_graph:                      # the model computes the log-mel itself
             batch.features = audio
         elif self.front_end.level == "fixed":

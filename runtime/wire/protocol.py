@@ -16,6 +16,7 @@ only with a new session. Headers are strict JSON (no NaN/Infinity): audio is san
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -47,7 +48,16 @@ ENCODINGS = ("png", "raw", "jpeg")
 ENCODING_LEVELS: dict[str, tuple[str, int, int, int]] = {
     "png": ("compress_level", 0, 9, 1), "jpeg": ("quality", 1, 95, 85)}
 UNCERTAINTY_SCALE = 0.5   # uncertainty pixel u8 -> std = u8 / 255 * 0.5 (images in [0, 1])
+SUBSCRIPTION_POLL_S = 0.005   # publish() handles (un)subscriptions at most this often
 PUB_SNDHWM = 20           # frames queued per subscriber before PUB drops (never blocks)
+
+
+def pub_hwm(max_batch: int) -> int:
+    """A server's PUB high-water mark: ``PUB_SNDHWM``, and at least two batches' frames. A
+    batch's frames are sent back to back; with a mark below the batch, frames past it were
+    dropped for EVERY subscriber before ZeroMQ's I/O thread could move them on (issue 21: a
+    third of the frames at 1.5x capacity, where batches grow)."""
+    return max(PUB_SNDHWM, 2 * int(max_batch))
 MAX_IMAGE_BYTES = 64 * 1024 * 1024   # a frame's image (H*W*3) a client decodes at most
 
 
@@ -72,15 +82,39 @@ def audio_level(audio: np.ndarray) -> tuple[float, float]:
 def audio_levels(clean: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(rms, peak) of each row of ALREADY SANITISED windows ``[B, n]`` (n >= 1), float64:
     the level fields of a whole batch in one pass each."""
-    rms = np.sqrt(np.mean(np.square(clean, dtype=np.float64), axis=-1))
-    peak = np.maximum(clean.max(axis=-1), -clean.min(axis=-1)).astype(np.float64)
-    return rms, peak
+    return _levels(clean, clean.max(axis=-1), clean.min(axis=-1))
+
+
+def sanitise_rows(audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sanitises float32 windows ``[B, n]`` (n >= 1) IN PLACE as ``sanitise_audio`` does and
+    returns their (rms, peak) (``audio_levels``). Rows already finite and within [-1, 1]
+    (the usual case) cost the two reductions the peak needs anyway: no copy, no other pass."""
+    high, low = audio.max(axis=-1), audio.min(axis=-1)
+    if not ((high <= 1.0).all() and (low >= -1.0).all()):    # NaN, +-inf or out of range
+        np.nan_to_num(audio, copy=False, nan=0.0, posinf=1.0, neginf=-1.0)
+        np.clip(audio, -1.0, 1.0, out=audio)
+        high, low = audio.max(axis=-1), audio.min(axis=-1)
+    return _levels(audio, high, low)
+
+
+def _levels(clean: np.ndarray, high: np.ndarray, low: np.ndarray
+            ) -> tuple[np.ndarray, np.ndarray]:
+    peak = np.maximum(high, -low).astype(np.float64)
+    rows = np.asarray(clean, np.float32)
+    # one dot product per row (BLAS, float32: |error| ~1e-7 for samples in [-1, 1]), never
+    # above the peak
+    energy = np.matmul(rows[:, None, :], rows[:, :, None])[:, 0, 0].astype(np.float64)
+    return np.minimum(np.sqrt(energy / rows.shape[-1]), peak), peak
+
+
+# One encoder for every header (``json.dumps`` with options builds one per call).
+_COMPACT_STRICT_JSON = json.JSONEncoder(allow_nan=False, separators=(",", ":"))
 
 
 def dumps_header(header: dict[str, Any]) -> bytes:
     """Strict JSON (RFC 8259): a NaN or infinity anywhere is a one-line error, never sent."""
     try:
-        return json.dumps(header, allow_nan=False, separators=(",", ":")).encode()
+        return _COMPACT_STRICT_JSON.encode(header).encode()
     except ValueError as exc:
         bad = sorted(k for k, v in header.items() if isinstance(v, float) and not math.isfinite(v))
         raise S2IError(f"S2I {header.get('kind', 'message')} header has a non-finite number "
@@ -324,6 +358,7 @@ def end_message(topic: str, stream: str, reason: str, last_seq: int | None) -> l
 # and nothing downstream (soxr, the rings) ever sees an unchecked value.
 
 AUDIO_DTYPES = {"float32": "<f4", "int16": "<i2"}
+AUDIO_ITEMSIZE = {"float32": 4, "int16": 2}
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 192000
 MAX_AUDIO_CHANNELS = 32
 MAX_AUDIO_SECONDS = 2.0          # one message carries at most this much audio
@@ -351,14 +386,19 @@ def encode_audio(stream_id: str, seq: int, samples: np.ndarray, sample_rate: int
     return [AUDIO_TOPIC, dumps_header(header), data]
 
 
-def _loads_audio_header(data: bytes) -> dict[str, Any]:
-    """The audio header as strict JSON (no NaN/Infinity, no absurd numbers): a dict, or one
-    ``S2IError`` line."""
-    def refuse_constant(name: str) -> None:
-        raise ValueError(f"{name} is not JSON")
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
 
+
+# One decoder for every audio header (``json.loads`` with an option builds one per call).
+_STRICT_JSON = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
+def _loads_audio_header(data: bytes) -> dict[str, Any]:
+    """The audio header as strict JSON in UTF-8 (no NaN/Infinity, no absurd numbers): a dict,
+    or one ``S2IError`` line."""
     try:
-        header = json.loads(data, parse_constant=refuse_constant)
+        header = _STRICT_JSON.decode(bytes(data).decode("utf-8"))
     except (ValueError, RecursionError) as exc:   # JSONDecodeError, UTF-8, 4,300+ digits
         raise S2IError(f"audio message header is not strict JSON: "
                        f"{str(exc).splitlines()[0][:80] if str(exc) else type(exc).__name__}"
@@ -370,7 +410,7 @@ def _loads_audio_header(data: bytes) -> dict[str, Any]:
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+    return type(value) is int       # what JSON gives for 5 (never 5.0, never true)
 
 
 def _finite_number(header: dict[str, Any], key: str) -> float:
@@ -399,6 +439,7 @@ def _name(header: dict[str, Any], key: str, pattern: re.Pattern[str], default: s
     return value
 
 
+@functools.lru_cache(maxsize=256)
 def audio_payload_cap(sample_rate: int, channels: int, dtype: str) -> int:
     """Most payload bytes one audio message may carry: ``MAX_AUDIO_SECONDS`` of audio, and
     never more than ``MAX_AUDIO_PAYLOAD_BYTES`` (a whole number of frames)."""
@@ -459,7 +500,7 @@ def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
         raise S2IError(f"audio message payload of {len(payload)} bytes is over the cap of "
                        f"{cap} (at most {MAX_AUDIO_SECONDS:g} s and "
                        f"{MAX_AUDIO_PAYLOAD_BYTES} bytes)")
-    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * checked["channels"]
+    frame_bytes = AUDIO_ITEMSIZE[dtype] * checked["channels"]
     if len(payload) % frame_bytes:
         raise S2IError(f"audio message payload of {len(payload)} bytes does not split into "
                        f"{checked['channels']}-channel {dtype} frames")
@@ -551,6 +592,7 @@ class Publisher:
         self.hellos = 0
         self._hello_due = False
         self._next_hello = 0.0
+        self._next_poll = 0.0
         self.last_seq: dict[str, int] = {}        # stream -> last seq published (live streams)
         self._ends: list[tuple[float, str, str]] = []   # (due monotonic time, stream, reason)
         self._ends_lock = threading.Lock()
@@ -604,15 +646,24 @@ class Publisher:
         except zmq.Again:
             pass    # XPUB drops past the HWM anyway; never block the loop
 
-    def publish(self, parts: list[bytes]) -> None:
-        self.poll_subscriptions()
+    def publish(self, parts: list[bytes], stream: str | None = None,
+                seq: int | None = None) -> None:
+        """Send one frame message; ``stream`` and ``seq`` (its header's, for the stream's end
+        message) spare re-reading the header. Subscriptions are handled at most every
+        ``SUBSCRIPTION_POLL_S`` here (a batch's frames go out back to back)."""
+        now = time.monotonic()
+        if now >= self._next_poll:
+            self._next_poll = now + SUBSCRIPTION_POLL_S
+            self.poll_subscriptions()
         self._send(parts)
         self.sent += 1
-        try:
-            header = json.loads(parts[1])
-            self.last_seq[str(header["stream"])] = int(header["seq"])
-        except (ValueError, KeyError, TypeError, IndexError):
-            pass
+        if stream is None or seq is None:
+            try:
+                header = json.loads(parts[1])
+                stream, seq = str(header["stream"]), int(header["seq"])
+            except (ValueError, KeyError, TypeError, IndexError):
+                return
+        self.last_seq[stream] = seq
 
     def end(self, stream: str, reason: str, delay_s: float = END_DELAY_S) -> None:
         """Announce that ``stream`` finished (thread-safe; sent after ``delay_s``)."""
