@@ -84,3 +84,31 @@ def test_a_dataclass_field_is_a_titled_flag_group(tmp_path: Path) -> None:
     assert config_from_dict(Serve, saved) == cfg
     base = dataclass_from_args(Serve, parser.parse_args(["--threads", "2"]), **saved)
     assert base == Serve(Model("x", 2), 7)
+
+
+@dataclass
+class Bench:
+    source: str = field(default="runs/demo", metadata={"positional": True})
+    streams: tuple[int, ...] = field(default=(), metadata={"sep": ","})
+    fused: bool = field(default=True, metadata={"switch": True})
+    fp16: bool = field(default=False, metadata={"switch": True})
+    per_channel: bool = field(default=True, metadata={"switch": True, "flag": "--per-tensor"})
+    quick: bool = field(default=False, metadata={"switch": True})
+    seconds: float = 12.0
+
+
+def test_switches_comma_lists_optional_positionals_and_a_preset_flag() -> None:
+    options = {o for a in config_parser(Bench, "b")._actions for o in a.option_strings}
+    assert options == {"-h", "--help", "--streams", "--no-fused", "--fp16", "--per-tensor",
+                       "--quick", "--seconds"}
+    assert parse_config(Bench, [], "b") == Bench()
+    cfg = parse_config(Bench, ["x", "--streams", "4,8", "--no-fused", "--fp16", "--per-tensor"],
+                       "b")
+    assert cfg == Bench("x", (4, 8), fused=False, fp16=True, per_channel=False)
+    quick = {"seconds": 3.0, "streams": [1, 3]}
+    assert parse_config(Bench, ["--quick"], "b", presets={"quick": quick}) == \
+        Bench(streams=(1, 3), quick=True, seconds=3.0)
+    assert parse_config(Bench, ["--quick", "--seconds", "5"], "b",      # a flag beats the preset
+                        presets={"quick": quick}).seconds == 5.0
+    with pytest.raises(SystemExit):     # argparse's one line: invalid ','-separated int list
+        parse_config(Bench, ["--streams", "4,x"], "b")
