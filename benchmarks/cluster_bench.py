@@ -131,6 +131,13 @@ def streams_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def own_ray_token() -> None:
+    """Ray reads these when imported: a token of this run's own (~/.ray/auth_token is shared
+    by every local cluster of this user), inherited by the nodes, fronts and bridges."""
+    if not os.environ.get("RAY_AUTH_TOKEN"):
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+
+
 QUICK = {"width": 0.125, "dim": 64, "seconds": 3.0, "calls": 10, "streams": (1, 2),
          "replicas": (1,), "batches": (1,)}
 
@@ -164,10 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_config(ClusterBenchConfig, sys.argv[1:] if argv is None else argv,
                         "python -m benchmarks serve --cluster", __doc__.split("\n\n")[0],
                         presets={"quick": QUICK})
-    # Ray reads these when imported: a token of this run's own (~/.ray/auth_token is shared by
-    # every local cluster of this user), inherited by the nodes, fronts and bridges.
-    if not os.environ.get("RAY_AUTH_TOKEN"):
-        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    own_ray_token()
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig

@@ -251,27 +251,13 @@ QUICK = {"width": 0.125, "windows": 20, "warmup": 2, "k": (1, 2), "max_streams":
          "backends": ["pytorch-eager", "onnxruntime-cpu:fp32"]}
 
 
-def run(args: LatencyConfig, work: Path,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every planned row, each backend opened, measured and freed before the next; a
-    backend that fails (out of memory included) becomes a skipped row with its reason.
-    ``on_row(results so far)`` is called after every row (the CLI writes the JSON then)."""
-    rows_planned = plan_rows(args.backends)
-    wants_fp16 = any(q == "fp16" for _, q in rows_planned)
-    wants_int8 = any(q == "int8" for _, q in rows_planned)
-    export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
-                                             fp16=wants_fp16, int8=wants_int8)
-    manifest = load_export_manifest(export_dir)
-    front_end = FrontEndConfig.from_dict(manifest["front_end"])
-    from runtime.audio.decode import load_audio
-
-    audio_path = args.audio or demo_audio(work / "demo.wav", 60.0)
-    audio = load_audio(audio_path, front_end.sample_rate)
-    machine = report.machine_info()
+def settings(args: LatencyConfig, manifest: dict[str, Any], export_dir: Path,
+             front_end: FrontEndConfig) -> dict[str, Any]:
+    """The run's settings as the results and the report show them."""
     pacing = ("realtime: the runtime's FileSource plays the file at the pace of the clock"
               if args.realtime else
               "consumption: the next hop is written when the previous image is received")
-    settings = {
+    return {
         "windows": args.windows, "warmup": args.warmup, "k": list(args.k),
         "embedding_dim": int(manifest["embedding_dim"]), "width": float(manifest["width"]),
         "threads": args.threads, "encoding": args.encoding, "hop_s": 1.0,
@@ -281,91 +267,127 @@ def run(args: LatencyConfig, work: Path,
         "audio": str(args.audio or "demo WAV (60 s, looped)"),
         "quick": bool(args.quick), "throughput_budget_s": 1.0,
     }
-    import zmq
 
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    throughput: list[dict[str, Any]] = []
 
-    def run_row(translator: Any, backend: str, precision: str, k: int) -> None:
+class LatencyRun:
+    """One run's rows, skipped rows and throughput, measured through one stream."""
+
+    def __init__(self, args: LatencyConfig, export_dir: Path, audio_path: Path) -> None:
+        from runtime.audio.decode import load_audio
+
+        self.args, self.export_dir, self.audio_path = args, export_dir, audio_path
+        self.manifest = load_export_manifest(export_dir)
+        self.front_end = FrontEndConfig.from_dict(self.manifest["front_end"])
+        self.audio = load_audio(audio_path, self.front_end.sample_rate)
+        n = self.front_end.n_samples
+        self.windows_audio = np.stack([self.audio[i:i + n] for i in range(
+            0, max(1, len(self.audio) - n + 1), n)])
+        self.machine = report.machine_info()
+        self.settings = settings(args, self.manifest, export_dir, self.front_end)
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.throughput: list[dict[str, Any]] = []
+        self.stream: Any = None
+
+    def results(self) -> dict[str, Any]:
+        add_speedups(self.rows)
+        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": self.machine, "versions": report.versions(),
+                "settings": self.settings, "config": config_json(self.args),
+                "latency": self.rows, "skipped": self.skipped, "throughput": self.throughput,
+                "targets": check_targets(self.rows, self.machine),
+                "export": {"manifest_models": sorted(self.manifest["models"]),
+                           "tensorrt": self.manifest.get("tensorrt")}}
+
+    def row(self, translator: Any, backend: str, precision: str, k: int) -> None:
+        """One (backend, precision, K) row through the stream, then its throughput."""
+        args = self.args
         pipeline = Pipeline(translator, samples=k, hop_seconds=1.0, encoding=args.encoding,
                             seed=0)
-        records = stream_row(stream, pipeline, audio, args.windows, args.warmup,
+        records = stream_row(self.stream, pipeline, self.audio, args.windows, args.warmup,
                              f"{backend}/{precision}/k{k}",
-                             audio_path if args.realtime else None)
-        rows.append(row_summary(backend, precision, k, records))
-        rows[-1]["features"] = getattr(translator, "features", "host")
-        e = rows[-1]["end_to_end_ms"]
-        print(f"{backend:<17} {precision} {rows[-1]['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
+                             self.audio_path if args.realtime else None)
+        self.rows.append(row_summary(backend, precision, k, records))
+        row = self.rows[-1]
+        row["features"] = getattr(translator, "features", "host")
+        e = row["end_to_end_ms"]
+        print(f"{backend:<17} {precision} {row['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
               f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
         if not args.throughput:
             return
-        result = max_streams(translator, windows_audio, front_end, k,
+        result = max_streams(translator, self.windows_audio, self.front_end, k,
                              reps=args.throughput_reps, time_cap_s=args.throughput_cap,
                              limit=args.max_streams, pipelined=backend in GPU_ROWS)
-        throughput.append({"backend": backend, "precision": precision, "k": k,
-                           "features": rows[-1]["features"], **result})
+        self.throughput.append({"backend": backend, "precision": precision, "k": k,
+                                "features": row["features"], **result})
         print(f"{'':<17} streams held: {result['streams']}"
               f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
 
-    windows_audio = np.stack([audio[i:i + front_end.n_samples] for i in range(
-        0, max(1, len(audio) - front_end.n_samples + 1), front_end.n_samples)])
+    def backend(self, backend: str, precision: str, features: str,
+                on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        """Open one backend, run its rows for every K, free it; a failure is a skipped row."""
+        args = self.args
+        if backend.startswith("pytorch") and features == "auto" and "host" in args.features:
+            return                                 # the same row twice
+        try:
+            translator = open_backend(backend, precision, self.export_dir, self.manifest,
+                                      args.threads, features)
+        except Skipped as exc:
+            if len(args.features) == 1 or not backend.startswith("pytorch"):
+                self.skipped.append({"backend": backend, "precision": precision,
+                                     "features": features, "reason": str(exc)})
+                print(f"skip {backend} {precision} ({features} features): {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
+            self.skipped.append({"backend": backend, "precision": precision,
+                                 "reason": skip_reason(exc)})
+            print(f"skip {backend} {precision}: {skip_reason(exc)}", flush=True)
+            release_memory()
+            return
+        try:
+            for k in args.k:
+                self.row(translator, backend, precision, k)
+                if on_row is not None:
+                    on_row(self.results())
+        except Exception as exc:  # noqa: BLE001 - one backend failing ends its rows only
+            reason = skip_reason(exc)
+            self.skipped.append({"backend": backend, "precision": precision,
+                                 "reason": f"{reason} (K={k})"})
+            print(f"skip {backend} {precision} K={k}: {reason}", flush=True)
+        finally:
+            del translator      # free this backend (sessions, engines, GPU memory)
+            release_memory()    # before the next one is opened
+        if on_row is not None:
+            on_row(self.results())
+
+
+def run(args: LatencyConfig, work: Path,
+        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every planned row, each backend opened, measured and freed before the next; a
+    backend that fails (out of memory included) becomes a skipped row with its reason.
+    ``on_row(results so far)`` is called after every row (the CLI writes the JSON then)."""
+    import zmq
+
+    rows_planned = plan_rows(args.backends)
+    wants_fp16 = any(q == "fp16" for _, q in rows_planned)
+    wants_int8 = any(q == "int8" for _, q in rows_planned)
+    export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
+                                             fp16=wants_fp16, int8=wants_int8)
+    bench = LatencyRun(args, export_dir, args.audio or demo_audio(work / "demo.wav", 60.0))
     ctx = zmq.Context()
     try:
-        stream = open_stream(ctx, {"backend": "benchmark", "samples": max(args.k)})
+        bench.stream = open_stream(ctx, {"backend": "benchmark", "samples": max(args.k)})
     except BaseException:
         ctx.term()
         raise
-
-    def results() -> dict[str, Any]:
-        add_speedups(rows)
-        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": machine, "versions": report.versions(), "settings": settings,
-                "config": config_json(args),
-                "latency": rows, "skipped": skipped, "throughput": throughput,
-                "targets": check_targets(rows, machine),
-                "export": {"manifest_models": sorted(manifest["models"]),
-                           "tensorrt": manifest.get("tensorrt")}}
-
     try:
         for (backend, precision), features in ((row, f) for row in rows_planned
                                                for f in args.features):
-            if backend.startswith("pytorch") and features == "auto" and "host" in args.features:
-                continue                           # the same row twice
-            try:
-                translator = open_backend(backend, precision, export_dir, manifest, args.threads,
-                                          features)
-            except Skipped as exc:
-                if len(args.features) == 1 or not backend.startswith("pytorch"):
-                    skipped.append({"backend": backend, "precision": precision,
-                                    "features": features, "reason": str(exc)})
-                    print(f"skip {backend} {precision} ({features} features): {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
-                skipped.append({"backend": backend, "precision": precision,
-                                "reason": skip_reason(exc)})
-                print(f"skip {backend} {precision}: {skip_reason(exc)}", flush=True)
-                release_memory()
-                continue
-            try:
-                for k in args.k:
-                    run_row(translator, backend, precision, k)
-                    if on_row is not None:
-                        on_row(results())
-            except Exception as exc:  # noqa: BLE001 - one backend failing ends its rows only
-                reason = skip_reason(exc)
-                skipped.append({"backend": backend, "precision": precision,
-                                "reason": f"{reason} (K={k})"})
-                print(f"skip {backend} {precision} K={k}: {reason}", flush=True)
-            finally:
-                del translator      # free this backend (sessions, engines, GPU memory)
-                release_memory()    # before the next one is opened
-            if on_row is not None:
-                on_row(results())
+            bench.backend(backend, precision, features, on_row)
     finally:
-        close_stream(stream)
+        close_stream(bench.stream)
         ctx.term()
-    return results()
+    return bench.results()
 
 
 def main(argv: list[str]) -> int:

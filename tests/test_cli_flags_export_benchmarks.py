@@ -87,3 +87,41 @@ def test_the_dispatch_names_every_benchmark() -> None:
 
     assert set(COMMANDS) == {"store", "latency", "serve", "cluster", "encodings",
                              "newest-only", "gpu-check", "web"}
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--bf16"], "--bf16: "),
+    (["--batch-sizes", "4", "8"], "--batch-sizes must include 1"),
+    (["--int8", "--int8-calibration", "bogus"], "--int8-calibration must be auto"),
+])
+def test_export_settings_are_checked_first_in_one_line(
+        argv: list[str], message: str, tmp_path: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.__main__ import main
+    from runtime.errors import run_cli
+
+    assert run_cli(lambda: main([str(tmp_path / "missing.pt"), *argv])) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("command", "argv", "message"), [
+    ("serve", ["--host-only", "lots"], "--host-only must be auto, none or N values"),
+    ("serve", ["--load-processes", "0"], "--load-processes must be at least 1"),
+    ("serve", ["--streams", "4,x"], "invalid ','-separated int list value: '4,x'"),
+    ("cluster", ["--replicas", "1,two"], "invalid ','-separated int list value"),
+    ("web", ["--quick", "--runs", "0"], "--runs, --k and --threads must be at least 1"),
+    ("latency", ["--quick", "--k", "0"], "--k and --threads must be at least 1"),
+])
+def test_benchmark_settings_are_one_line_errors_before_any_work(
+        command: str, argv: list[str], message: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.__main__ import main
+
+    try:
+        code = main([command, *argv])
+    except SystemExit as exc:           # argparse's own line: usage, then the error
+        code = int(exc.code or 0)
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.strip().splitlines()[-1].startswith(
+        ("error: ", "python -m benchmarks")), err

@@ -20,6 +20,7 @@ from export.parity import relative_error, rms_relative_error
 from export.tensorrt_build import why_no_tensorrt
 from export.translator import ExportConfig, export_translator
 from runtime.artifacts import sha256_file
+from runtime.config import config_from_dict
 from runtime.errors import S2IError, run_cli
 from runtime.model.manifest import load_export_manifest
 from runtime.model.masks import draw_masks, ones_masks
@@ -136,6 +137,9 @@ def test_manifest_contents(exported) -> None:
     assert manifest["batch_sizes"] == [1, 4, 16]
     assert manifest["models"]["encoder"]["exporter"] == "torch.export"
     assert manifest["tensorrt"]["built"] or manifest["tensorrt"]["reason"]
+    config = config_from_dict(ExportConfig, manifest["config"])     # the resolved flags
+    assert config.fp16 and config.batch_sizes == (1, 4, 16) and not config.int8
+    assert Path(config.out) == export_dir
 
 
 def test_parity_fp32_and_fp16_with_dynamic_batch(exported) -> None:
