@@ -7,9 +7,8 @@ leaves no half-written files, and a previous export at the same place stays inta
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +157,7 @@ def export_translator(config: ExportConfig,
     source = Path(config.source)
     checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
     out = Path(config.out) if config.out is not None else default_out_dir(source)
-    config = dataclasses.replace(config, out=out)      # resolved: saved in the manifest
+    config = replace(config, out=out)      # resolved: saved in the manifest
     _check_out_dir(out)
     nets = _Networks(checkpoint, *load_networks(checkpoint))
     if config.quantize is not None:

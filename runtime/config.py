@@ -82,9 +82,10 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
         required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
         help_text = field.metadata.get("help", "")
         if default is not dataclasses.MISSING and not required \
-                and not field.metadata.get("switch"):
-            sep = field.metadata.get("sep")
-            shown = sep.join(map(str, default)) if sep and default else default
+                and not field.metadata.get("switch") and "default" not in help_text:
+            shown = default
+            if tp in (tuple, list) and default:     # as it is typed: 1 8 64, or 4,8,16
+                shown = field.metadata.get("sep", " ").join(map(str, default))
             help_text += f" (default: {shown})"
         kwargs: dict[str, Any] = {"help": help_text.strip()}
         for key in ("choices", "metavar"):
