@@ -125,3 +125,15 @@ def test_benchmark_settings_are_one_line_errors_before_any_work(
     err = capsys.readouterr().err
     assert message in err and err.strip().splitlines()[-1].startswith(
         ("error: ", "python -m benchmarks")), err
+
+
+def test_serve_cluster_is_the_cluster_benchmark(monkeypatch: pytest.MonkeyPatch) -> None:
+    def catch(self: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> Any:
+        raise Caught(self)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", catch)
+    from benchmarks.__main__ import main
+
+    with pytest.raises(Caught) as info:
+        main(["serve", "--cluster", "--quick"])
+    assert option_strings(info.value.parser) == SNAPSHOT["cluster"]
