@@ -16,11 +16,11 @@ CPU box the cluster rows measure the overhead, not what more machines would give
 
 from __future__ import annotations
 
-import argparse
 import os
 import secrets
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from benchmarks.serve_bench import (
     run_server,
     sensitive_export,
 )
+from runtime.config import config_json, parse_config
 
 APP = "s2i"
 
@@ -130,40 +131,54 @@ def streams_table(runs: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks serve --cluster",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export", type=Path, default=None)
-    parser.add_argument("--work", type=Path, default=Path("/tmp/s2i-cluster-bench"))
-    parser.add_argument("--width", type=float, default=0.25)
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--streams", default="2,4,8,16", help="N values for the stream runs")
-    parser.add_argument("--replicas", default="1,2", help="replica counts to run")
-    parser.add_argument("--seconds", type=float, default=8.0, help="load per N (default: 8)")
-    parser.add_argument("--hop", type=float, default=1.0)
-    parser.add_argument("--calls", type=int, default=60, help="calls per hop measurement")
-    parser.add_argument("--batches", default="1,8", help="windows per call for the hop")
-    parser.add_argument("--threads", type=int, default=1, help="ORT threads (both sides)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: tiny model, N 1,2, 3-s loads, 10 calls")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default=None)
-    args = parser.parse_args(argv)
-    # Ray reads these when imported: a token of this run's own (~/.ray/auth_token is shared by
-    # every local cluster of this user), inherited by the nodes, fronts and bridges.
+def own_ray_token() -> None:
+    """Ray reads these when imported: a token of this run's own (~/.ray/auth_token is shared
+    by every local cluster of this user), inherited by the nodes, fronts and bridges."""
     if not os.environ.get("RAY_AUTH_TOKEN"):
         os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    if args.quick:
-        args.width, args.dim, args.seconds, args.calls = 0.125, 64, 3.0, 10
-        args.streams, args.replicas, args.batches = "1,2", "1", "1"
+
+
+QUICK = {"width": 0.125, "dim": 64, "seconds": 3.0, "calls": 10, "streams": (1, 2),
+         "replicas": (1,), "batches": (1,)}
+
+
+@dataclass
+class ClusterBenchConfig:
+    """``python -m benchmarks serve --cluster``'s settings (``--quick``: the ``QUICK`` preset
+    under the flags given)."""
+
+    export: Path | None = None
+    work: Path = Path("/tmp/s2i-cluster-bench")
+    width: float = 0.25
+    dim: int = 128
+    streams: tuple[int, ...] = field(default=(2, 4, 8, 16), metadata={
+        "sep": ",", "help": "N values for the stream runs"})
+    replicas: tuple[int, ...] = field(default=(1, 2), metadata={
+        "sep": ",", "help": "replica counts to run"})
+    seconds: float = field(default=8.0, metadata={"help": "load per N"})
+    hop: float = 1.0
+    calls: int = field(default=60, metadata={"help": "calls per hop measurement"})
+    batches: tuple[int, ...] = field(default=(1, 8), metadata={
+        "sep": ",", "help": "windows per call for the hop"})
+    threads: int = field(default=1, metadata={"help": "ORT threads (both sides)"})
+    quick: bool = field(default=False, metadata={
+        "switch": True, "help": "smoke run: tiny model, N 1,2, 3-s loads, 10 calls"})
+    out: Path = DEFAULT_OUT
+    name: str | None = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_config(ClusterBenchConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m benchmarks serve --cluster", __doc__.split("\n\n")[0],
+                        presets={"quick": QUICK})
+    own_ray_token()
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
     from runtime.frontend import FrontEndConfig
     from runtime.model.manifest import load_export_manifest
 
     rate = FrontEndConfig.from_dict(load_export_manifest(export)["front_end"]).sample_rate
-    counts = [int(n) for n in args.streams.split(",")]
-    replica_counts = [int(n) for n in args.replicas.split(",")]
+    counts, replica_counts = list(args.streams), list(args.replicas)
     here = Path(__file__).resolve().parents[1]
     grace = 2.0 * args.hop + 1.0
     local_args = ["--threads", str(args.threads)]
@@ -179,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         for replicas in replica_counts:
             deploy(export, replicas, args.threads)
             if not hops:
-                hops = hop_latency(export, spec, [int(b) for b in args.batches.split(",")],
+                hops = hop_latency(export, spec, list(args.batches),
                                    args.calls, args.threads)
             runs.append(run_server(f"cluster, {replicas} replica{'s' * (replicas > 1)}",
                                    export, here, counts, args.seconds, args.hop, rate, None,
@@ -198,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 "run started)",
         "export": str(export), "width": args.width, "embedding_dim": args.dim,
         "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds, "threads": args.threads,
-        "hop_latency": hops, "runs": runs,
+        "config": config_json(args), "hop_latency": hops, "runs": runs,
         "held": {run["label"]: held(run) for run in runs},
     }
     stem = args.name or ("cluster-quick" if args.quick

@@ -287,10 +287,10 @@ def end_to_end(check: Check, export_dir: Path, work: Path, windows: int,
     from benchmarks import latency
 
     rows = [f"{b}:{q}" for b, q in LATENCY_ROWS]
-    args = latency.build_parser().parse_args(
-        ["--export", str(export_dir), "--windows", str(windows), "--warmup", "2", "--k", "1",
-         "8", "--encoding", encoding, "--no-throughput", "--threads", "2", "--backends", *rows])
-    results = latency.run(args, work)
+    config = latency.LatencyConfig(export=export_dir, windows=windows, warmup=2, k=(1, 8),
+                                   encoding=encoding, throughput=False, threads=2,
+                                   backends=tuple(rows))
+    results = latency.run(config, work)
     for row in results["latency"]:
         check.results["end_to_end"].append(
             {"backend": row["backend"], "precision": row["precision"], "k": row["k"],

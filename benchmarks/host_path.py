@@ -14,16 +14,18 @@ window per stage; ``other`` is the process's CPU outside those threads (ZeroMQ's
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import sys
 import threading
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+
+from runtime.config import parse_config
+from runtime.errors import S2IError
 
 MODEL_RATE = 16000
 OTHER_RATE = 44100
@@ -203,18 +205,29 @@ def _add(cpu: dict[str, float], stage: str, since: float) -> float:
     return now
 
 
+@dataclass
+class HostPathConfig:
+    streams: int = field(default=200, metadata={
+        "help": "streams, half at 44.1 kHz, half at 16 kHz"})
+    messages: int = field(default=20000, metadata={
+        "help": "audio messages in all (rounded to whole blocks of every stream)"})
+    block_ms: float = field(default=250.0, metadata={"help": "capture block length, ms"})
+    direct: bool = field(default=False, metadata={
+        "switch": True,
+        "help": "call NetworkIngress.handle directly (no socket, no load process)"})
+
+    def __post_init__(self) -> None:
+        if self.streams < 1 or self.messages < 1 or not 0 < self.block_ms <= 1000:
+            raise S2IError("invalid HostPathConfig: --streams and --messages must be at least 1, "
+                           "--block-ms in (0, 1000]")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks host-path",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--streams", type=int, default=200)
-    parser.add_argument("--messages", type=int, default=20000,
-                        help="audio messages in all (rounded to whole blocks of every stream)")
-    parser.add_argument("--block-ms", type=float, default=250.0)
-    parser.add_argument("--direct", action="store_true",
-                        help="call NetworkIngress.handle directly (no socket, no load process)")
-    args = parser.parse_args(argv)
-    blocks = max(1, args.messages // args.streams)
-    result = run(args.streams, blocks, args.block_ms / 1000, args.direct)
+    cfg = parse_config(HostPathConfig, sys.argv[1:] if argv is None else argv,
+                       "python -m benchmarks host-path", __doc__.split("\n\n")[0])
+    blocks = max(1, cfg.messages // cfg.streams)
+    result = run(cfg.streams, blocks, cfg.block_ms / 1000, cfg.direct)
+    result["config"] = asdict(cfg)
     print(json.dumps(result, indent=1))
     return 0
 

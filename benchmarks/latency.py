@@ -8,10 +8,10 @@ and writes the results (benchmarks/report.py).
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ from benchmarks import report
 from benchmarks.isolation import release_memory, skip_reason
 from benchmarks.streaming import close_stream, open_stream, stream_row
 from benchmarks.throughput import max_streams
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
 from runtime.model.manifest import load_export_manifest
@@ -56,7 +57,8 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
     gates are not measured)."""
     import torch
 
-    from export.translator import export_translator
+    from export.int8 import Int8Options
+    from export.translator import ExportConfig, export_translator
     from trainer.calibrate import calibrate_batchnorm
     from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
@@ -67,9 +69,8 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
     checkpoint = save_untrained_translator(
         out_dir.parent / "fresh_gan.pt", encoder, generator, embedding_dim, width,
         "benchmarks.latency: freshly initialised, for timing only")
-    options = None
+    options = Int8Options()
     if int8:
-        from export.int8 import Int8Options
         from trainer.data.demo_data import build_demo_store
 
         store = build_demo_store(out_dir.parent / "calibration_store", 4, 2, 2, seed=seed,
@@ -78,8 +79,8 @@ def fresh_export(out_dir: Path, width: float, embedding_dim: int, fp16: bool,
         # set changes the scales, not the graph, so not the time
         options = Int8Options(store=str(store), windows=16, gates=False,
                               calibration="percentile:99.9")
-    return export_translator(checkpoint, out_dir, fp16=fp16, fused=False, tensorrt=True,
-                             int8=options)
+    return export_translator(ExportConfig(checkpoint, out_dir, fp16=fp16, fused=False,
+                                          int8=int8, int8_options=options))
 
 
 def open_backend(name: str, precision: str, export_dir: Path, manifest: dict[str, Any],
@@ -179,49 +180,56 @@ def check_targets(rows: list[dict[str, Any]], machine: dict[str, Any]) -> dict[s
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m benchmarks latency",
-        description="Per-window latency (window end -> image received by a ZeroMQ subscriber) "
-                    "of the streaming runtime, backends side by side, and concurrent streams.")
-    p.add_argument("--export", type=Path, default=None,
-                   help="an export folder to time (default: export a freshly initialised "
-                        "translator of --width/--embedding-dim into a temp folder)")
-    p.add_argument("--width", type=float, default=1.0, help="network width (1.0 = the paper)")
-    p.add_argument("--embedding-dim", type=int, default=512, help="D (default 512)")
-    p.add_argument("--windows", type=int, default=DEFAULT_WINDOWS,
-                   help=f"timed windows per backend and K (default {DEFAULT_WINDOWS})")
-    p.add_argument("--warmup", type=int, default=5, help="untimed windows first (default 5)")
-    p.add_argument("--k", type=int, nargs="+", default=[1, 8],
-                   help="MC samples per window (default: 1 8)")
-    p.add_argument("--backends", nargs="+", default=None,
-                   help="backend[:precision] rows (default: all of "
-                        + ", ".join(f"{b}:{q}" for b, q in CANDIDATES) + ")")
-    p.add_argument("--threads", type=int, default=2,
-                   help="CPU threads for PyTorch and ONNX Runtime CPU (default 2)")
-    p.add_argument("--encoding", default="png", choices=("png", "raw", "jpeg"))
-    p.add_argument("--features", nargs="+", default=["auto"], choices=FEATURES,
-                   help="where the log-mel runs, one row each: graph (the export's audio-in "
-                        "graphs), host (numpy), auto (default: graph where the export has "
-                        "it); e.g. --features host graph to compare them")
-    p.add_argument("--audio", type=Path, default=None,
-                   help="audio file to stream (default: a 60-s demo WAV, looped)")
-    p.add_argument("--realtime", action="store_true",
-                   help="play the file at the pace of the clock through the runtime's "
-                        "FileSource (one window per second: 300 windows take 5 min per row) "
-                        "instead of feeding each hop when the previous image has arrived")
-    p.add_argument("--no-throughput", action="store_true", help="skip the streams measurement")
-    p.add_argument("--max-streams", type=int, default=65536,
-                   help="stop the streams search here (default 65536)")
-    p.add_argument("--throughput-reps", type=int, default=20,
-                   help="batched calls timed per batch size (default 20)")
-    p.add_argument("--throughput-cap", type=float, default=15.0,
-                   help="seconds at most per batch size, at least 3 calls (default 15)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                   help=f"results folder (default {DEFAULT_OUT})")
-    p.add_argument("--quick", action="store_true",
-                   help="smoke run: width 0.125, 20 windows, K 1 2, CPU rows, <= 8 streams")
-    return p
+ROWS_HELP = ", ".join(f"{b}:{q}" for b, q in CANDIDATES)
+
+
+@dataclass
+class LatencyConfig:
+    """``python -m benchmarks latency``'s settings (``--quick``: the ``QUICK`` preset under
+    the flags given)."""
+
+    export: Path | None = field(default=None, metadata={
+        "help": "an export folder to time (default: export a freshly initialised translator "
+                "of --width/--embedding-dim into a temp folder)"})
+    width: float = field(default=1.0, metadata={"help": "network width (1.0 = the paper)"})
+    embedding_dim: int = field(default=512, metadata={"help": "D"})
+    windows: int = field(default=DEFAULT_WINDOWS, metadata={
+        "help": "timed windows per backend and K"})
+    warmup: int = field(default=5, metadata={"help": "untimed windows first"})
+    k: tuple[int, ...] = field(default=(1, 8), metadata={"help": "MC samples per window"})
+    backends: tuple[str, ...] | None = field(default=None, metadata={
+        "help": f"backend[:precision] rows (default: all of {ROWS_HELP})"})
+    threads: int = field(default=2, metadata={
+        "help": "CPU threads for PyTorch and ONNX Runtime CPU"})
+    encoding: str = field(default="png", metadata={"choices": ("png", "raw", "jpeg")})
+    features: tuple[str, ...] = field(default=("auto",), metadata={
+        "choices": FEATURES,
+        "help": "where the log-mel runs, one row each: graph (the export's audio-in graphs), "
+                "host (numpy), auto (graph where the export has it); e.g. --features host "
+                "graph to compare them"})
+    audio: Path | None = field(default=None, metadata={
+        "help": "audio file to stream (default: a 60-s demo WAV, looped)"})
+    realtime: bool = field(default=False, metadata={
+        "switch": True,
+        "help": "play the file at the pace of the clock through the runtime's FileSource "
+                "(one window per second: 300 windows take 5 min per row) instead of feeding "
+                "each hop when the previous image has arrived"})
+    throughput: bool = field(default=True, metadata={
+        "switch": True, "help": "skip the streams measurement"})
+    max_streams: int = field(default=65536, metadata={"help": "stop the streams search here"})
+    throughput_reps: int = field(default=20, metadata={
+        "help": "batched calls timed per batch size"})
+    throughput_cap: float = field(default=15.0, metadata={
+        "help": "seconds at most per batch size, at least 3 calls"})
+    out: Path = field(default=DEFAULT_OUT, metadata={"help": "results folder"})
+    quick: bool = field(default=False, metadata={
+        "switch": True,
+        "help": "smoke run: width 0.125, 20 windows, K 1 2, CPU rows, <= 8 streams"})
+
+    def __post_init__(self) -> None:
+        if self.windows < 1 or self.warmup < 0 or min(self.k) < 1 or self.threads < 1:
+            raise ValueError("--windows, --k and --threads must be at least 1, --warmup at "
+                             "least 0")
 
 
 def plan_rows(requested: list[str] | None) -> list[tuple[str, str]]:
@@ -238,41 +246,18 @@ def plan_rows(requested: list[str] | None) -> list[tuple[str, str]]:
     return rows
 
 
-QUICK = {"width": 0.125, "windows": 20, "warmup": 2, "k": [1, 2], "max_streams": 8,
+QUICK = {"width": 0.125, "windows": 20, "warmup": 2, "k": (1, 2), "max_streams": 8,
          "throughput_reps": 3, "throughput_cap": 1.0,
          "backends": ["pytorch-eager", "onnxruntime-cpu:fp32"]}
 
 
-def apply_quick(args: argparse.Namespace, parser: argparse.ArgumentParser) -> None:
-    """``--quick`` settings, except where the command line gave a value."""
-    for name, value in QUICK.items():
-        if getattr(args, name) == parser.get_default(name):
-            setattr(args, name, value)
-
-
-def run(args: argparse.Namespace, work: Path,
-        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Every planned row, each backend opened, measured and freed before the next; a
-    backend that fails (out of memory included) becomes a skipped row with its reason.
-    ``on_row(results so far)`` is called after every row (the CLI writes the JSON then)."""
-    if args.windows < 1 or args.warmup < 0 or min(args.k) < 1 or args.threads < 1:
-        raise S2IError("--windows, --k and --threads must be at least 1, --warmup at least 0")
-    rows_planned = plan_rows(args.backends)
-    wants_fp16 = any(q == "fp16" for _, q in rows_planned)
-    wants_int8 = any(q == "int8" for _, q in rows_planned)
-    export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
-                                             fp16=wants_fp16, int8=wants_int8)
-    manifest = load_export_manifest(export_dir)
-    front_end = FrontEndConfig.from_dict(manifest["front_end"])
-    from runtime.audio.decode import load_audio
-
-    audio_path = args.audio or demo_audio(work / "demo.wav", 60.0)
-    audio = load_audio(audio_path, front_end.sample_rate)
-    machine = report.machine_info()
+def settings(args: LatencyConfig, manifest: dict[str, Any], export_dir: Path,
+             front_end: FrontEndConfig) -> dict[str, Any]:
+    """The run's settings as the results and the report show them."""
     pacing = ("realtime: the runtime's FileSource plays the file at the pace of the clock"
               if args.realtime else
               "consumption: the next hop is written when the previous image is received")
-    settings = {
+    return {
         "windows": args.windows, "warmup": args.warmup, "k": list(args.k),
         "embedding_dim": int(manifest["embedding_dim"]), "width": float(manifest["width"]),
         "threads": args.threads, "encoding": args.encoding, "hop_s": 1.0,
@@ -282,97 +267,134 @@ def run(args: argparse.Namespace, work: Path,
         "audio": str(args.audio or "demo WAV (60 s, looped)"),
         "quick": bool(args.quick), "throughput_budget_s": 1.0,
     }
-    import zmq
 
-    rows: list[dict[str, Any]] = []
-    skipped: list[dict[str, str]] = []
-    throughput: list[dict[str, Any]] = []
 
-    def run_row(translator: Any, backend: str, precision: str, k: int) -> None:
+class LatencyRun:
+    """One run's rows, skipped rows and throughput, measured through one stream."""
+
+    def __init__(self, args: LatencyConfig, export_dir: Path, audio_path: Path) -> None:
+        from runtime.audio.decode import load_audio
+
+        self.args, self.export_dir, self.audio_path = args, export_dir, audio_path
+        self.manifest = load_export_manifest(export_dir)
+        self.front_end = FrontEndConfig.from_dict(self.manifest["front_end"])
+        self.audio = load_audio(audio_path, self.front_end.sample_rate)
+        n = self.front_end.n_samples
+        self.windows_audio = np.stack([self.audio[i:i + n] for i in range(
+            0, max(1, len(self.audio) - n + 1), n)])
+        self.machine = report.machine_info()
+        self.settings = settings(args, self.manifest, export_dir, self.front_end)
+        self.rows: list[dict[str, Any]] = []
+        self.skipped: list[dict[str, str]] = []
+        self.throughput: list[dict[str, Any]] = []
+        self.stream: Any = None
+
+    def results(self) -> dict[str, Any]:
+        add_speedups(self.rows)
+        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                "machine": self.machine, "versions": report.versions(),
+                "settings": self.settings, "config": config_json(self.args),
+                "latency": self.rows, "skipped": self.skipped, "throughput": self.throughput,
+                "targets": check_targets(self.rows, self.machine),
+                "export": {"manifest_models": sorted(self.manifest["models"]),
+                           "tensorrt": self.manifest.get("tensorrt")}}
+
+    def row(self, translator: Any, backend: str, precision: str, k: int) -> None:
+        """One (backend, precision, K) row through the stream, then its throughput."""
+        args = self.args
         pipeline = Pipeline(translator, samples=k, hop_seconds=1.0, encoding=args.encoding,
                             seed=0)
-        records = stream_row(stream, pipeline, audio, args.windows, args.warmup,
+        records = stream_row(self.stream, pipeline, self.audio, args.windows, args.warmup,
                              f"{backend}/{precision}/k{k}",
-                             audio_path if args.realtime else None)
-        rows.append(row_summary(backend, precision, k, records))
-        rows[-1]["features"] = getattr(translator, "features", "host")
-        e = rows[-1]["end_to_end_ms"]
-        print(f"{backend:<17} {precision} {rows[-1]['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
+                             self.audio_path if args.realtime else None)
+        self.rows.append(row_summary(backend, precision, k, records))
+        row = self.rows[-1]
+        row["features"] = getattr(translator, "features", "host")
+        e = row["end_to_end_ms"]
+        print(f"{backend:<17} {precision} {row['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
               f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)
-        if args.no_throughput:
+        if not args.throughput:
             return
-        result = max_streams(translator, windows_audio, front_end, k,
+        result = max_streams(translator, self.windows_audio, self.front_end, k,
                              reps=args.throughput_reps, time_cap_s=args.throughput_cap,
                              limit=args.max_streams, pipelined=backend in GPU_ROWS)
-        throughput.append({"backend": backend, "precision": precision, "k": k,
-                           "features": rows[-1]["features"], **result})
+        self.throughput.append({"backend": backend, "precision": precision, "k": k,
+                                "features": row["features"], **result})
         print(f"{'':<17} streams held: {result['streams']}"
               f"{' (search limit)' if result['limit_reached'] else ''}", flush=True)
 
-    windows_audio = np.stack([audio[i:i + front_end.n_samples] for i in range(
-        0, max(1, len(audio) - front_end.n_samples + 1), front_end.n_samples)])
+    def backend(self, backend: str, precision: str, features: str,
+                on_row: Callable[[dict[str, Any]], None] | None) -> None:
+        """Open one backend, run its rows for every K, free it; a failure is a skipped row."""
+        args = self.args
+        if backend.startswith("pytorch") and features == "auto" and "host" in args.features:
+            return                                 # the same row twice
+        try:
+            translator = open_backend(backend, precision, self.export_dir, self.manifest,
+                                      args.threads, features)
+        except Skipped as exc:
+            if len(args.features) == 1 or not backend.startswith("pytorch"):
+                self.skipped.append({"backend": backend, "precision": precision,
+                                     "features": features, "reason": str(exc)})
+                print(f"skip {backend} {precision} ({features} features): {exc}")
+            return
+        except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
+            self.skipped.append({"backend": backend, "precision": precision,
+                                 "reason": skip_reason(exc)})
+            print(f"skip {backend} {precision}: {skip_reason(exc)}", flush=True)
+            release_memory()
+            return
+        try:
+            for k in args.k:
+                self.row(translator, backend, precision, k)
+                if on_row is not None:
+                    on_row(self.results())
+        except Exception as exc:  # noqa: BLE001 - one backend failing ends its rows only
+            reason = skip_reason(exc)
+            self.skipped.append({"backend": backend, "precision": precision,
+                                 "reason": f"{reason} (K={k})"})
+            print(f"skip {backend} {precision} K={k}: {reason}", flush=True)
+        finally:
+            del translator      # free this backend (sessions, engines, GPU memory)
+            release_memory()    # before the next one is opened
+        if on_row is not None:
+            on_row(self.results())
+
+
+def run(args: LatencyConfig, work: Path,
+        on_row: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Every planned row, each backend opened, measured and freed before the next; a
+    backend that fails (out of memory included) becomes a skipped row with its reason.
+    ``on_row(results so far)`` is called after every row (the CLI writes the JSON then)."""
+    import zmq
+
+    rows_planned = plan_rows(args.backends)
+    wants_fp16 = any(q == "fp16" for _, q in rows_planned)
+    wants_int8 = any(q == "int8" for _, q in rows_planned)
+    export_dir = args.export or fresh_export(work / "export", args.width, args.embedding_dim,
+                                             fp16=wants_fp16, int8=wants_int8)
+    bench = LatencyRun(args, export_dir, args.audio or demo_audio(work / "demo.wav", 60.0))
     ctx = zmq.Context()
     try:
-        stream = open_stream(ctx, {"backend": "benchmark", "samples": max(args.k)})
+        bench.stream = open_stream(ctx, {"backend": "benchmark", "samples": max(args.k)})
     except BaseException:
         ctx.term()
         raise
-
-    def results() -> dict[str, Any]:
-        add_speedups(rows)
-        return {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "machine": machine, "versions": report.versions(), "settings": settings,
-                "latency": rows, "skipped": skipped, "throughput": throughput,
-                "targets": check_targets(rows, machine),
-                "export": {"manifest_models": sorted(manifest["models"]),
-                           "tensorrt": manifest.get("tensorrt")}}
-
     try:
         for (backend, precision), features in ((row, f) for row in rows_planned
                                                for f in args.features):
-            if backend.startswith("pytorch") and features == "auto" and "host" in args.features:
-                continue                           # the same row twice
-            try:
-                translator = open_backend(backend, precision, export_dir, manifest, args.threads,
-                                          features)
-            except Skipped as exc:
-                if len(args.features) == 1 or not backend.startswith("pytorch"):
-                    skipped.append({"backend": backend, "precision": precision,
-                                    "features": features, "reason": str(exc)})
-                    print(f"skip {backend} {precision} ({features} features): {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - out of memory, a broken GPU stack...
-                skipped.append({"backend": backend, "precision": precision,
-                                "reason": skip_reason(exc)})
-                print(f"skip {backend} {precision}: {skip_reason(exc)}", flush=True)
-                release_memory()
-                continue
-            try:
-                for k in args.k:
-                    run_row(translator, backend, precision, k)
-                    if on_row is not None:
-                        on_row(results())
-            except Exception as exc:  # noqa: BLE001 - one backend failing ends its rows only
-                reason = skip_reason(exc)
-                skipped.append({"backend": backend, "precision": precision,
-                                "reason": f"{reason} (K={k})"})
-                print(f"skip {backend} {precision} K={k}: {reason}", flush=True)
-            finally:
-                del translator      # free this backend (sessions, engines, GPU memory)
-                release_memory()    # before the next one is opened
-            if on_row is not None:
-                on_row(results())
+            bench.backend(backend, precision, features, on_row)
     finally:
-        close_stream(stream)
+        close_stream(bench.stream)
         ctx.term()
-    return results()
+    return bench.results()
 
 
 def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.quick:
-        apply_quick(args, parser)
+    args = parse_config(LatencyConfig, argv, "python -m benchmarks latency",
+                        "Per-window latency (window end -> image received by a ZeroMQ "
+                        "subscriber) of the streaming runtime, backends side by side, and "
+                        "concurrent streams.", presets={"quick": QUICK})
     args.out.mkdir(parents=True, exist_ok=True)
     json_path = args.out / f"latency-{report.machine_info()['name']}.json"
 

@@ -20,7 +20,6 @@ issue 11: ``git worktree add /tmp/s2i-before 5fcb5bd``) with the same load, side
 
 from __future__ import annotations
 
-import argparse
 import json
 import multiprocessing as mp
 import os
@@ -32,7 +31,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from benchmarks import report
 from benchmarks.standin_serve import DEFAULT_STANDIN_MS
 from benchmarks.standin_serve import LABEL as STANDIN_LABEL
 from runtime.apps.capture import CAPTURE_BLOCK_S
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 
 DEFAULT_OUT = Path(__file__).parent / "results"
@@ -68,7 +68,7 @@ def sensitive_export(out_dir: Path, width: float, embedding_dim: int, seed: int 
         return out_dir
     import torch
 
-    from export.translator import export_translator
+    from export.translator import ExportConfig, export_translator
     from trainer.calibrate import calibrate_batchnorm
     from trainer.checkpoint import save_untrained_translator
     from trainer.models import AudioEncoder, DenseGenerator
@@ -80,7 +80,7 @@ def sensitive_export(out_dir: Path, width: float, embedding_dim: int, seed: int 
     checkpoint = save_untrained_translator(
         out_dir.parent / f"{out_dir.name}.ckpt.pt", encoder, generator, embedding_dim, width,
         "benchmarks.serve: untrained, input-sensitive, for timing only")
-    return export_translator(checkpoint, out_dir, fused=False, tensorrt=False)
+    return export_translator(ExportConfig(checkpoint, out_dir, fused=False, tensorrt=False))
 
 
 def export_for(checkout: Path, export: Path) -> Path:
@@ -623,59 +623,73 @@ def held(run: dict[str, Any]) -> int:
     return max([r["streams"] for r in run["rows"] if r["held"]], default=0)
 
 
+QUICK = {"width": 0.125, "dim": 64, "seconds": 3.0, "ceiling_cap": 0.2, "streams": (1, 3),
+         "host_only": "4"}
+
+
+@dataclass
+class ServeBenchConfig:
+    """``python -m benchmarks serve``'s settings (``--quick``: the ``QUICK`` preset under
+    the flags given)."""
+
+    export: Path | None = field(default=None, metadata={
+        "help": "export folder (default: build an untrained input-sensitive one of "
+                "--width/--dim under --work)"})
+    work: Path = Path("/tmp/s2i-serve-bench")
+    width: float = 1.0
+    dim: int = 512
+    streams: tuple[int, ...] = field(default=(), metadata={
+        "sep": ",", "help": "N values, e.g. 4,8,16 (default: fractions of the measured "
+                            "ceiling, up to 1.5x it)"})
+    seconds: float = field(default=12.0, metadata={"help": "load per N"})
+    hop: float = 1.0
+    before: Path | None = field(default=None, metadata={
+        "help": "a checkout of an older server to run side by side"})
+    before_protocol: int = field(default=1, metadata={
+        "help": "protocol number the older server reads"})
+    precision: str = field(default="fp32", metadata={
+        "help": "the new server's --precision, also used for the ceiling (int8 needs an "
+                "export made with --int8)"})
+    encoding: str = field(default="png", metadata={"help": "every server's --encoding"})
+    server_args: str = field(default="", metadata={
+        "help": "extra s2i-serve options (new server)"})
+    ceiling_cap: float = field(default=6.0, metadata={
+        "help": "seconds per batch size when measuring the ceiling"})
+    block_ms: float = field(default=CAPTURE_BLOCK_S * 1000, metadata={
+        "help": "audio per load message (default: s2i-capture's; 50 was the old capture "
+                "block)"})
+    load_processes: int = field(default=2, metadata={
+        "help": "processes generating the load"})
+    host_only: str = field(default="auto", metadata={
+        "help": "N values for the host-only rows (the real server, its model a constant-time "
+                "stand-in), e.g. 200,400,800; 'auto': doubling from the ceiling until under "
+                "90%% is served; 'none': skip"})
+    host_only_processes: tuple[int, ...] = field(default=(1, 2), metadata={
+        "sep": ",", "help": "host-only runs with this many independent server processes, "
+                            "the streams split between them (1,2: the process-scaling "
+                            "efficiency)"})
+    standin_ms: float = field(default=DEFAULT_STANDIN_MS, metadata={
+        "help": "the stand-in's time per batch (like a GPU call)"})
+    quick: bool = field(default=False, metadata={
+        "switch": True, "help": "a smoke run: tiny model, N 1,3, 3-s loads, no plot"})
+    out: Path = DEFAULT_OUT
+    name: str | None = field(default=None, metadata={
+        "help": "results file stem (default: serve-<host>)"})
+
+    def __post_init__(self) -> None:
+        if self.load_processes < 1 or not 1 <= self.block_ms <= 2000:
+            raise ValueError("--load-processes must be at least 1 and --block-ms 1-2000, got "
+                             f"{self.load_processes} and {self.block_ms:g}")
+        if self.host_only not in ("auto", "none") \
+                and not all(n.isdigit() for n in self.host_only.split(",")):
+            raise ValueError(f"--host-only must be auto, none or N values like 200,400, got "
+                             f"{self.host_only!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks serve",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--export", type=Path, default=None,
-                        help="export folder (default: build an untrained input-sensitive one "
-                             "of --width/--dim under --work)")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/s2i-serve-bench"))
-    parser.add_argument("--width", type=float, default=1.0)
-    parser.add_argument("--dim", type=int, default=512)
-    parser.add_argument("--streams", default="", help="N values, e.g. 4,8,16 (default: "
-                        "fractions of the measured ceiling, up to 1.5x it)")
-    parser.add_argument("--seconds", type=float, default=12.0, help="load per N (default: 12)")
-    parser.add_argument("--hop", type=float, default=1.0)
-    parser.add_argument("--before", type=Path, default=None,
-                        help="a checkout of an older server to run side by side")
-    parser.add_argument("--before-protocol", type=int, default=1,
-                        help="protocol number the older server reads (default: 1)")
-    parser.add_argument("--precision", default="fp32",
-                        help="the new server's --precision, also used for the ceiling "
-                             "(default fp32; int8 needs an export made with --int8)")
-    parser.add_argument("--encoding", default="png",
-                        help="every server's --encoding (default: png)")
-    parser.add_argument("--server-args", default="", help="extra s2i-serve options (new server)")
-    parser.add_argument("--ceiling-cap", type=float, default=6.0,
-                        help="seconds per batch size when measuring the ceiling")
-    parser.add_argument("--block-ms", type=float, default=CAPTURE_BLOCK_S * 1000,
-                        help="audio per load message (default: s2i-capture's, "
-                             f"{CAPTURE_BLOCK_S * 1000:g} ms; 50 was the old capture block)")
-    parser.add_argument("--load-processes", type=int, default=2,
-                        help="processes generating the load (default: 2)")
-    parser.add_argument("--host-only", default="auto",
-                        help="N values for the host-only rows (the real server, its model a "
-                             "constant-time stand-in), e.g. 200,400,800; 'auto': doubling "
-                             "from the ceiling until under 90%% is served; 'none': skip")
-    parser.add_argument("--host-only-processes", default="1,2",
-                        help="host-only runs with this many independent server processes, "
-                             "the streams split between them (default: 1,2: the "
-                             "process-scaling efficiency)")
-    parser.add_argument("--standin-ms", type=float, default=DEFAULT_STANDIN_MS,
-                        help="the stand-in's time per batch (default: "
-                             f"{DEFAULT_STANDIN_MS:g} ms, like a GPU call)")
-    parser.add_argument("--quick", action="store_true",
-                        help="a smoke run: tiny model, N 1,3, 3-s loads, no plot")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--name", default=None, help="results file stem (default: serve-<host>)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.width, args.dim, args.seconds, args.ceiling_cap = 0.125, 64, 3.0, 0.2
-        args.streams = args.streams or "1,3"
-        args.host_only = "4" if args.host_only == "auto" else args.host_only
-    if args.load_processes < 1 or not 1 <= args.block_ms <= 2000:
-        raise S2IError("--load-processes must be at least 1 and --block-ms 1-2000, got "
-                       f"{args.load_processes} and {args.block_ms:g}")
+    args = parse_config(ServeBenchConfig, argv if argv is not None else sys.argv[1:],
+                        "python -m benchmarks serve", __doc__.split("\n\n")[0],
+                        presets={"quick": QUICK})
     shape = LoadShape(block_s=args.block_ms / 1000, processes=args.load_processes)
     export = args.export or sensitive_export(
         args.work / f"export-w{args.width:g}-d{args.dim}", args.width, args.dim)
@@ -688,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"batched-step ceiling: {top['streams']} streams", file=sys.stderr, flush=True)
     capacity = max(2, top["streams"])
     if args.streams:
-        counts = [int(n) for n in args.streams.split(",")]
+        counts = list(args.streams)
     else:
         counts = sorted({max(1, round(capacity * f)) for f in CEILING_FRACTIONS})
     host_counts = host_only_counts(args.host_only, capacity)
@@ -703,8 +717,7 @@ def main(argv: list[str] | None = None) -> int:
     grace = 2.0 * args.hop + 1.0
     runs = [run_server(label, folder, path, counts, args.seconds, args.hop, rate, protocol,
                        extra, grace, shape) for label, path, folder, protocol, extra in servers]
-    for processes in [int(p) for p in args.host_only_processes.split(",")] if host_counts \
-            else []:
+    for processes in args.host_only_processes if host_counts else ():
         for label, path, folder, protocol, extra in servers:
             runs.append(run_server(
                 f"{label}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {processes} process"
@@ -721,7 +734,7 @@ def main(argv: list[str] | None = None) -> int:
         "export": str(export), "width": args.width, "embedding_dim": args.dim,
         "precision": args.precision, "encoding": args.encoding,
         "hop_s": args.hop, "k": 1, "seconds_per_n": args.seconds, "load_shape": asdict(shape),
-        "ceiling": top, "runs": runs, "targets": summary,
+        "config": config_json(args), "ceiling": top, "runs": runs, "targets": summary,
         "held": {run["label"]: held(run) for run in runs if run["standin_ms"] is None},
     }
     stem = args.name or ("serve-quick" if args.quick

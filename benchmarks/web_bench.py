@@ -13,15 +13,17 @@ fresh masks, after one warm-up call. Writes ``OUT/web-<machine>.json`` and ``.md
 
 from __future__ import annotations
 
-import argparse
 import json
+import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks import report
 from benchmarks.browser import WEBGPU, BrowserMissing, start_chromium
+from runtime.config import config_json, parse_config
 from runtime.errors import S2IError
 from runtime.model.shipped import default_export
 from runtime.web.app import build_page, page_size, serving
@@ -69,28 +71,39 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+QUICK = {"runs": 3, "k": (1,), "threads": (1,)}
+
+
+@dataclass
+class WebBenchConfig:
+    """``python -m benchmarks web``'s settings (``--quick``: the ``QUICK`` preset under the
+    flags given)."""
+
+    export: str | None = field(default=None, metadata={
+        "help": "export with an audio-in translator (default: runs/demo/export when it "
+                "exists, else the shipped demo model)"})
+    precision: str = field(default="auto", metadata={
+        "choices": ["auto", "int8", "fp16", "fp32"]})
+    runs: int = field(default=30, metadata={"help": "timed windows per row"})
+    k: tuple[int, ...] = field(default=(1, 8), metadata={"help": "K values"})
+    threads: tuple[int, ...] = field(default=(1, 2), metadata={
+        "help": "WebAssembly thread counts"})
+    webgpu: bool = field(default=False, metadata={
+        "switch": True, "help": "also WebGPU rows (Chromium with --enable-unsafe-webgpu; "
+                                "skipped with the reason when the browser has no adapter)"})
+    timeout: float = field(default=600.0, metadata={"help": "seconds per row"})
+    out: Path = DEFAULT_OUT
+    quick: bool = field(default=False, metadata={"switch": True,
+                                                 "help": "3 runs, K=1, 1 thread"})
+
+    def __post_init__(self) -> None:
+        if self.runs < 1 or min(self.k) < 1 or min(self.threads) < 1:
+            raise ValueError("--runs, --k and --threads must be at least 1")
+
+
 def web_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks web", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--export", default=None,
-                        help="export with an audio-in translator (default: runs/demo/export "
-                             "when it exists, else the shipped demo model)")
-    parser.add_argument("--precision", default="auto", choices=["auto", "int8", "fp16", "fp32"])
-    parser.add_argument("--runs", type=int, default=30, help="timed windows per row (30)")
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 8], help="K values (1 8)")
-    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2],
-                        help="WebAssembly thread counts (1 2)")
-    parser.add_argument("--webgpu", action="store_true",
-                        help="also WebGPU rows (Chromium with --enable-unsafe-webgpu; skipped "
-                             "with the reason when the browser has no adapter)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per row")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--quick", action="store_true", help="3 runs, K=1, 1 thread")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.runs, args.k, args.threads = 3, [1], [1]
-    if args.runs < 1 or min(args.k) < 1 or min(args.threads) < 1:
-        raise S2IError("--runs, --k and --threads must be at least 1")
+    args = parse_config(WebBenchConfig, sys.argv[1:] if argv is None else argv,
+                        "python -m benchmarks web", __doc__, presets={"quick": QUICK})
     export = args.export or default_export()
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="s2i-web-bench-") as tmp:
@@ -121,6 +134,7 @@ def web_main(argv: list[str] | None = None) -> int:
     config = json.loads((Path(export) / "manifest.json").read_text())
     results = {"created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": report.machine_info(), "browser": "headless Chromium (Selenium)",
+               "config": config_json(args),
                "export": str(export), "embedding_dim": config.get("embedding_dim"),
                "width": config.get("width"), "runs": args.runs, "rows": rows,
                "download_bytes": sizes,

@@ -1,5 +1,5 @@
 """PyTorch -> ONNX (+FP16) -> TensorRT: the files the runtime loads (see docs/EXPORT.md).
 
-``export_translator(checkpoint, out_dir, ...)`` is the one entry point; ``python -m export``
-wraps it.
+``export_translator(ExportConfig(checkpoint, out_dir, ...))`` is the one entry point;
+``python -m export`` wraps it (its flags are ``ExportConfig``'s fields).
 """

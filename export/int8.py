@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import io
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,21 +43,36 @@ STRIDE = 4      # calibration batches run before their ranges are merged (bounds
 
 @dataclass
 class Int8Options:
-    """``python -m export --int8`` settings (defaults measured on this project's CPU machine:
-    docs/EXPORT.md, "INT8")."""
+    """``python -m export --int8`` settings, its flag group (defaults measured on this
+    project's CPU machine: docs/EXPORT.md, "INT8"); the fields without a flag are set from
+    Python only."""
 
-    store: str | None = None        # calibration store; None: the checkpoint's training store
-    windows: int = 64               # calibration windows from the train split
-    seed: int = 0
-    calibration: str = "auto"       # auto, minmax or percentile:P (AUTO_CALIBRATIONS)
-    selection_windows: int = 32     # other train windows on which "auto" compares them
-    format: str = "qoperator"       # QOperator (QLinearConv...) or QDQ
-    per_channel: bool = True        # per-output-channel weight scales
-    gate_windows: int = 64          # held-out windows for PSNR / max error
-    mc_samples: int = 4             # MC samples per test sound for coherence
-    min_psnr_db: float = 25.0       # mean per-image PSNR, INT8 vs FP32
-    max_drop_points: float = 2.0    # coherence / informativity, INT8 vs FP32
-    gates: bool = True              # measure the gates (False: keep INT8 unmeasured)
+    store: str | None = field(default=None, metadata={
+        "flag": "--calibration-store", "metavar": "STORE",
+        "help": "store to calibrate on (default: the checkpoint's training store)"})
+    windows: int = field(default=64, metadata={
+        "flag": "--calibration-windows", "metavar": "N",
+        "help": "train-split windows to calibrate on"})
+    seed: int = field(default=0, metadata={"cli": False})
+    calibration: str = field(default="auto", metadata={
+        "flag": "--int8-calibration", "metavar": "auto|minmax|percentile:P",
+        "help": "how activation ranges are set (auto: each of "
+                f"{', '.join(AUTO_CALIBRATIONS)} is tried and the one closest to FP32 on "
+                "other train windows is kept)"})
+    # other train windows on which "auto" compares them
+    selection_windows: int = field(default=32, metadata={"cli": False})
+    format: str = field(default="qoperator", metadata={
+        "flag": "--int8-format", "choices": FORMATS, "help": "quantized graph form"})
+    per_channel: bool = field(default=True, metadata={
+        "flag": "--int8-per-tensor", "switch": True,
+        "help": "one weight scale per tensor (default: per output channel)"})
+    gate_windows: int = field(default=64, metadata={"cli": False})   # held-out: PSNR, max error
+    mc_samples: int = field(default=4, metadata={"cli": False})      # per test sound: coherence
+    min_psnr_db: float = field(default=25.0, metadata={"cli": False})   # mean PSNR vs FP32
+    max_drop_points: float = field(default=2.0, metadata={"cli": False})  # coherence, informativity
+    gates: bool = field(default=True, metadata={
+        "flag": "--no-int8-gates", "switch": True,
+        "help": "keep the INT8 graphs without measuring the quality gates"})
 
     def check(self) -> None:
         if self.format not in FORMATS:

@@ -8,6 +8,7 @@ leaves no half-written files, and a previous export at the same place stays inta
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,15 +31,86 @@ from export.onnx_export import DEFAULT_OPSET, model_opset, write_onnx
 from export.parity import check_engine_parity, check_parity, describe, log_parity
 from export.tensorrt_build import build_engines
 from runtime.artifacts import atomic_dir, atomic_write_json, check_replaceable
+from runtime.config import config_json
 from runtime.errors import S2IError, first_line
 from runtime.frontend import FrontEndConfig
 from runtime.model.manifest import EXPORT_FORMAT, export_stamp
-from runtime.model.precision import model_file, model_key
+from runtime.model.precision import BF16_REASON, model_file, model_key
 from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 from trainer.run import RunFolder, find_checkpoint
 
 DEFAULT_BATCH_SIZES = (1, 8, 64)   # TensorRT profile: min, opt (K MC samples), max
+DEFAULT_RUN = Path("runs/demo")
+
+
+@dataclass
+class ExportConfig:
+    """``python -m export``'s settings, and ``export_translator``'s; the resolved config is
+    saved in the manifest (``manifest["config"]``)."""
+
+    source: Path = field(default=DEFAULT_RUN, metadata={
+        "positional": True, "help": "run folder or GAN checkpoint"})
+    out: Path | None = field(default=None, metadata={
+        "help": "export folder (default: RUN/export; for a checkpoint file "
+                "RUN/checkpoints/x.pt -> RUN/export)"})
+    fp16: bool = field(default=False, metadata={
+        "switch": True, "help": "also write FP16 graphs (and engines) with FP32 inputs/outputs"})
+    opset: int = field(default=DEFAULT_OPSET, metadata={"help": "ONNX opset"})
+    batch_sizes: tuple[int, ...] = field(default=DEFAULT_BATCH_SIZES, metadata={
+        "help": "batch sizes the runtime will use; TensorRT profile min/opt/max"})
+    fused: bool = field(default=True, metadata={
+        "switch": True, "help": "skip the fused translator graph (spectrogram + K masks -> "
+                                "images, mean, uncertainty)"})
+    audio_in: bool = field(default=True, metadata={
+        "switch": True, "help": "skip the audio-in graphs (encoder_audio, translator_audio: "
+                                "the log-mel front end inside the graph, mono audio at the "
+                                "model rate in)"})
+    tensorrt: bool = field(default=True, metadata={"switch": True,
+                                                   "help": "do not build engines"})
+    timing_cache: Path | None = field(default=None, metadata={
+        "help": "TensorRT timing cache file (default ~/.cache/s2i/)"})
+    verify: Path | None = field(default=None, metadata={
+        "metavar": "EXPORT_DIR",
+        "help": "re-run parity of every file of EXPORT_DIR against the checkpoint its "
+                "manifest names; print a line per file, exit 1 on a mismatch"})
+    checkpoint: Path | None = field(default=None, metadata={
+        "help": "with --verify: the checkpoint to compare with (default: the manifest's "
+                "checkpoint path; its sha256 must match)"})
+    conv_rewrite: bool = field(default=True, metadata={
+        "switch": True, "help": "keep the generator's ConvTranspose layers (default: rewrite "
+                                "them exactly as Conv / Conv + DepthToSpace)"})
+    int8: bool = field(default=False, metadata={
+        "switch": True, "help": "also write INT8 encoder and generator graphs (ONNX Runtime "
+                                "CPU), calibrated on real store windows and gated against FP32"})
+    bf16: bool = field(default=False, metadata={
+        "switch": True, "help": "BF16 graphs: refused on this runtime (says why)"})
+    int8_options: Int8Options = field(default_factory=Int8Options, metadata={
+        "title": "INT8 for the CPU (docs/EXPORT.md, \"INT8\"; with --int8)"})
+
+    def __post_init__(self) -> None:
+        if self.bf16:
+            raise S2IError(f"--bf16: {BF16_REASON}")
+        sizes = self.profile
+        if not sizes or sizes[0] < 1:
+            raise S2IError(f"--batch-sizes must be positive integers, got "
+                           f"{list(self.batch_sizes)}")
+        if sizes[0] != 1:
+            raise S2IError(f"--batch-sizes must include 1 (the runtime encodes one clip at a "
+                           f"time, so the engine profile minimum is 1), got "
+                           f"{list(self.batch_sizes)}")
+        if self.int8:
+            self.int8_options.check()
+
+    @property
+    def profile(self) -> list[int]:
+        """The batch sizes, sorted, each once (the TensorRT profile, the manifest's)."""
+        return sorted(set(self.batch_sizes))
+
+    @property
+    def quantize(self) -> Int8Options | None:
+        """The INT8 settings when ``--int8`` asks for INT8 graphs."""
+        return self.int8_options if self.int8 else None
 
 
 def default_out_dir(source: Path) -> Path:
@@ -64,36 +136,48 @@ def load_networks(path: Path) -> tuple[dict[str, Any], AudioEncoder, DenseGenera
     return translator.state, translator.encoder, translator.generator
 
 
-def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
-                      fp16: bool = False, opset: int = DEFAULT_OPSET,
-                      batch_sizes: tuple[int, ...] = DEFAULT_BATCH_SIZES,
-                      fused: bool = True, tensorrt: bool = True,
-                      timing_cache: Path | None = None, conv_rewrite: bool = True,
-                      int8: Int8Options | None = None, audio_in: bool = True,
+@dataclass
+class _Networks:
+    """A loaded GAN checkpoint: its file, its state and the networks the graphs wrap."""
+
+    checkpoint: Path
+    state: dict[str, Any]
+    encoder: AudioEncoder
+    generator: DenseGenerator
+
+
+def export_translator(config: ExportConfig,
                       log: Callable[[str], None] = lambda _: None) -> Path:
-    """Export ``source`` (run folder or GAN checkpoint) to ``out_dir``; returns its path.
-    ``conv_rewrite`` writes the generator's ConvTranspose layers as Conv (export/conv_rewrite);
-    ``int8`` adds quantized graphs for the CPU with their quality gates (export/int8);
-    ``audio_in`` adds ``encoder_audio`` (and, with ``fused``, ``translator_audio``): the same
-    networks with the log-mel front end inside the graph (export/logmel.py), mono audio at
-    the model rate in."""
-    source = Path(source)
+    """Export ``config.source`` (run folder or GAN checkpoint) to ``config.out``; returns its
+    path. ``conv_rewrite`` writes the generator's ConvTranspose layers as Conv
+    (export/conv_rewrite); ``int8`` adds quantized graphs for the CPU with their quality gates
+    (export/int8); ``audio_in`` adds ``encoder_audio`` (and, with ``fused``,
+    ``translator_audio``): the same networks with the log-mel front end inside the graph
+    (export/logmel.py), mono audio at the model rate in."""
+    source = Path(config.source)
     checkpoint = find_checkpoint(source, "gan") if source.is_dir() else source
-    out = Path(out_dir) if out_dir is not None else default_out_dir(source)
-    sizes = sorted(set(batch_sizes))
-    if not sizes or sizes[0] < 1:
-        raise S2IError(f"--batch-sizes must be positive integers, got {list(batch_sizes)}")
-    if sizes[0] != 1:
-        raise S2IError(f"--batch-sizes must include 1 (the runtime encodes one clip at a "
-                       f"time, so the engine profile minimum is 1), got {list(batch_sizes)}")
+    out = Path(config.out) if config.out is not None else default_out_dir(source)
+    config = replace(config, out=out)      # resolved: saved in the manifest
     _check_out_dir(out)
-    state, encoder, generator = load_networks(checkpoint)
-    if int8 is not None:
-        int8.check()
-        store_path(state, int8)     # a missing calibration store fails before any export
-    log(f"checkpoint {checkpoint}: D={state['embedding_dim']}, width={state['width']}, "
-        f"epoch {state.get('epoch')}")
-    enc_folded, gen_folded = fold_batchnorm(encoder), fold_batchnorm(generator)
+    nets = _Networks(checkpoint, *load_networks(checkpoint))
+    if config.quantize is not None:
+        store_path(nets.state, config.quantize)  # a missing calibration store fails first
+    log(f"checkpoint {checkpoint}: D={nets.state['embedding_dim']}, "
+        f"width={nets.state['width']}, epoch {nets.state.get('epoch')}")
+    graphs = _graphs(config, nets, log)
+    try:
+        _write_export(out, nets, graphs, config, log)
+    except OSError as exc:
+        raise S2IError(f"cannot write the export to {out}: {exc.strerror or exc}") from exc
+    log(f"export written to {out}")
+    return out
+
+
+def _graphs(config: ExportConfig, nets: _Networks, log: Callable[[str], None]
+            ) -> list[tuple[str, Any, tuple[torch.Tensor, ...], dict[str, str]]]:
+    """``(name, module, example inputs, dynamic axes)`` of every graph to write."""
+    generator = nets.generator
+    enc_folded, gen_folded = fold_batchnorm(nets.encoder), fold_batchnorm(generator)
     batch = {name: "batch" for name in ["spectrogram", "embedding", *mask_names()]}
     spec2 = torch.zeros(2, 1, 128, 100)
     z2 = torch.zeros(2, generator.embedding_dim)
@@ -103,10 +187,11 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
         ("encoder", EncoderGraph(enc_folded), (spec2,), batch),
         ("generator", GeneratorGraph(gen_folded), (z2, *masks2), batch)]
     samples_axis = {name: "samples" for name in mask_names()}
-    if fused:
+    if config.fused:
         graphs.append(("translator", TranslatorGraph(enc_folded, gen_folded),
                        (spec2[:1], *masks3), samples_axis))
-    front_end = FrontEndConfig.from_dict(state["front_end"])
+    front_end = FrontEndConfig.from_dict(nets.state["front_end"])
+    audio_in = config.audio_in
     if audio_in and front_end.level != "fixed":
         # the graph computes the fixed-range log-mel; a clip or running level needs the
         # whole clip or the stream's history, which a one-window graph does not have
@@ -119,18 +204,11 @@ def export_translator(source: str | Path, out_dir: str | Path | None = None, *,
                                    .manual_seed(0))
         graphs.append(("encoder_audio", AudioEncoderGraph(enc_folded, front), (audio2,),
                        {"audio": "batch"}))
-        if fused:
+        if config.fused:
             graphs.append(("translator_audio",
                            AudioTranslatorGraph(enc_folded, gen_folded, front),
                            (audio2[:1], *masks3), samples_axis))
-    try:
-        _write_export(out, checkpoint, state, encoder, generator, graphs, fp16=fp16,
-                      opset=opset, sizes=sizes, tensorrt=tensorrt, timing_cache=timing_cache,
-                      conv_rewrite=conv_rewrite, int8=int8, log=log)
-    except OSError as exc:
-        raise S2IError(f"cannot write the export to {out}: {exc.strerror or exc}") from exc
-    log(f"export written to {out}")
-    return out
+    return graphs
 
 
 def _check_out_dir(out: Path) -> None:
@@ -138,11 +216,11 @@ def _check_out_dir(out: Path) -> None:
     check_replaceable(out, "S2I export", EXPORT_FORMAT)
 
 
-def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: AudioEncoder,
-                  generator: DenseGenerator, graphs: list[Any], *, fp16: bool, opset: int,
-                  sizes: list[int], tensorrt: bool, timing_cache: Path | None,
-                  conv_rewrite: bool, int8: Int8Options | None,
+def _write_export(out: Path, nets: _Networks, graphs: list[Any], config: ExportConfig,
                   log: Callable[[str], None]) -> None:
+    checkpoint, state, encoder, generator = nets.checkpoint, nets.state, nets.encoder, \
+        nets.generator
+    fp16, opset, sizes, int8 = config.fp16, config.opset, config.profile, config.quantize
     dropout = dropout_spec(generator)
     stamp = export_stamp(FrontEndConfig.from_dict(state["front_end"]), dropout)
     with atomic_dir(out) as tmp:
@@ -155,7 +233,7 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                 if precision == "fp16":
                     graph = _half_copy(graph)
                 exporter = write_onnx(graph, example, path, dynamic, opset, metadata=stamp)
-                rewritten = rewrite_file(path) if conv_rewrite else None
+                rewritten = rewrite_file(path) if config.conv_rewrite else None
                 files[key] = path
                 models[key] = {**onnx_entry(path, precision), "exporter": exporter}
                 if rewritten is not None:
@@ -174,8 +252,8 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
             raise S2IError(f"ONNX Runtime does not reproduce PyTorch within tolerance "
                            f"({bad}); nothing written to {out}")
         trt_info: dict[str, Any] = {"built": False, "reason": "not asked for (--no-tensorrt)"}
-        if tensorrt:
-            engines, trt_info = _engines_with_parity(tmp, models, sizes, timing_cache,
+        if config.tensorrt:
+            engines, trt_info = _engines_with_parity(tmp, models, sizes, config.timing_cache,
                                                      encoder, generator, dropout, parity, log)
             models.update(engines)
             if not trt_info["built"]:
@@ -196,6 +274,7 @@ def _write_export(out: Path, checkpoint: Path, state: dict[str, Any], encoder: A
                                   tensorrt=trt_info, batch_sizes=sizes)
         if quantized is not None:
             manifest["int8"] = quantized
+        manifest["config"] = config_json(config)
         atomic_write_json(tmp / "manifest.json", manifest)
 
 

@@ -2,17 +2,20 @@
 
 A command's settings are one dataclass. :func:`config_parser` turns its fields into flags
 (``batch_size`` -> ``--batch-size``; ``bool`` -> ``--x/--no-x``; ``list``/``tuple`` -> several
-values; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
-``required``, ``positional``, ``flag`` (another flag name), ``negatable: False`` (a ``bool``
-that is a plain ``--x`` switch, no ``--no-x``), or ``cli: False`` to keep it off the command
-line; ``(default: ...)`` is added to a help text unless it already speaks of its default,
-the default is None, or the field is a switch); a
-default that depends on the machine is a ``default_factory`` (called when the parser is
-built); a field whose type is itself a config dataclass is a group: its fields become flags
-of their own (flat names, no prefix) under a titled section of ``--help`` (metadata
-``title``), so that commands share option groups (the model, publishing, batching) as types;
-:func:`parse_config` builds the config from defaults and the flags given
-(:func:`dataclass_from_args` also takes a base: a preset, a saved config for ``--resume``);
+values, or one comma-separated value with ``sep: ","``; a positional field with a default is
+optional; a field's ``metadata`` may add ``help``, ``choices``, ``metavar``, ``nargs``,
+``required``, ``positional``, ``flag`` (another flag name), ``switch`` (a ``bool`` as one flag
+that flips its default: ``--x``, or ``--no-x`` when the default is True), or ``cli: False`` to
+keep it off the command line; ``(default: ...)`` is added to a help text unless it already
+speaks of its default, the default is None, or the field is a switch); a default that depends
+on the machine is a ``default_factory`` (called when the parser is built); a field whose type
+is itself a config dataclass is a group: its fields become flags of their own (flat names, no
+prefix) under a titled section of ``--help`` (metadata ``title``), so that commands share
+option groups (the model, publishing, batching) as types; :func:`parse_config` builds the
+config from defaults and the flags given
+(:func:`dataclass_from_args` also takes a base: a preset, a saved config for ``--resume``;
+:func:`parse_config`'s ``presets`` name a ``bool`` field whose flag turns a preset on, e.g.
+``--quick``);
 :func:`save_config` writes it as JSON next to what the command made, and
 :func:`config_from_dict` reads it back.
 
@@ -27,7 +30,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -81,34 +84,50 @@ def add_dataclass_args(parser: argparse.ArgumentParser | Any, cls: type) -> None
         default = _default(field)
         required = default is dataclasses.MISSING or bool(field.metadata.get("required"))
         help_text = field.metadata.get("help", "")
-        switch = tp is bool and field.metadata.get("negatable") is False
-        if default not in (dataclasses.MISSING, None) and not (required or switch) \
-                and "default" not in help_text:
-            help_text += f" (default: {default})"
+        if default not in (dataclasses.MISSING, None) and not required \
+                and not field.metadata.get("switch") and "default" not in help_text:
+            shown = default
+            if tp in (tuple, list) and default:     # as it is typed: 1 8 64, or 4,8,16
+                shown = field.metadata.get("sep", " ").join(map(str, default))
+            help_text += f" (default: {shown})"
         kwargs: dict[str, Any] = {"help": help_text.strip()}
         for key in ("choices", "metavar"):
             if key in field.metadata:
                 kwargs[key] = field.metadata[key]
-        if tp in (tuple, list):
+        if tp in (tuple, list) and "sep" in field.metadata:
+            kwargs["type"] = _split(_inner_type(hints[field.name]), field.metadata["sep"])
+        elif tp in (tuple, list):
             kwargs.update(nargs=field.metadata.get("nargs", "+"),
                           type=_inner_type(hints[field.name]))
+        elif tp is bool and field.metadata.get("switch"):
+            kwargs.update(action="store_const", const=not default)
         elif tp is bool:
-            negatable = field.metadata.get("negatable", True)
-            kwargs["action"] = argparse.BooleanOptionalAction if negatable else "store_const"
-            if not negatable:
-                kwargs["const"] = True      # given: True; absent: None, so the default holds
+            kwargs["action"] = argparse.BooleanOptionalAction
         else:
             kwargs["type"] = tp if tp in (int, float, str, Path) else str
         if field.metadata.get("positional"):
+            if not required:
+                kwargs.update(nargs="*" if kwargs.get("nargs") == "+" else "?", default=None)
             parser.add_argument(field.name, **kwargs)
             continue
-        flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+        flag = field.metadata.get("flag") or "--" + ("no-" if field.metadata.get("switch")
+                                                      and default else "") \
+            + field.name.replace("_", "-")
         parser.add_argument(flag, dest=field.name, default=None, required=required, **kwargs)
+
+
+def _split(item: Callable[[str], Any], sep: str) -> Callable[[str], list[Any]]:
+    """``"4,8,16"`` -> ``[4, 8, 16]`` (argparse names the type in its error line)."""
+    def split(text: str) -> list[Any]:
+        return [item(part) for part in text.split(sep)]
+
+    split.__name__ = f"{sep!r}-separated {getattr(item, '__name__', 'value')} list"
+    return split
 
 
 def switch(help_text: str) -> Any:
     """A ``bool`` field that is a plain ``--x`` switch (False unless given; no ``--no-x``)."""
-    return dataclasses.field(default=False, metadata={"negatable": False, "help": help_text})
+    return dataclasses.field(default=False, metadata={"switch": True, "help": help_text})
 
 
 def config_parser(cls: type, prog: str, description: str | None = None
@@ -140,9 +159,17 @@ def dataclass_from_args(cls: type[T], args: argparse.Namespace, **base: Any) -> 
 
 
 def parse_config(cls: type[T], argv: Sequence[str], prog: str,
-                 description: str | None = None) -> T:
-    """The config of a command line (``config_parser`` + ``dataclass_from_args``)."""
-    return dataclass_from_args(cls, config_parser(cls, prog, description).parse_args(argv))
+                 description: str | None = None,
+                 presets: Mapping[str, Mapping[str, Any]] | None = None) -> T:
+    """The config of a command line (``config_parser`` + ``dataclass_from_args``); each
+    ``presets[name]`` (field overrides) is the base when the ``bool`` field ``name`` is
+    given, under the other flags."""
+    args = config_parser(cls, prog, description).parse_args(argv)
+    base: dict[str, Any] = {}
+    for name, overrides in (presets or {}).items():
+        if getattr(args, name, None):
+            base.update(overrides)
+    return dataclass_from_args(cls, args, **base)
 
 
 def make_config(cls: type[T], values: dict[str, Any]) -> T:

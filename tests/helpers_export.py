@@ -53,9 +53,10 @@ def make_tiny_export(out_dir: str | Path, width: float = 0.125, embedding_dim: i
                      input_sensitive: bool = False) -> Path:
     """Checkpoint + export into ``out_dir`` (the checkpoint goes to ``<out_dir>.ckpt.pt``);
     returns the export folder. About 5 s at width 0.125 (+5 s with ``fp16``)."""
-    from export.translator import export_translator
+    from export.translator import ExportConfig, export_translator
 
     out_dir = Path(out_dir)
     checkpoint = make_tiny_checkpoint(out_dir.parent / f"{out_dir.name}.ckpt.pt", width,
                                       embedding_dim, seed, input_sensitive=input_sensitive)
-    return export_translator(checkpoint, out_dir, fp16=fp16, fused=fused, tensorrt=False)
+    return export_translator(ExportConfig(checkpoint, out_dir, fp16=fp16, fused=fused,
+                                          tensorrt=False))

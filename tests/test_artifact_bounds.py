@@ -22,7 +22,7 @@ import pytest
 import torch
 from helpers_export import make_tiny_checkpoint, make_tiny_export
 
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from export.verify import verify_export
 from runtime.artifacts import load_json
 from runtime.errors import S2IError
@@ -127,7 +127,7 @@ def test_crafted_checkpoint_fields_are_refused_before_networks_are_built(
     path = tmp_path / "gan_last.pt"
     save_checkpoint(path, state)
     one_line(lambda: load_translator(path), match)
-    one_line(lambda: export_translator(path, tmp_path / "out", tensorrt=False), match)
+    one_line(lambda: export_translator(ExportConfig(path, tmp_path / "out", tensorrt=False)), match)
 
 
 def test_deeply_nested_checkpoint_contents_are_refused(tmp_path: Path) -> None:

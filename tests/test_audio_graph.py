@@ -20,7 +20,7 @@ from helpers_runtime import run_cli, write_tone_wav
 from export.logmel import LogMel
 from export.onnx_export import op_types, write_onnx
 from export.parity import FEATURE_TOLERANCE
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig, log_mel_batch, pad_or_trim
 from runtime.model.backends import open_translator
@@ -114,7 +114,7 @@ def audio_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("audio_export")
     checkpoint = make_tiny_checkpoint(root / "gan.pt", width=0.125, embedding_dim=64, seed=5,
                                       input_sensitive=True)
-    return export_translator(checkpoint, root / "export", fused=True, tensorrt=False)
+    return export_translator(ExportConfig(checkpoint, root / "export", fused=True, tensorrt=False))
 
 
 def test_export_writes_the_audio_in_graphs(audio_export: Path) -> None:
@@ -180,8 +180,8 @@ def test_pipeline_sends_audio_to_the_model_with_features_graph(audio_export: Pat
 def test_features_graph_is_refused_where_the_export_has_no_audio_in_graph(
         tmp_path: Path) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "gan.pt", width=0.125, embedding_dim=32)
-    export = export_translator(checkpoint, tmp_path / "export", tensorrt=False,
-                               audio_in=False)
+    export = export_translator(ExportConfig(checkpoint, tmp_path / "export", tensorrt=False,
+                                            audio_in=False))
     assert open_translator(export, backend="onnxruntime-cpu").features == "host"
     with pytest.raises(S2IError, match="--features graph.*no 'encoder_audio'"):
         open_translator(export, backend="onnxruntime-cpu", features="graph")

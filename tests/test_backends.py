@@ -13,7 +13,7 @@ import torch
 from helpers_export import make_tiny_checkpoint, make_tiny_export
 
 from export.parity import relative_error, rms_relative_error
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.errors import S2IError
 from runtime.model.backends import list_backends, open_translator, tensorrt_unavailable_reason
 from runtime.model.masks import draw_masks, ones_masks
@@ -170,8 +170,9 @@ def test_tensorrt_backend(tmp_path: Path) -> None:
     if reason is not None:
         pytest.skip(f"TensorRT backend not testable here: {reason}")
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", embedding_dim=D, input_sensitive=True)
-    out = export_translator(checkpoint, tmp_path / "export", fused=False,
-                            batch_sizes=(1, 4, 8), timing_cache=tmp_path / "timing.cache")
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         batch_sizes=(1, 4, 8),
+                                         timing_cache=tmp_path / "timing.cache"))
     translator = open_translator(out, "tensorrt")
     spec = synthetic_spectrograms(10, torch.Generator().manual_seed(0)).numpy()
     masks = draw_masks(translator.dropout, 10, np.random.default_rng(1))

@@ -15,7 +15,7 @@ import pytest
 import torch
 from helpers_export import make_tiny_checkpoint
 
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.errors import S2IError
 from trainer.checkpoint import load_checkpoint, read_state, save_checkpoint, seal
 
@@ -122,7 +122,7 @@ def test_thousands_of_flipped_bytes_never_reach_export(tmp_path: Path) -> None:
         data[offset] ^= 0x10
     checkpoint.write_bytes(bytes(data))
     with pytest.raises(S2IError, match="is damaged") as info:
-        export_translator(checkpoint, tmp_path / "out", tensorrt=False)
+        export_translator(ExportConfig(checkpoint, tmp_path / "out", tensorrt=False))
     assert str(checkpoint) in one_line(info)
     assert not (tmp_path / "out").exists()
 

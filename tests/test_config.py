@@ -104,3 +104,31 @@ def test_switches_machine_defaults_and_default_help() -> None:
     assert "(default: machine-default)" in text     # a default_factory, shown as resolved
     assert "more lines (default: quiet)" in text and "quiet) (default" not in text
     assert "clock (default" not in text                 # a switch is off unless given
+
+
+@dataclass
+class Bench:
+    source: str = field(default="runs/demo", metadata={"positional": True})
+    streams: tuple[int, ...] = field(default=(), metadata={"sep": ","})
+    fused: bool = field(default=True, metadata={"switch": True})
+    fp16: bool = field(default=False, metadata={"switch": True})
+    per_channel: bool = field(default=True, metadata={"switch": True, "flag": "--per-tensor"})
+    quick: bool = field(default=False, metadata={"switch": True})
+    seconds: float = 12.0
+
+
+def test_switches_comma_lists_optional_positionals_and_a_preset_flag() -> None:
+    options = {o for a in config_parser(Bench, "b")._actions for o in a.option_strings}
+    assert options == {"-h", "--help", "--streams", "--no-fused", "--fp16", "--per-tensor",
+                       "--quick", "--seconds"}
+    assert parse_config(Bench, [], "b") == Bench()
+    cfg = parse_config(Bench, ["x", "--streams", "4,8", "--no-fused", "--fp16", "--per-tensor"],
+                       "b")
+    assert cfg == Bench("x", (4, 8), fused=False, fp16=True, per_channel=False)
+    quick = {"seconds": 3.0, "streams": [1, 3]}
+    assert parse_config(Bench, ["--quick"], "b", presets={"quick": quick}) == \
+        Bench(streams=(1, 3), quick=True, seconds=3.0)
+    assert parse_config(Bench, ["--quick", "--seconds", "5"], "b",      # a flag beats the preset
+                        presets={"quick": quick}).seconds == 5.0
+    with pytest.raises(SystemExit):     # argparse's one line: invalid ','-separated int list
+        parse_config(Bench, ["--streams", "4,x"], "b")

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.conv_rewrite import rewrite_file, rewrite_model
 from export.onnx_export import op_types
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.model.masks import draw_masks
 from trainer.checkpoint import load_translator
 
@@ -86,8 +86,8 @@ def test_exported_generator_matches_pytorch_at_fp32_precision(tmp_path: Path) ->
     """21 stride-1 and 4 strided layers rewritten; the ONNX generator (rewritten and not)
     equals PyTorch to ~1e-6 relative, on weights whose images depend on the input."""
     checkpoint = make_tiny_checkpoint(tmp_path / "ck.pt", input_sensitive=True)
-    original = export_translator(checkpoint, tmp_path / "ct", fused=False, tensorrt=False,
-                                 conv_rewrite=False)
+    original = export_translator(ExportConfig(checkpoint, tmp_path / "ct", fused=False,
+                                              tensorrt=False, conv_rewrite=False))
     assert "ConvTranspose" in op_types(original / "generator.onnx")
     rewritten = tmp_path / "rw"
     rewritten.mkdir()

@@ -18,8 +18,9 @@ from export.folding import fold_batchnorm
 from export.onnx_export import FORBIDDEN_OPS, op_types
 from export.parity import relative_error, rms_relative_error
 from export.tensorrt_build import why_no_tensorrt
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.artifacts import sha256_file
+from runtime.config import config_from_dict
 from runtime.errors import S2IError, run_cli
 from runtime.model.manifest import load_export_manifest
 from runtime.model.masks import draw_masks, ones_masks
@@ -136,6 +137,9 @@ def test_manifest_contents(exported) -> None:
     assert manifest["batch_sizes"] == [1, 4, 16]
     assert manifest["models"]["encoder"]["exporter"] == "torch.export"
     assert manifest["tensorrt"]["built"] or manifest["tensorrt"]["reason"]
+    config = config_from_dict(ExportConfig, manifest["config"])     # the resolved flags
+    assert config.fp16 and config.batch_sizes == (1, 4, 16) and not config.int8
+    assert Path(config.out) == export_dir
 
 
 def test_parity_fp32_and_fp16_with_dynamic_batch(exported) -> None:
@@ -262,8 +266,8 @@ def test_full_size_translator_parity(tmp_path: Path) -> None:
     """The paper's sizes (width 1.0, D=512, ~54 M parameters): FP32 and FP16 parity."""
     checkpoint = make_tiny_checkpoint(tmp_path / "full.pt", width=1.0, embedding_dim=512,
                                       input_sensitive=True)
-    out = export_translator(checkpoint, tmp_path / "full", fp16=True, fused=False,
-                            tensorrt=False)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "full", fp16=True, fused=False,
+                                         tensorrt=False))
     manifest = load_export_manifest(out)
     parity = manifest["parity"]
     assert parity["passed"] and parity["informative"]
@@ -282,7 +286,7 @@ def test_broken_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     bad = tmp_path / "gan_last.pt"
     bad.write_bytes(b"not a checkpoint at all")
     with pytest.raises(S2IError, match="no S2I sha256 seal") as info:
-        export_translator(bad, tmp_path / "out", tensorrt=False)
+        export_translator(ExportConfig(bad, tmp_path / "out", tensorrt=False))
     assert "\n" not in str(info.value)
     assert not (tmp_path / "out").exists()
 
@@ -294,13 +298,13 @@ def test_mismatched_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "wrong.pt", {k: v for k, v in state.items()
                                             if k not in ("format", "version")})
     with pytest.raises(S2IError, match="does not match the networks") as info:
-        export_translator(tmp_path / "wrong.pt", tmp_path / "out", tensorrt=False)
+        export_translator(ExportConfig(tmp_path / "wrong.pt", tmp_path / "out", tensorrt=False))
     assert "\n" not in str(info.value)
     state["stage"] = "audio"
     save_checkpoint(tmp_path / "audio.pt", {k: v for k, v in state.items()
                                             if k not in ("format", "version")})
     with pytest.raises(S2IError, match="expected 'gan'"):
-        export_translator(tmp_path / "audio.pt", tmp_path / "out", tensorrt=False)
+        export_translator(ExportConfig(tmp_path / "audio.pt", tmp_path / "out", tensorrt=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -309,13 +313,13 @@ def test_unwritable_output_is_one_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a_file"
     blocker.write_text("x")
     with pytest.raises(S2IError, match="cannot create output folder"):
-        export_translator(checkpoint, blocker / "export", tensorrt=False)
+        export_translator(ExportConfig(checkpoint, blocker / "export", tensorrt=False))
     with pytest.raises(S2IError, match="not a folder"):
-        export_translator(checkpoint, blocker, tensorrt=False)
+        export_translator(ExportConfig(checkpoint, blocker, tensorrt=False))
     (tmp_path / "someone_elses").mkdir()
     (tmp_path / "someone_elses" / "notes.txt").write_text("keep me")
     with pytest.raises(S2IError, match="holds no S2I export"):
-        export_translator(checkpoint, tmp_path / "someone_elses", tensorrt=False)
+        export_translator(ExportConfig(checkpoint, tmp_path / "someone_elses", tensorrt=False))
     assert (tmp_path / "someone_elses" / "notes.txt").read_text() == "keep me"
     code = run_cli(lambda: export_main([str(tmp_path / "missing_run")]))
     assert code == 2
@@ -334,10 +338,10 @@ def test_interrupted_or_failed_export_leaves_previous_export_intact(
     with monkeypatch.context() as patch:
         patch.setattr(translator, "check_parity", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            export_translator(checkpoint, out, fused=False, tensorrt=False)
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
     # a finished export, then a re-export whose parity check fails: the old one survives
-    export_translator(checkpoint, out, fused=False, tensorrt=False)
+    export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
     before = {p.name: sha256_file(p) for p in out.iterdir()}
 
     def failing(*args, **kwargs):
@@ -348,7 +352,7 @@ def test_interrupted_or_failed_export_leaves_previous_export_intact(
     with monkeypatch.context() as patch:
         patch.setattr(translator, "check_parity", failing)
         with pytest.raises(S2IError, match="does not reproduce PyTorch"):
-            export_translator(checkpoint, out, fused=False, tensorrt=False)
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "export"]
 
@@ -359,8 +363,8 @@ def test_tensorrt_reason_or_engines(tmp_path: Path) -> None:
         assert "\n" not in reason and len(reason) < 200
         pytest.skip(f"TensorRT engines not testable here: {reason}")
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
-    out = export_translator(checkpoint, tmp_path / "export", fp16=True, fused=False,
-                            timing_cache=tmp_path / "timing.cache")
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fp16=True, fused=False,
+                                         timing_cache=tmp_path / "timing.cache"))
     manifest = load_export_manifest(out)
     assert manifest["tensorrt"]["built"] and manifest["tensorrt"]["gpu"]
     assert {"encoder_trt", "generator_trt", "encoder_fp16_trt"} <= set(manifest["models"])
@@ -376,7 +380,7 @@ def test_out_folder_of_another_kind_is_left_untouched(tmp_path: Path) -> None:
         (store / "manifest.json").write_text(manifest)
         (store / "train.bin").write_bytes(b"precious")
         with pytest.raises(S2IError, match="holds no S2I export") as info:
-            export_translator(checkpoint, store, tensorrt=False)
+            export_translator(ExportConfig(checkpoint, store, tensorrt=False))
         assert "\n" not in str(info.value) and "left untouched" in str(info.value)
         assert (store / "train.bin").read_bytes() == b"precious"
         assert (store / "manifest.json").read_text() == manifest
@@ -387,7 +391,8 @@ def test_out_folder_of_another_kind_is_left_untouched(tmp_path: Path) -> None:
 def test_batch_sizes_must_include_one(tmp_path: Path) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
     with pytest.raises(S2IError, match="must include 1"):
-        export_translator(checkpoint, tmp_path / "out", batch_sizes=(4, 8), tensorrt=False)
+        export_translator(ExportConfig(checkpoint, tmp_path / "out", batch_sizes=(4, 8),
+                                       tensorrt=False))
     assert not (tmp_path / "out").exists()
 
 
@@ -395,7 +400,7 @@ def test_opset_below_what_the_exporter_writes_is_refused(tmp_path: Path) -> None
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
     out = tmp_path / "out"
     with pytest.raises(S2IError, match=r"--opset 9 not supported .*it wrote opset \d+") as info:
-        export_translator(checkpoint, out, opset=9, fused=False, tensorrt=False)
+        export_translator(ExportConfig(checkpoint, out, opset=9, fused=False, tensorrt=False))
     assert "\n" not in str(info.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]   # nothing written
 
@@ -441,7 +446,7 @@ def test_tensorrt_failure_or_failed_parity_keeps_onnx_and_drops_engines(
         with monkeypatch.context() as patch:
             for name, value in patches.items():
                 patch.setattr(translator, name, value)
-            export_translator(checkpoint, out, fused=False, tensorrt=True)
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=True))
         manifest = load_export_manifest(out)
         assert manifest["tensorrt"]["built"] is False
         assert reason in manifest["tensorrt"]["reason"]
@@ -480,7 +485,8 @@ def test_engines_are_kept_or_dropped_one_by_one(tmp_path: Path,
 
     monkeypatch.setattr(translator, "build_engines", fake_build)
     monkeypatch.setattr(translator, "check_engine_parity", parity)
-    out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=True)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         tensorrt=True))
     manifest = load_export_manifest(out)
     trt = manifest["tensorrt"]
     assert trt["built"] is True

@@ -14,7 +14,7 @@ from helpers_export import make_tiny_checkpoint
 
 from export.__main__ import main as export_main
 from export.int8 import AUTO_CALIBRATIONS, Int8Options
-from export.translator import export_translator
+from export.translator import ExportConfig, export_translator
 from runtime.errors import S2IError, run_cli
 from runtime.frontend import FrontEndConfig, log_mel_batch
 from runtime.model.backends import open_translator
@@ -38,8 +38,8 @@ def test_int8_export_records_calibration_and_gates_and_runs(tiny, tmp_path: Path
     checkpoint, store = tiny
     options = Int8Options(store=str(store), windows=8, gate_windows=6, mc_samples=2,
                           min_psnr_db=0.0, max_drop_points=100.0)
-    out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=False,
-                            int8=options)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         tensorrt=False, int8=True, int8_options=options))
     manifest = _manifest(out)
     record = manifest["int8"]
     assert record["kept"] is True
@@ -90,8 +90,8 @@ def test_missed_gate_keeps_fp32_and_says_why(tiny, tmp_path: Path) -> None:
     checkpoint, store = tiny
     options = Int8Options(store=str(store), windows=4, gate_windows=4, mc_samples=1,
                           min_psnr_db=200.0, calibration="percentile:99.9")
-    out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=False,
-                            int8=options)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         tensorrt=False, int8=True, int8_options=options))
     manifest = _manifest(out)
     assert manifest["int8"]["kept"] is False
     assert manifest["int8"]["calibration"]["method"] == "percentile:99.9"
@@ -126,8 +126,8 @@ def test_auto_calibration_on_a_store_too_small_for_separate_selection_windows(
         tiny, tmp_path: Path) -> None:
     checkpoint, store = tiny        # 20 train windows: all of them calibrate
     options = Int8Options(store=str(store), windows=64, selection_windows=8, gates=False)
-    out = export_translator(checkpoint, tmp_path / "export", fused=False, tensorrt=False,
-                            int8=options)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         tensorrt=False, int8=True, int8_options=options))
     calibration = _manifest(out)["int8"]["calibration"]
     assert calibration["windows"] == 20
     assert calibration["selection"]["same_as_calibration"] is True
