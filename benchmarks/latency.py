@@ -295,7 +295,7 @@ def run(args: argparse.Namespace, work: Path,
                              f"{backend}/{precision}/k{k}",
                              audio_path if args.realtime else None)
         rows.append(row_summary(backend, precision, k, records))
-        rows[-1]["features"] = getattr(translator, "features", "host")
+        rows[-1]["features"] = translator.features
         e = rows[-1]["end_to_end_ms"]
         print(f"{backend:<17} {precision} {rows[-1]['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
               f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)

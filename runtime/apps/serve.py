@@ -17,6 +17,7 @@ import zmq
 from runtime.cli import exit_code, log, stop_on_signals
 from runtime.errors import S2IError, run_cli
 from runtime.resilience import raise_open_file_limit
+from runtime.serve.batching import Batching
 from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.options import add_batching_args, add_pipeline_args, batching, open_pipeline
@@ -51,7 +52,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         raise S2IError(f"--stats-file {args.stats_file}: its folder does not exist")
     raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(args)
-    max_batch, max_wait_s = batching(args, pipeline.backend)
+    batch_settings = Batching(*batching(args, pipeline.backend))
     ctx = zmq.Context()
     publisher = loop = security = None
     failure: S2IError | None = None
@@ -60,12 +61,12 @@ def serve_main(argv: list[str] | None = None) -> int:
         with stop_on_signals() as stop:
             security = server_security(args, ctx)
             publisher = Publisher(ctx, args.pub, args.topic, pipeline.info(), security=security)
-            loop = NetworkLoop(pipeline, publisher, ctx, args.bind, max_batch, max_wait_s,
+            loop = NetworkLoop(pipeline, publisher, ctx, args.bind, batch_settings,
                                args.max_streams, args.idle_expiry, args.encode_threads,
                                security=security, stats_file=args.stats_file)
             log(f"serving on {loop.address} -> {publisher.address} "
-                f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
-                f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
+                f"(backend {pipeline.backend}, max batch {batch_settings.max_batch}, max wait "
+                f"{batch_settings.max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
             wait_for_subscribers(publisher, args.wait_subscribers, stop)
             if not stop.is_set():
                 ended = loop.run(stop)
