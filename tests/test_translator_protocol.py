@@ -135,4 +135,4 @@ def test_the_standin_and_eager_models_conform(export):
     masks = draw_masks(eager.dropout, len(spec) * 2, np.random.default_rng(0))
     got, _ = eager.translate_batch(spec, masks, 2)
     np.testing.assert_array_equal(got, eager.generate(np.repeat(eager.encode(spec), 2, 0), masks))
-    np.testing.assert_allclose(got, local.translate_batch(spec, masks, 2)[0], atol=1e-4)
+    np.testing.assert_allclose(got, local.translate_batch(spec, masks, 2)[0], atol=2e-3)
