@@ -39,7 +39,7 @@ class ConstantTimeModel:
         self.manifest, self.dropout = inner.manifest, inner.dropout
         # as the real translator: audio windows in where its export computes the log-mel in
         # the graph (then the host computes none), spectrograms otherwise
-        self.features = inner.features
+        self.features = getattr(inner, "features", "host")   # an older checkout's may not say
         self.backend, self.seconds = f"stand-in-{seconds * 1000:g}ms", seconds
         front_end = FrontEndConfig.from_dict(inner.manifest["front_end"])
         rng = np.random.default_rng(0)
