@@ -89,7 +89,7 @@ def hop_latency(export: Path, spec: str, batches: list[int], calls: int, threads
                     if name == "local":
                         out_local = local.generate(local.encode(spectrogram), masks)
                     else:
-                        out_remote = remote.translate_samples(spectrogram, masks, 1)
+                        out_remote = remote.translate_batch(spectrogram, masks, 1)[0]
                     if i >= 3:                                  # 3 warm-up calls each
                         times[name].append((time.perf_counter() - start) * 1000)
             error = float(np.abs(out_local - out_remote).max())

@@ -1,9 +1,9 @@
 """The paper's way to run a translator: PyTorch modules in eval mode, MC dropout on.
 
-``EagerTranslator`` has the runtime translator's interface (``encode``, ``generate``,
-``backend``, ``precision``, ``manifest``) so the benchmark can push it through the very same
-streaming loop as the ONNX Runtime and TensorRT translators. Benchmarks only: ``runtime/``
-never imports torch.
+``EagerTranslator`` is a ``runtime.model.translator.Translator`` (``translate_batch`` from its
+``encode`` and ``generate``, ``backend``, ``precision``, ``manifest``, ``dropout``) so the
+benchmark can push it through the very same streaming loop as the ONNX Runtime and TensorRT
+translators. Benchmarks only: ``runtime/`` never imports torch.
 """
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import numpy as np
 import torch
 
 from runtime.errors import S2IError
+from runtime.model.translator import EncoderGenerator
 from trainer.checkpoint import load_translator
 from trainer.models import AudioEncoder, DenseGenerator
 
 
-class EagerTranslator:
+class EagerTranslator(EncoderGenerator):
     """Encoder + generator as PyTorch eager modules under ``torch.inference_mode``.
 
     ``generate(z, masks)`` uses the given numpy masks (so every backend sees the same
@@ -36,6 +37,8 @@ class EagerTranslator:
         self.generator = generator.eval().to(self.device)
         self.generator.mc_dropout = True
         self.manifest = manifest
+        self.dropout: list[dict[str, Any]] = list(manifest["dropout"])
+        self.features = "host"
         self.backend = "pytorch-cuda" if self.device.type == "cuda" else "pytorch-eager"
         self.precision = "fp32"
 

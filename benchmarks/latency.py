@@ -309,7 +309,7 @@ class LatencyRun:
                              self.audio_path if args.realtime else None)
         self.rows.append(row_summary(backend, precision, k, records))
         row = self.rows[-1]
-        row["features"] = getattr(translator, "features", "host")
+        row["features"] = translator.features
         e = row["end_to_end_ms"]
         print(f"{backend:<17} {precision} {row['features']} K={k}: p50 {e['p50']:.1f} ms  p95 "
               f"{e['p95']:.1f}  p99 {e['p99']:.1f}  max {e['max']:.1f}", flush=True)

@@ -27,8 +27,10 @@ LABEL = "host-only: model replaced by a constant-time stand-in"
 
 
 class ConstantTimeModel:
-    """The translator's interface (``manifest``, ``dropout``, ``encode``, ``generate``) at a
-    fixed cost per batch: ``seconds`` of sleep, then precomputed real images."""
+    """A ``runtime.model.translator.Translator`` (``manifest``, ``dropout``, ``backend``,
+    ``features``, ``translate_batch``) at a fixed cost per batch: ``seconds`` of sleep, then
+    precomputed real images. ``encode``/``generate`` are the same for an older checkout's
+    server, which called those two."""
 
     def __init__(self, inner: Any, seconds: float, windows: int = 8) -> None:
         from runtime.frontend import FrontEndConfig, log_mel_batch
@@ -37,7 +39,7 @@ class ConstantTimeModel:
         self.manifest, self.dropout = inner.manifest, inner.dropout
         # as the real translator: audio windows in where its export computes the log-mel in
         # the graph (then the host computes none), spectrograms otherwise
-        self.features = getattr(inner, "features", "host")
+        self.features = getattr(inner, "features", "host")   # an older checkout's may not say
         self.backend, self.seconds = f"stand-in-{seconds * 1000:g}ms", seconds
         front_end = FrontEndConfig.from_dict(inner.manifest["front_end"])
         rng = np.random.default_rng(0)
@@ -45,6 +47,15 @@ class ConstantTimeModel:
         z = np.asarray(inner.encode(log_mel_batch(audio, front_end)[:, None]), np.float32)
         self.z = z
         self.images = np.asarray(inner.generate(z, draw_masks(self.dropout, windows, rng)))
+
+    def translate_batch(self, inputs: np.ndarray, masks: Any, samples: int
+                        ) -> tuple[np.ndarray, dict[str, float]]:
+        time.sleep(self.seconds)
+        rows = np.arange(len(inputs) * samples) % len(self.images)
+        return self.images[rows], {"encoder": self.seconds * 1000, "generator": 0.0}
+
+    def close(self) -> None:
+        """Nothing held beyond this process."""
 
     def encode(self, features: np.ndarray) -> np.ndarray:
         time.sleep(self.seconds)

@@ -9,44 +9,35 @@ features p99 on a CPU backend (they share the cores), max of the two on a GPU ba
 CPU computes the next features while the GPU runs). S doubles until it does not fit, then a
 bisection narrows the limit. With the front end in the graph (a translator whose
 ``features`` is ``"graph"``), the "features" are the sanitised audio windows and the model step
-starts from them (``encode_audio``), as in the server.
+starts from them, as in the server (``Translator.translate_batch``, the server's one call).
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from benchmarks.report import summarize
 from runtime.frontend import FrontEndConfig, log_mel_batch
 from runtime.model.masks import draw_masks
+from runtime.model.translator import Translator
 from runtime.wire.protocol import sanitise_audio
-
-
-class Translator(Protocol):
-    manifest: dict[str, Any]
-
-    def encode(self, spectrogram: np.ndarray) -> np.ndarray: ...
-
-    def generate(self, z: np.ndarray, masks: list[np.ndarray]) -> np.ndarray: ...
 
 
 def model_step(translator: Translator, features: np.ndarray, masks: list[np.ndarray],
                k: int) -> float:
-    """Seconds for encoder + generator of S windows (K MC samples each), inputs ready."""
+    """Seconds for the batched call (encoder + generator) of S windows (K MC samples each),
+    inputs ready."""
     start = time.perf_counter()
-    z = translator.encode_audio(features) if in_graph(translator) \
-        else translator.encode(features)
-    z = np.repeat(z, k, axis=0) if k > 1 else z
-    translator.generate(z, masks)
+    translator.translate_batch(features, masks, k)
     return time.perf_counter() - start
 
 
-def in_graph(translator: Any) -> bool:
-    """Whether ``translator`` computes the log-mel inside its graph (``encode_audio``)."""
-    return getattr(translator, "features", "host") == "graph"
+def in_graph(translator: Translator) -> bool:
+    """Whether ``translator`` computes the log-mel inside its graph (takes audio windows)."""
+    return translator.features == "graph"
 
 
 def features_step(windows: np.ndarray, cfg: FrontEndConfig, graph: bool = False
@@ -74,7 +65,7 @@ def measure_batch(translator: Translator, audio_windows: np.ndarray, streams: in
         features, seconds = features_step(windows, cfg, in_graph(translator))
         feature_times.append(seconds * 1000)
     assert features is not None
-    dropout = translator.manifest["dropout"]
+    dropout = translator.dropout
     for _ in range(2):                                      # warm-up: allocations, autotune
         model_step(translator, features, draw_masks(dropout, streams * k, rng), k)
     times: list[float] = []

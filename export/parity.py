@@ -175,28 +175,15 @@ def check_parity(encoder: AudioEncoder, generator: DenseGenerator, files: dict[s
         if "_audio" in key:
             if audio is None or front_end is None:
                 raise ValueError(f"parity of {key} needs the export's front end")
-            # ONNX against PyTorch with the same front end (export.logmel.LogMel); the front
-            # end itself is held to runtime/frontend.py below ("front_end")
-            features = torch_features(audio, front_end)
-            if key.startswith("encoder"):
-                (z,) = session.run(None, {"audio": audio})
-                rows[key] = verdict(key, z, reference(encoder, generator, features, masks)[0],
-                                    AUDIO_TOLERANCE)
-            else:
-                rows[key] = _fused_row(key, session, encoder, generator, features[:1],
-                                       {"audio": audio[:1]}, masks, mask_feed,
-                                       AUDIO_TOLERANCE)
+            rows[key] = _audio_row(key, session, encoder, generator, audio, front_end, masks,
+                                   mask_feed)
         elif key.startswith("encoder"):
             (z,) = session.run(None, {"spectrogram": spectrogram})
             rows[key] = verdict(key, z, z_ref, TOLERANCE)
         elif key.startswith("generator"):
             (image,) = session.run(None, {"embedding": z_ref, **mask_feed})
             rows[key] = verdict(key, image, image_ref, TOLERANCE)
-            ones = {spec["input"]: m for spec, m in zip(dropout, ones_masks(dropout, samples),
-                                                           strict=True)}
-            first = session.run(None, {"embedding": z_ref, **ones})[0]
-            again = session.run(None, {"embedding": z_ref, **ones})[0]
-            deterministic = deterministic and bool(np.array_equal(first, again))
+            deterministic = deterministic and _repeatable(session, z_ref, dropout, samples)
         elif key.startswith("translator"):
             rows[key] = _fused_row(key, session, encoder, generator, spectrogram[:1],
                                    {"spectrogram": spectrogram[:1]}, masks, mask_feed,
@@ -217,6 +204,30 @@ def check_parity(encoder: AudioEncoder, generator: DenseGenerator, files: dict[s
             "informative": min(sens.values()) >= SENSITIVITY_MIN,
             "all_ones_deterministic": deterministic,
             **({"front_end": front_row} if front_row is not None else {}), "passed": passed}
+
+
+def _audio_row(key: str, session: ort.InferenceSession, encoder: AudioEncoder,
+               generator: DenseGenerator, audio: np.ndarray, front_end: FrontEndConfig,
+               masks: list[np.ndarray], mask_feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """An audio-in graph (``encoder_audio``, ``translator_audio``) against PyTorch with the same
+    front end (``export.logmel.LogMel``); the front end itself is held to runtime/frontend.py
+    apart (``front_end_parity``)."""
+    features = torch_features(audio, front_end)
+    if key.startswith("encoder"):
+        (z,) = session.run(None, {"audio": audio})
+        return verdict(key, z, reference(encoder, generator, features, masks)[0],
+                       AUDIO_TOLERANCE)
+    return _fused_row(key, session, encoder, generator, features[:1], {"audio": audio[:1]},
+                      masks, mask_feed, AUDIO_TOLERANCE)
+
+
+def _repeatable(session: ort.InferenceSession, z: np.ndarray, dropout: list[dict[str, Any]],
+                samples: int) -> bool:
+    """Whether a generator graph gives the same images twice with all-ones masks."""
+    ones = {spec["input"]: m for spec, m in zip(dropout, ones_masks(dropout, samples),
+                                                   strict=True)}
+    first = session.run(None, {"embedding": z, **ones})[0]
+    return bool(np.array_equal(first, session.run(None, {"embedding": z, **ones})[0]))
 
 
 def torch_features(audio: np.ndarray, cfg: FrontEndConfig) -> np.ndarray:

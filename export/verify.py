@@ -31,15 +31,7 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
     for precision in PRECISIONS:
         if model_key("encoder", precision) in manifest["models"]:
             open_translator(export_dir, "onnxruntime-cpu", precision, threads=2)
-    recorded = manifest.get("checkpoint") or {}
-    checkpoint = checkpoint or Path(str(recorded.get("path") or ""))
-    if not checkpoint.is_file():
-        raise S2IError(f"checkpoint {checkpoint} named by {export_dir}/manifest.json is not "
-                       "here; pass it with --checkpoint")
-    if recorded.get("sha256") and sha256_file(checkpoint) != recorded["sha256"]:
-        raise S2IError(f"checkpoint {checkpoint} is not the one {export_dir} was exported from "
-                       "(sha256 differs from the manifest's)")
-    _, encoder, generator = load_networks(checkpoint)
+    _, encoder, generator = load_networks(_source_checkpoint(export_dir, manifest, checkpoint))
     models: dict[str, dict[str, Any]] = manifest["models"]
     onnx_files = {key: export_dir / e["file"] for key, e in models.items()
                   if e.get("backend") == "onnx"}
@@ -80,6 +72,21 @@ def verify_export(export_dir: Path, checkpoint: Path | None = None,
                              f"{len(rows) - _skipped(rows)} file(s) match"
                              + (f", {_skipped(rows)} skipped" if _skipped(rows) else "")))
     return not failed and parity["all_ones_deterministic"] and front["ok"]
+
+
+def _source_checkpoint(export_dir: Path, manifest: dict[str, Any],
+                       checkpoint: Path | None) -> Path:
+    """``checkpoint``, or the one the manifest names; one line when it is absent or not the
+    one the export was made from (its sha256)."""
+    recorded = manifest.get("checkpoint") or {}
+    checkpoint = checkpoint or Path(str(recorded.get("path") or ""))
+    if not checkpoint.is_file():
+        raise S2IError(f"checkpoint {checkpoint} named by {export_dir}/manifest.json is not "
+                       "here; pass it with --checkpoint")
+    if recorded.get("sha256") and sha256_file(checkpoint) != recorded["sha256"]:
+        raise S2IError(f"checkpoint {checkpoint} is not the one {export_dir} was exported from "
+                       "(sha256 differs from the manifest's)")
+    return checkpoint
 
 
 def _skipped(rows: dict[str, dict[str, Any]]) -> int:

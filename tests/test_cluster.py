@@ -106,11 +106,13 @@ def test_cluster_translator_matches_the_local_backend(cluster):
     with open_cluster_translator(cluster.spec) as remote:
         assert remote.manifest == local.manifest and remote.dropout == local.dropout
         assert remote.backend == f"ray:{APP}/onnxruntime-cpu"
-        got = remote.translate_samples(spec, masks, samples)
+        assert remote.features == "host"
+        got, timings = remote.translate_batch(spec, masks, samples)
+        assert set(timings) == {"cluster", "encoder", "generator"}
         one = remote.translate_window(spec[:1], [m[:samples] for m in masks])
         with pytest.raises(S2IError, match="rejected the request: .*mask"):
-            remote.translate_samples(spec, [m[:2] for m in masks], samples)
-        again = remote.translate_samples(spec[1:2], [m[3:6] for m in masks], samples)
+            remote.translate_batch(spec, [m[:2] for m in masks], samples)
+        again, _ = remote.translate_batch(spec[1:2], [m[3:6] for m in masks], samples)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
     np.testing.assert_allclose(one[0], want[:samples], rtol=0, atol=1e-5)
     np.testing.assert_allclose(again, want[3:6], rtol=0, atol=1e-5)
@@ -132,7 +134,7 @@ def test_fronts_calling_at_once_are_batched_and_each_gets_its_own(cluster):
     try:
         def front(i: int) -> None:
             for _ in range(5):
-                results[i] = translators[i].translate_samples(specs[i], masks[i], 2)
+                results[i] = translators[i].translate_batch(specs[i], masks[i], 2)[0]
 
         threads = [threading.Thread(target=front, args=(i,)) for i in range(fronts)]
         for t in threads:

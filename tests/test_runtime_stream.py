@@ -18,6 +18,7 @@ import zmq
 from helpers_runtime import CLI, run_cli, tiny_export, write_tone_wav
 from PIL import Image
 
+from runtime.model.translator import EncoderGenerator
 from runtime.wire.client import Subscriber
 
 ADDRESS = r"(tcp://127\.0\.0\.1:\d+)"
@@ -274,13 +275,13 @@ def test_no_microphone_and_no_pyaudio(export, tmp_path):
                    "s2i[mic]")
 
 
-class SlowTranslator:
+class SlowTranslator(EncoderGenerator):
     """A real translator that takes ``delay`` seconds more per window (a slow model)."""
 
     def __init__(self, inner, delay: float) -> None:
         self.inner, self.delay = inner, delay
         self.manifest, self.backend = inner.manifest, "slow-stub"
-        self.dropout = getattr(inner, "dropout", None)
+        self.dropout = inner.dropout
         self.windows = 0
 
     def encode(self, features):

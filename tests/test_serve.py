@@ -19,6 +19,7 @@ import pytest
 import zmq
 from helpers_runtime import CLI, run_cli, tiny_export
 
+from runtime.model.translator import EncoderGenerator
 from runtime.wire.client import Subscriber
 from runtime.wire.protocol import encode_audio
 
@@ -62,7 +63,7 @@ def test_a_mixed_batch_gives_each_stream_its_own_image(export):
         assert diff > 10, f"stream {i} looks like stream 0 ({diff:.1f} grey levels apart)"
 
 
-class SlowTranslator:
+class SlowTranslator(EncoderGenerator):
     """A real translator whose generator call takes ``delay`` seconds more."""
 
     def __init__(self, inner, delay: float) -> None:
@@ -78,8 +79,36 @@ class SlowTranslator:
         return self.inner.generate(z, masks)
 
 
+def test_one_batching_value_reaches_the_ingress_and_the_stages_at_construction(export):
+    import dataclasses
+
+    from runtime.errors import S2IError
+    from runtime.model.backends import open_translator
+    from runtime.serve.batching import Batching
+    from runtime.serve.engine import NetworkLoop
+    from runtime.serve.pipeline import Pipeline
+    from runtime.wire.protocol import Publisher
+
+    for bad in ((0, 0.01), (True, 0.01), (8, -0.001), (8, 1.5)):
+        with pytest.raises(S2IError, match="max (batch|wait)"):
+            Batching(*bad)
+    batching = Batching(8, 0.02)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        batching.max_batch = 2      # type: ignore[misc]
+    pipeline = Pipeline(open_translator(export, backend="onnxruntime-cpu"), encoding="raw")
+    ctx = zmq.Context()
+    publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
+    try:
+        loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", batching)
+        assert loop.ingress.batching is batching and loop.stages.batching is batching
+        assert loop.stages.batch_limit() == 8
+    finally:
+        ctx.destroy(linger=0)
+
+
 def test_streams_keep_their_seq_and_positions_under_batching(export):
     from runtime.model.backends import open_translator
+    from runtime.serve.batching import Batching
     from runtime.serve.engine import NetworkLoop
     from runtime.serve.pipeline import Pipeline
     from runtime.wire.protocol import Publisher
@@ -92,8 +121,7 @@ def test_streams_keep_their_seq_and_positions_under_batching(export):
     published: list[dict] = []
     publish = publisher.publish
     publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
-    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", max_batch=8,
-                       max_wait_s=0.02)
+    loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", Batching(8, 0.02))
     stop = threading.Event()
     runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)
     push = ctx.socket(zmq.PUSH)
@@ -242,7 +270,9 @@ import sys, time
 import runtime.serve.options as options
 real = options.open_model
 
-class Blocking:
+from runtime.model.translator import EncoderGenerator
+
+class Blocking(EncoderGenerator):
     def __init__(self, inner):
         self.inner, self.manifest, self.dropout = inner, inner.manifest, inner.dropout
         self.backend = "blocking"

@@ -18,6 +18,7 @@ from runtime.cli import exit_code, log, stop_on_signals
 from runtime.config import parse_config, save_config
 from runtime.errors import S2IError, run_cli
 from runtime.resilience import raise_open_file_limit
+from runtime.serve.batching import Batching
 from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.options import (
@@ -74,7 +75,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         save_config(cfg, stats_config_path(cfg.stats_file))
     raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(cfg.model, cfg.publish)
-    max_batch, max_wait_s = batching(cfg.batching, pipeline.backend)
+    batch_settings = Batching(*batching(cfg.batching, pipeline.backend))
     ctx = zmq.Context()
     publisher = loop = security = None
     failure: S2IError | None = None
@@ -83,13 +84,13 @@ def serve_main(argv: list[str] | None = None) -> int:
         with stop_on_signals() as stop:
             security = cfg.security.open(ctx)
             publisher = Publisher(ctx, cfg.publish.pub, cfg.publish.topic, pipeline.info(),
-                                  sndhwm=pub_hwm(max_batch), security=security)
-            loop = NetworkLoop(pipeline, publisher, ctx, cfg.bind, max_batch, max_wait_s,
+                                  sndhwm=pub_hwm(batch_settings.max_batch), security=security)
+            loop = NetworkLoop(pipeline, publisher, ctx, cfg.bind, batch_settings,
                                cfg.max_streams, cfg.idle_expiry, cfg.batching.encode_threads,
                                security=security, stats_file=cfg.stats_file)
             log(f"serving on {loop.address} -> {publisher.address} "
-                f"(backend {pipeline.backend}, max batch {max_batch}, max wait "
-                f"{max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
+                f"(backend {pipeline.backend}, max batch {batch_settings.max_batch}, max wait "
+                f"{batch_settings.max_wait_s * 1000:g} ms, host {socketlib.gethostname()})")
             wait_for_subscribers(publisher, cfg.publish.wait_subscribers, stop)
             if not stop.is_set():
                 ended = loop.run(stop)

@@ -4,9 +4,9 @@
   sides (ray-free, torch-free).
 - ``runtime.cluster.deployment``: the Serve application (``S2ITranslator``, ``build_app``); it
   imports ``ray.serve``, so only replicas and ``serve run`` load it.
-- ``runtime.cluster.client``: ``ClusterTranslator``, a drop-in for
-  ``runtime.model.backends.Translator`` that sends one call per batch through a
-  ``DeploymentHandle`` held by a bridge process.
+- ``runtime.cluster.client``: ``ClusterTranslator``, a ``runtime.model.translator.Translator``
+  (as the local backends are) that sends one call per batch through a ``DeploymentHandle``
+  held by a bridge process.
 
 docs/SCALING.md has the topology, the commands and what scales.
 """

@@ -1,9 +1,10 @@
 """``ClusterTranslator``: the front's side of the S2I Serve deployment.
 
-It has the interface of ``runtime.model.backends.Translator`` (``manifest``, ``dropout``,
-``embedding_dim``, ``encode``, ``generate``, ``translate``, ``translate_window``) plus
-``translate_samples`` (B windows, K masks each) which the batched pipeline uses: ONE call per
-batch through a Serve ``DeploymentHandle`` held by a bridge process (runtime.cluster.bridge).
+It is a ``runtime.model.translator.Translator`` (``manifest``, ``dropout``, ``backend``,
+``features`` and ``translate_batch``: B windows, K masks each, the call the batched pipeline
+uses) with the local translator's ``embedding_dim``, ``encode``, ``generate``, ``translate`` and
+``translate_window`` besides: ONE call per batch through a Serve ``DeploymentHandle`` held by
+a bridge process (runtime.cluster.bridge).
 
 Faults never raise out of the front's loop as anything but ``ClusterUnavailable`` (an
 ``S2IError``): the windows of that call are dropped and counted by the caller, and the stream
@@ -174,7 +175,7 @@ class _Bridge:
 
 
 class ClusterTranslator:
-    """A ``Translator`` whose model runs in a Ray Serve deployment."""
+    """A ``runtime.model.translator.Translator`` whose model runs in a Ray Serve deployment."""
 
     def __init__(self, address: str, app: str, call_timeout_s: float = 10.0,
                  connect_timeout_s: float = 60.0) -> None:
@@ -203,6 +204,7 @@ class ClusterTranslator:
         self.embedding_dim = int(self.manifest["embedding_dim"])
         self.precision = str(info.get("precision", "fp32"))
         self.backend = f"ray:{app}/{info.get('backend', '?')}"
+        self.features = "host"    # the deployment takes log-mel spectrograms
         self.calls = self.dropped_calls = self.retried_calls = self.reconnects = 0
         self._say = RateLimitedLog()
         self._failures = 0
@@ -297,32 +299,32 @@ class ClusterTranslator:
 
     # --- the Translator interface ----------------------------------------------------------
 
-    def translate_samples(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray],
-                          samples: int, timings_ms: dict[str, float] | None = None
-                          ) -> np.ndarray:
+    def translate_batch(self, inputs: np.ndarray, masks: Sequence[np.ndarray], samples: int
+                        ) -> tuple[np.ndarray, dict[str, float]]:
         """B windows ``[B,1,128,100]`` and masks ``[B*K, C_i]`` -> images ``[B*K,3,96,96]``
-        (window-major), in one call. ``timings_ms`` (if given) receives the replica's
-        ``encoder`` and ``generator`` times of the model run that computed them."""
-        request = make_request(spectrogram, masks, samples)
+        (window-major), in one call, and its timings: ``cluster`` (the round trip) and the
+        replica's ``encoder`` and ``generator`` times of the model run that computed them."""
+        start = time.perf_counter()
+        request = make_request(inputs, masks, samples)
         rows = request["spectrogram"].shape[0] * int(samples)
         images, remote = check_reply(self._call("translate", request), rows)
-        if timings_ms is not None:
-            timings_ms.update(remote)
-        return images
+        return images, {"cluster": round((time.perf_counter() - start) * 1000, 3),
+                        "encoder": remote.get("encoder", 0.0),
+                        "generator": remote.get("generator", 0.0)}
 
     def translate(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]) -> np.ndarray:
-        return self.translate_samples(spectrogram, masks, 1)
+        return self.translate_batch(spectrogram, masks, 1)[0]
 
     def translate_window(self, spectrogram: np.ndarray, masks: Sequence[np.ndarray]
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         samples = masks[0].shape[0] if masks and isinstance(masks[0], np.ndarray) else 0
         if samples < 1 or np.shape(spectrogram)[0] != 1:
             raise S2IError("translate_window() takes one window and [K, C_i] masks")
-        images = self.translate_samples(spectrogram, masks, samples)
+        images = self.translate_batch(spectrogram, masks, samples)[0]
         return images, images.mean(0, keepdims=True), images.std(0, keepdims=True)
 
     def encode(self, spectrogram: np.ndarray) -> np.ndarray:
-        """Embeddings computed remotely (a call of its own: prefer ``translate_samples``)."""
+        """Embeddings computed remotely (a call of its own: prefer ``translate_batch``)."""
         z = self._call("encode", make_request(spectrogram, [], 1)["spectrogram"])
         if not isinstance(z, np.ndarray) or z.shape != (len(spectrogram), self.embedding_dim):
             raise S2IError(f"{self.where} sent embeddings of the wrong shape")

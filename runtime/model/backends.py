@@ -1,9 +1,11 @@
 """Model backends for the runtime: ONNX Runtime (CPU, CUDA) and TensorRT. No torch.
 
 ``open_translator(export_dir, backend, precision, features)`` validates the export (manifest
-format, version, file hashes) and returns a ``Translator`` with ``encode`` and ``generate``,
-and ``encode_audio`` where the export has the audio-in graph (``features="graph"``: the log-mel
-front end runs inside the model; docs/EXPORT.md, "Audio-in graphs").
+format, version, file hashes) and returns a ``LocalTranslator``: a
+``runtime.model.translator.Translator`` (``translate_batch``, the one batched call) with
+``encode`` and ``generate``, and ``encode_audio`` where the export has the audio-in graph
+(``features="graph"``: the log-mel front end runs inside the model; docs/EXPORT.md,
+"Audio-in graphs").
 TensorRT execution needs the ``tensorrt`` and ``cuda-python`` packages and a CUDA GPU; both
 are imported only when that backend is asked for or probed.
 """
@@ -37,13 +39,14 @@ from runtime.model.precision import (
     missing_hint,
     model_key,
 )
+from runtime.model.translator import EncoderGenerator
 
 try:
     import onnxruntime as ort
 except ImportError:   # neither [cpu] nor [gpu] installed: _ort() says so when it is needed
     ort = None
 
-__all__ = ["BACKENDS", "PRECISIONS", "Translator", "cuda_device_info", "list_backends",
+__all__ = ["BACKENDS", "PRECISIONS", "LocalTranslator", "cuda_device_info", "list_backends",
            "open_translator", "tensorrt_unavailable_reason"]
 
 SPECTROGRAM_TAIL = (1, 128, 100)
@@ -213,8 +216,9 @@ class TrtModel:
 
 # --- the translator -----------------------------------------------------------------------
 
-class Translator:
-    """Encoder + generator of one export on one backend and precision."""
+class LocalTranslator(EncoderGenerator):
+    """Encoder + generator of one export on one backend and precision, in this process (a
+    ``runtime.model.translator.Translator``: ``translate_batch`` is ``EncoderGenerator``'s)."""
 
     def __init__(self, export_dir: Path, manifest: dict[str, Any], backend: str,
                  precision: str, encoder: Any, generator: Any, fused: Any = None,
@@ -236,7 +240,7 @@ class Translator:
         self.fallbacks: list[str] = []    # auto: why better backends were passed over
 
     def __repr__(self) -> str:
-        return (f"Translator({self.export_dir}, backend={self.backend!r}, "
+        return (f"LocalTranslator({self.export_dir}, backend={self.backend!r}, "
                 f"precision={self.precision!r}, features={self.features!r}, "
                 f"D={self.embedding_dim})")
 
@@ -457,12 +461,12 @@ def _auto_candidates(manifest: dict[str, Any], precision: str) -> list[str]:
 
 
 def open_translator(export_dir: str | Path, backend: str = "auto", precision: str = "fp32",
-                    threads: int | None = None, features: str = "auto") -> Translator:
+                    threads: int | None = None, features: str = "auto") -> LocalTranslator:
     """Load an export on ``backend``. ``auto`` tries TensorRT (export with engines, TensorRT
     and a GPU present), then ONNX Runtime CUDA (provider listed), then ONNX Runtime CPU: a
     backend that is listed but fails to load (e.g. the CUDA provider cannot find its
     libraries) is logged with its reason and the next one is tried; the reasons are kept
-    in ``Translator.fallbacks``.
+    in ``LocalTranslator.fallbacks``.
 
     ``features``: ``graph`` loads the audio-in graphs (``encoder_audio``, and
     ``translator_audio`` where exported) for ``encode_audio`` (an S2IError if the export has
@@ -502,7 +506,7 @@ def open_translator(export_dir: str | Path, backend: str = "auto", precision: st
 
 
 def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: str,
-          threads: int | None, features: str = "auto") -> Translator:
+          threads: int | None, features: str = "auto") -> LocalTranslator:
     dim, masks = _manifest_specs(manifest, export_dir)     # its form, before loading models
     tensorrt = backend == "tensorrt"
     loaded: dict[str, tuple[str, Any]] = {}
@@ -535,7 +539,7 @@ def _open(export_dir: Path, manifest: dict[str, Any], backend: str, precision: s
         _check_declared(path.name, manifest["models"][key], loaded[graph][1])
     _check_models(dim, masks, loaded, FrontEndConfig.from_dict(manifest["front_end"]).n_samples)
     model = {graph: pair[1] for graph, pair in loaded.items()}
-    return Translator(export_dir, manifest, backend, precision, model["encoder"],
+    return LocalTranslator(export_dir, manifest, backend, precision, model["encoder"],
                       model["generator"], fused=model.get("translator"),
                       audio_encoder=model.get("encoder_audio"),
                       audio_fused=model.get("translator_audio"))

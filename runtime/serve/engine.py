@@ -21,6 +21,7 @@ from runtime.artifacts import atomic_write_json
 from runtime.cli import log
 from runtime.errors import S2IError
 from runtime.resilience import guarded
+from runtime.serve.batching import Batching
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
 from runtime.serve.pipeline import Pipeline
 from runtime.serve.stages import Stages, StatusLine
@@ -30,24 +31,26 @@ from runtime.wire.security import ServerSecurity
 SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
 COUNTERS_EVERY_S = 10.0
 STATS_EVERY_S = 1.0   # --stats-file is rewritten this often
+SERVER_BATCHING = Batching(64, 0.01)   # the CPU defaults of s2i-serve (runtime.serve.options)
 
 
 class NetworkLoop:
     """Ingress thread + stage threads for capture nodes; ``run(stop)`` blocks until stop."""
 
     def __init__(self, pipeline: Pipeline, publisher: Publisher, ctx: zmq.Context,
-                 bind_address: str, max_batch: int = 64, max_wait_s: float = 0.01,
+                 bind_address: str, batching: Batching = SERVER_BATCHING,
                  max_streams: int = DEFAULT_MAX_STREAMS, idle_expiry_s: float = IDLE_EXPIRY_S,
                  encode_threads: int = 2, security: ServerSecurity | None = None,
                  stats_file: Path | None = None) -> None:
         self.pipeline, self.publisher = pipeline, publisher
         self.ingress = NetworkIngress(ctx, bind_address, pipeline.sample_rate, pipeline.window,
                                       pipeline.hop, max_streams, idle_expiry_s,
-                                      security=security, on_end=publisher.end)
+                                      security=security, on_end=publisher.end,
+                                      batching=batching)
         self.address = self.ingress.address
         self.status = StatusLine()
-        self.stages = Stages(pipeline, self.ingress, publisher, max_batch, max_wait_s,
-                             encode_threads, on_published=self.status.update)
+        self.stages = Stages(pipeline, self.ingress, publisher, batching, encode_threads,
+                             on_published=self.status.update)
         self._ingress_thread: threading.Thread | None = None
         self.failure: S2IError | None = None
         self._next_counters = time.monotonic() + COUNTERS_EVERY_S
@@ -134,9 +137,7 @@ class NetworkLoop:
 
 def close_translator(pipeline: Pipeline) -> None:
     """Release what the translator holds beyond this process (a cluster connection)."""
-    close = getattr(pipeline.translator, "close", None)
-    if callable(close):
-        close()
+    pipeline.translator.close()
 
 
 def wait_for_subscribers(publisher: Publisher, count: int, stop: threading.Event) -> None:

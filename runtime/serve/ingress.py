@@ -34,6 +34,7 @@ from runtime.cli import RateLimitedLog, log
 from runtime.errors import S2IError
 from runtime.resilience import ConnectionWatch, survived
 from runtime.serve import memory
+from runtime.serve.batching import ONE_AT_A_TIME, Batching
 from runtime.serve.pipeline import Window
 from runtime.wire.protocol import MAX_AUDIO_PAYLOAD_BYTES, bind, decode_audio, sanitise_audio
 from runtime.wire.security import NODES_DOMAIN, ServerSecurity, warn_if_open
@@ -121,11 +122,13 @@ class DueStreams:
         self.cond = threading.Condition()
         self.due: OrderedDict[str, float] = OrderedDict()    # stream -> when it became due
 
-    def mark(self, sid: str, max_batch_hint: int = 1) -> None:
-        """Call with ``self.cond`` held."""
+    def mark(self, sid: str, max_batch: int = 1) -> None:
+        """Call with ``self.cond`` held. Wakes the batching stage for the first due stream
+        and when ``max_batch`` are due (in between, its own wait ends at the oldest's
+        ``max_wait_s``)."""
         if sid not in self.due:
             self.due[sid] = time.monotonic()
-            if len(self.due) == 1 or len(self.due) >= max_batch_hint:
+            if len(self.due) == 1 or len(self.due) >= max_batch:
                 self.cond.notify_all()
 
     def wait_batch(self, max_batch: int, max_wait_s: float, stop: threading.Event
@@ -156,7 +159,8 @@ class NetworkIngress:
                  hop: int, max_streams: int = DEFAULT_MAX_STREAMS,
                  idle_expiry_s: float = IDLE_EXPIRY_S, takeover_s: float = TAKEOVER_S,
                  security: ServerSecurity | None = None,
-                 on_end: Callable[[str, str], None] | None = None) -> None:
+                 on_end: Callable[[str, str], None] | None = None,
+                 batching: Batching = ONE_AT_A_TIME) -> None:
         if max_streams < 1:
             raise S2IError(f"--max-streams must be at least 1, got {max_streams}")
         self.sample_rate, self.window, self.hop = sample_rate, window, hop
@@ -176,7 +180,7 @@ class NetworkIngress:
         self.streams: dict[str, StreamState] = {}
         self.scheduler = DueStreams()
         self.counters = IngressCounters()
-        self.max_batch_hint = 1
+        self.batching = batching    # given once; the batching stage reads it, no one sets it
         self.on_end = on_end     # (stream, reason): a stream stopped or expired (protocol end)
         self.say = RateLimitedLog()
         self._next_expiry = time.monotonic() + 1.0
@@ -255,7 +259,7 @@ class NetworkIngress:
                 return None     # expired meanwhile (cannot happen: same thread), be safe
             state.ring.write(mono, header["capture_time"])
             if state.ring.written >= state.next_total:
-                self.scheduler.mark(sid, self.max_batch_hint)
+                self.scheduler.mark(sid, self.batching.max_batch)
         return sid
 
     def _state(self, header: dict[str, Any]) -> StreamState | None:
@@ -346,7 +350,6 @@ class NetworkIngress:
 
     def take(self, max_batch: int, max_wait_s: float, stop: threading.Event) -> list[Window]:
         """The newest window of up to ``max_batch`` due streams (waits for them)."""
-        self.max_batch_hint = max_batch
         with self.scheduler.cond:
             picked = self.scheduler.wait_batch(max_batch, max_wait_s, stop)
             windows = []

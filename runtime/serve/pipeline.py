@@ -5,9 +5,10 @@ encoder call on ``[B, 1, 128, 100]`` (or, where the translator computes the log-
 its graph, ``features == "graph"``, on the audio ``[B, n_samples]`` itself: the features
 stage then only stacks and sanitises the windows) and ONE generator call on ``[B*K, D]``
 with fresh masks per sample, and splits the results back into one ``Result`` per window
-(its own stream id, seq and position). The translator is only used through ``.manifest``,
-``.dropout``, ``.encode`` and ``.generate`` (and ``.features``/``.encode_audio``:
-``runtime.model.backends.Translator``), so a remote translator with the same interface drops in.
+(its own stream id, seq and position). The translator is used only through the
+``runtime.model.translator.Translator`` Protocol (``manifest``, ``dropout``, ``backend``,
+``features`` and the one batched call ``translate_batch``), so the local backends, the cluster
+client and the benchmarks' models all drop in.
 ``process_window`` and ``message`` are the one-window library form (a batch of one).
 """
 
@@ -30,6 +31,7 @@ from runtime.frontend import (
     scale_relative,
 )
 from runtime.model.masks import draw_masks
+from runtime.model.translator import Translator
 from runtime.wire.protocol import (
     DEFAULT_TOPIC,
     ENCODINGS,
@@ -83,16 +85,15 @@ class Batch:
 class Pipeline:
     """One translator plus the per-window work: features, encoder, K generator samples."""
 
-    def __init__(self, translator: Any, samples: int = 1, hop_seconds: float = 1.0,
+    def __init__(self, translator: Translator, samples: int = 1, hop_seconds: float = 1.0,
                  uncertainty: bool = False, encoding: str = "png", seed: int | None = None,
                  topic: str = DEFAULT_TOPIC, encoding_level: int | None = None) -> None:
         manifest = translator.manifest
         self.translator = translator
         self.front_end = FrontEndConfig.from_dict(manifest["front_end"])
-        self.dropout = getattr(translator, "dropout", None) or manifest["dropout"]
+        self.dropout = translator.dropout
         # the translator runs the log-mel in its graph (runtime.model.backends, features="graph")
-        self.in_graph = getattr(translator, "features", "host") == "graph" \
-            and hasattr(translator, "encode_audio")
+        self.in_graph = translator.features == "graph"
         self.samples, self.uncertainty, self.encoding = int(samples), uncertainty, encoding
         self.topic = topic
         if self.samples < 1:
@@ -133,7 +134,7 @@ class Pipeline:
 
     @property
     def backend(self) -> str:
-        return str(getattr(self.translator, "backend", "?"))
+        return str(self.translator.backend)
 
     def info(self) -> dict[str, Any]:
         """What the hello message tells subscribers about this stream."""
@@ -187,35 +188,18 @@ class Pipeline:
         return draw_masks(self.dropout, rows, self.rng)
 
     def infer(self, batch: Batch, masks: Sequence[np.ndarray] | None = None) -> np.ndarray:
-        """One encoder call on ``[B,1,128,100]`` (or ``[B, n_samples]`` audio with the front
-        end in the graph), one generator call on ``[B*K, D]``;
-        returns ``[B*K, 3, H, W]`` in [-1, 1] (window-major: rows b*K .. b*K+K-1)."""
+        """The translator's one batched call on ``[B,1,128,100]`` (or ``[B, n_samples]`` audio
+        with the front end in the graph) and ``[B*K, C_i]`` masks (a local translator: one
+        encoder call, one generator call on ``[B*K, D]``); returns ``[B*K, 3, H, W]`` in
+        [-1, 1] (window-major: rows b*K .. b*K+K-1)."""
         if batch.features is None:
             self.features(batch)
-        start = time.perf_counter()
-        if hasattr(self.translator, "translate_samples"):
-            # A remote translator (runtime.cluster): the whole batch in ONE call. ``cluster``
-            # is its round trip; ``encoder`` / ``generator`` are the replica's own model run
-            # (which may have merged other fronts' calls), as the replica reports them.
-            if masks is None:
-                masks = self.draw_masks(len(batch.windows) * self.samples)
-            remote: dict[str, float] = {}
-            out = self.translator.translate_samples(batch.features, masks, self.samples,
-                                                    timings_ms=remote)
-            batch.timings_ms["cluster"] = _ms(start)
-            batch.timings_ms["encoder"] = remote.get("encoder", 0.0)
-            batch.timings_ms["generator"] = remote.get("generator", 0.0)
-            return np.asarray(out)
-        encode = self.translator.encode_audio if self.in_graph else self.translator.encode
-        z = np.asarray(encode(batch.features), np.float32)                    # [B, D]
-        mid = time.perf_counter()
-        if self.samples > 1:
-            z = np.repeat(z, self.samples, axis=0)
         if masks is None:
-            masks = self.draw_masks(z.shape[0])
-        out = np.asarray(self.translator.generate(z, masks))                  # [B*K, 3, H, W]
-        batch.timings_ms["encoder"] = round((mid - start) * 1000, 3)
-        batch.timings_ms["generator"] = _ms(mid)
+            masks = self.draw_masks(len(batch.windows) * self.samples)
+        # ONE call for the batch; a remote translator (runtime.cluster) adds its round trip as
+        # ``cluster``, its ``encoder`` / ``generator`` being the replica's own model run
+        out, timings = self.translator.translate_batch(batch.features, masks, self.samples)
+        batch.timings_ms.update(timings)
         return out
 
     def split(self, batch: Batch, out: np.ndarray) -> list[Result]:

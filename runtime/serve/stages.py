@@ -10,7 +10,8 @@ releases the GIL. The queues hold at most one or two batches, so nothing queues 
 limit: while the model is busy, due streams gather in the source and form the next, larger
 batch (dynamic batching); a stream that falls behind has its stale hops skipped in the
 source. ``--max-batch`` caps a batch; ``--max-wait-ms`` is how long a due window may wait for
-company before its batch starts anyway.
+company before its batch starts anyway: both are one ``runtime.serve.batching.Batching``, given
+at construction.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 from runtime.cli import RateLimitedLog, log
 from runtime.errors import first_line
 from runtime.resilience import guarded, survived
+from runtime.serve.batching import ONE_AT_A_TIME, Batching
 from runtime.serve.pipeline import Batch, Pipeline, Result, Window, single_threaded_blas
 from runtime.wire.protocol import Publisher
 
@@ -92,10 +94,10 @@ class Stages:
     source's end. ``publisher`` is used only by the publishing thread once started."""
 
     def __init__(self, pipeline: Pipeline, source: WindowSource, publisher: Publisher,
-                 max_batch: int = 1, max_wait_s: float = 0.0, encode_threads: int = 2,
+                 batching: Batching = ONE_AT_A_TIME, encode_threads: int = 2,
                  on_published: Callable[[Result], None] | None = None) -> None:
         self.pipeline, self.source, self.publisher = pipeline, source, publisher
-        self.max_batch, self.max_wait_s = max(1, int(max_batch)), max(0.0, float(max_wait_s))
+        self.batching = batching
         # A batch should take at most this long in the model (latency stays near two of
         # them); the cap follows the measured model time per window.
         self.budget_s = BUDGET_HOPS * pipeline.hop_seconds
@@ -154,8 +156,8 @@ class Stages:
         is slow: the other due streams wait for the next batch, which takes their newest
         window (their stale hops are skipped and counted, never queued)."""
         if self.per_window_s is None or self.per_window_s <= 0:
-            return self.max_batch
-        return max(1, min(self.max_batch, int(self.budget_s / self.per_window_s)))
+            return self.batching.max_batch
+        return max(1, min(self.batching.max_batch, int(self.budget_s / self.per_window_s)))
 
     def _measured(self, windows: int, seconds: float) -> None:
         per_window = seconds / max(1, windows)
@@ -211,7 +213,7 @@ class Stages:
             if not self.model_free.acquire(timeout=0.1):
                 continue
             clock = time.thread_time()
-            windows = self.source.take(self.batch_limit(), self.max_wait_s, self.stop)
+            windows = self.source.take(self.batch_limit(), self.batching.max_wait_s, self.stop)
             clock = self.counters.add_cpu("batching", clock)
             if not windows:
                 self.model_free.release()
@@ -332,12 +334,12 @@ class StatusLine:
 
 
 def run_stages(pipeline: Pipeline, source: WindowSource, publisher: Publisher,
-               stop: threading.Event, max_batch: int = 1, max_wait_s: float = 0.0,
+               stop: threading.Event, batching: Batching = ONE_AT_A_TIME,
                encode_threads: int = 1) -> Stages:
     """Run the stages in threads until ``stop`` or the source's end; returns them (for their
     counters). The calling thread only waits."""
     status = StatusLine()
-    stages = Stages(pipeline, source, publisher, max_batch, max_wait_s, encode_threads,
+    stages = Stages(pipeline, source, publisher, batching, encode_threads,
                     on_published=status.update)
     local_stop = threading.Event()
     stages.start(local_stop)
