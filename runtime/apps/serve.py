@@ -20,6 +20,7 @@ from runtime.resilience import raise_open_file_limit
 from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.options import add_batching_args, add_pipeline_args, batching, open_pipeline
+from runtime.serve.workers import MAX_WORKERS, serve_with_workers
 from runtime.wire.protocol import Publisher
 from runtime.wire.security import add_server_security_args, check_address, server_security
 
@@ -41,17 +42,24 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stats-file", type=Path, default=None, metavar="PATH",
                         help="keep the counters and each stage's thread CPU time as JSON in "
                              f"PATH, rewritten every {STATS_EVERY_S:g} s (for benchmarks)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="worker processes for ingress, features and encoding around one "
+                             "model step (default: 1, all in this process; docs/RUNTIME.md)")
     add_pipeline_args(parser)
     add_batching_args(parser)
     add_server_security_args(parser, nodes=True)
     args = parser.parse_args(argv)
     check_address(args.bind, "audio input (--bind)")
     check_address(args.pub, "publisher (--pub)")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise S2IError(f"--workers must be 1-{MAX_WORKERS}, got {args.workers}")
     if args.stats_file is not None and not args.stats_file.parent.is_dir():
         raise S2IError(f"--stats-file {args.stats_file}: its folder does not exist")
     raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(args)
     max_batch, max_wait_s = batching(args, pipeline.backend)
+    if args.workers > 1:
+        return serve_with_workers(args, pipeline, max_batch, max_wait_s)
     ctx = zmq.Context()
     publisher = loop = security = None
     failure: S2IError | None = None
