@@ -7,7 +7,7 @@ INDEX``, started by runtime/serve/workers.py; never imports torch or a model bac
         --XPUB, connected to the parent's XSUB--> the parent's public PUB
 
 Frames carry the parent's session. The worker ends itself when its parent is gone, and on
-SIGTERM/SIGINT ends its streams for subscribers (``server-stopped``) and exits.
+SIGTERM/SIGINT exits (the parent then ends the live streams for subscribers).
 """
 
 from __future__ import annotations
@@ -71,13 +71,14 @@ class Worker:
         p = self.pipeline
         self.ingress = NetworkIngress(ctx, f"ipc://{folder / f'audio-{index}'}", p.sample_rate,
                                       p.window, p.hop, config["max_streams"],
-                                      config["idle_expiry"], on_end=self.publisher.end)
+                                      config["idle_expiry"], on_end=self._ended)
         self.results = ctx.socket(zmq.PULL)
         self.results.setsockopt(zmq.LINGER, 0)
         self.results.setsockopt(zmq.RCVHWM, INTERNAL_HWM)
         self.results.bind(f"ipc://{folder / f'results-{index}'}")
-        self.windows, self.control = (ctx.socket(zmq.PUSH) for _ in range(2))
-        for sock in (self.windows, self.control):
+        # one socket per thread: windows (features), ended (ingress), control (main)
+        self.windows, self.ended, self.control = (ctx.socket(zmq.PUSH) for _ in range(3))
+        for sock in (self.windows, self.ended, self.control):
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt(zmq.SNDHWM, INTERNAL_HWM)
             sock.connect(f"ipc://{folder / 'windows'}")
@@ -117,9 +118,16 @@ class Worker:
         if self.stages.errors:
             log(str(self.stages.errors[0]))
         self._send_stats()
-        for sid in list(self.ingress.streams):
-            self.publisher.end(sid, "server-stopped", delay_s=0)
-        self.publisher.flush_ends(force=True)
+        self.publisher.flush_ends(force=True)    # the parent ends the live streams
+
+    def _ended(self, stream: str, reason: str) -> None:
+        """A stream ended (its node stopped, or it expired): subscribers are told, and the
+        parent forgets its seq (called in the ingress thread)."""
+        self.publisher.end(stream, reason)
+        try:
+            self.ended.send_multipart([b"ended", stream.encode()], zmq.NOBLOCK)
+        except zmq.Again:
+            pass
 
     def _send_windows(self, stop: threading.Event) -> None:
         """Due windows -> features (one vectorised pass per take) -> the parent."""
@@ -188,7 +196,7 @@ class Worker:
 
     def close(self) -> None:
         self.publisher.close(200)      # its last ends reach the parent
-        for sock in (self.results, self.windows, self.control):
+        for sock in (self.results, self.windows, self.ended, self.control):
             sock.close(linger=0)
 
 

@@ -60,7 +60,7 @@ MAX_WORKERS = 64
 DEATHS_LIMIT = 3          # this many worker deaths within DEATHS_WINDOW_S stop the server
 DEATHS_WINDOW_S = 10.0
 READY_TIMEOUT_S = 120.0   # a worker's start (imports) on a busy machine
-STOP_WAIT_S = 0.6         # SIGTERM -> the workers' exit, then SIGKILL
+STOP_WAIT_S = 0.8         # the stop (SIGTERM to the workers) -> their exit, then SIGKILL
 INTERNAL_HWM = 10000      # messages queued on a private ipc pipe (frames, windows, results)
 SEQ_MEMORY_S = 5.0        # a stream's seq is forgotten this long after its idle expiry
 
@@ -169,6 +169,12 @@ class WorkerWindows:
             kind = parts[0]
             if kind == b"window":
                 self._file(parts)
+            elif kind == b"ended":              # the worker published the stream's end
+                stream = parts[1].decode()
+                with self.scheduler.cond:
+                    self.seqs.pop(stream, None)      # seq starts again at 0 (PROTOCOL.md)
+                    self.pending.pop(stream, None)
+                    self.scheduler.due.pop(stream, None)
             elif kind == b"ready":
                 self.ready.add(int(parts[1]))
             elif kind == b"stats":
@@ -201,14 +207,19 @@ class WorkerWindows:
         with self.scheduler.cond:
             picked = self.scheduler.wait_batch(max_batch, max_wait_s, stop)
             windows = [self.pending.pop(sid) for sid, _ in picked if sid in self.pending]
-        now = time.monotonic()
-        for window in windows:
-            seq, _ = self.seqs.pop(window.stream, (0, now))
-            window.seq = seq
-            self.seqs[window.stream] = (seq + 1, now)
-        while self.seqs and now - next(iter(self.seqs.values()))[1] > self.forget_s:
-            self.seqs.popitem(last=False)       # long gone: its worker ended it
+            now = time.monotonic()
+            for window in windows:
+                seq, _ = self.seqs.pop(window.stream, (0, now))
+                window.seq = seq
+                self.seqs[window.stream] = (seq + 1, now)
+            while self.seqs and now - next(iter(self.seqs.values()))[1] > self.forget_s:
+                self.seqs.popitem(last=False)   # long gone (its end may have been lost)
         return list(windows)
+
+    def live_streams(self) -> dict[str, int]:
+        """Every stream with frames and no end yet -> the last seq it was given."""
+        with self.scheduler.cond:
+            return {sid: seq - 1 for sid, (seq, _) in self.seqs.items()}
 
 
 class ModelStep:
@@ -264,6 +275,8 @@ class WorkerProcesses:
         self.procs: list[subprocess.Popen[bytes] | None] = [None] * workers
         self.deaths: list[float] = []
         self.restarts = 0
+        self.lock = threading.Lock()      # no restart once the stop has begun
+        self.stop_deadline: float | None = None
 
     def start(self, index: int) -> None:
         self.procs[index] = subprocess.Popen(
@@ -272,37 +285,51 @@ class WorkerProcesses:
         log(f"worker {index} started (pid {self.procs[index].pid})")   # type: ignore[union-attr]
 
     def check(self) -> list[int]:
-        """Start again every worker that died (one line each); the indices restarted. Raises
-        the one-line error when workers keep dying."""
+        """Start again every worker that died (one line each); the indices restarted."""
         restarted = []
-        for index, proc in enumerate(self.procs):
-            if proc is None or proc.poll() is None:
-                continue
-            code = proc.returncode
-            how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-            now = time.monotonic()
-            self.deaths = [t for t in self.deaths if now - t < DEATHS_WINDOW_S] + [now]
-            if len(self.deaths) >= DEATHS_LIMIT:
-                raise S2IError(f"worker {index} (pid {proc.pid}) died ({how}): "
-                               f"{len(self.deaths)} worker deaths within {DEATHS_WINDOW_S:g} s; "
-                               "stopping the server")
-            log(f"worker {index} (pid {proc.pid}) died ({how}); starting it again (its "
-                "streams start again with fresh buffers)")
-            self.restarts += 1
-            self.start(index)
-            restarted.append(index)
+        with self.lock:
+            for index, proc in enumerate(self.procs):
+                if self.stop_deadline is None and proc is not None and proc.poll() is not None:
+                    self._restart(index, proc)
+                    restarted.append(index)
         return restarted
+
+    def _restart(self, index: int, proc: subprocess.Popen[bytes]) -> None:
+        """One line, and the worker started again; raises the one-line error when workers
+        keep dying."""
+        code = proc.returncode
+        how = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
+        now = time.monotonic()
+        self.deaths = [t for t in self.deaths if now - t < DEATHS_WINDOW_S] + [now]
+        if len(self.deaths) >= DEATHS_LIMIT:
+            raise S2IError(f"worker {index} (pid {proc.pid}) died ({how}): "
+                           f"{len(self.deaths)} worker deaths within {DEATHS_WINDOW_S:g} s; "
+                           "stopping the server")
+        log(f"worker {index} (pid {proc.pid}) died ({how}); starting it again (its "
+            "streams start again with fresh buffers)")
+        self.restarts += 1
+        self.start(index)
 
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p is not None]
 
-    def stop(self, wait_s: float = STOP_WAIT_S) -> None:
-        """SIGTERM to every worker, SIGKILL to those still running after ``wait_s``."""
-        live = [p for p in self.procs if p is not None and p.poll() is None]
-        for proc in live:
-            proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + wait_s
-        for proc in live:
+    def terminate(self) -> None:
+        """SIGTERM to every worker (once; no restarts from now on)."""
+        with self.lock:
+            if self.stop_deadline is not None:
+                return
+            self.stop_deadline = time.monotonic() + STOP_WAIT_S
+            for proc in self.procs:
+                if proc is not None and proc.poll() is None:
+                    proc.send_signal(signal.SIGTERM)
+
+    def stop(self) -> None:
+        """``terminate``, then SIGKILL to the workers still running ``STOP_WAIT_S`` after."""
+        self.terminate()
+        deadline = self.stop_deadline or time.monotonic()
+        for proc in self.procs:
+            if proc is None:
+                continue
             try:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -346,6 +373,9 @@ class WorkerServer(NetworkLoop):
         # never filters (subscribers' topics are matched once, by the public XPUB).
         self.xsub = self._socket(zmq.XSUB)
         self.xsub.setsockopt(zmq.RCVHWM, INTERNAL_HWM)
+        # A worker that exits right after its last messages (its streams' ends): with LINGER 0
+        # libzmq drops what the proxy has not read yet when the connection closes.
+        self.xsub.setsockopt(zmq.LINGER, 1000)
         bind(self.xsub, self._ipc("frames"), "worker frames (XSUB)")
         self.xsub.send(b"\x01")
         row = (1, pipeline.front_end.n_mels, pipeline.front_end.n_frames) \
@@ -382,9 +412,9 @@ class WorkerServer(NetworkLoop):
         self.retired: dict[str, Any] = {}
         self._write_config(args, max_batch)
         self.processes = WorkerProcesses(self.folder / "config.json", self.workers)
-        receiver = threading.Thread(target=self.windows.run, args=(stop,),
-                                    name="s2i-windows", daemon=True)
-        receiver.start()
+        self.receiver = threading.Thread(target=self.windows.run, args=(stop,),
+                                         name="s2i-windows", daemon=True)
+        self.receiver.start()
         for i in range(self.workers):
             self.processes.start(i)
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -464,6 +494,15 @@ class WorkerServer(NetworkLoop):
             self.say(f"down:{index}", f"dropping audio for worker {index}: it is not running "
                                       f"({self.dropped} messages dropped so far)")
 
+    def run(self, stop: threading.Event) -> bool:
+        """``NetworkLoop.run``; the workers get SIGTERM the moment ``stop`` is set (they end
+        their streams while this process's stages finish)."""
+        assert self.processes is not None
+        processes = self.processes
+        threading.Thread(target=lambda: stop.wait() and processes.terminate(),
+                         name="s2i-terminate", daemon=True).start()
+        return super().run(stop)
+
     # --- supervision, counters ------------------------------------------------------------
 
     def _tick(self) -> None:
@@ -499,12 +538,13 @@ class WorkerServer(NetworkLoop):
                                        + workers.get("process_cpu_s", 0.0), 4)}
 
     def stop_workers(self) -> None:
-        """SIGTERM to the workers (they send their streams' ends through the proxy), then the
-        proxy's end."""
+        """SIGTERM to the workers, then the proxy's end: the public XPUB is this thread's
+        again (for the streams' ends)."""
         if self.processes is not None:
             self.processes.stop()
+        self.receiver.join(0.3)
         if self._proxy is not None:
-            time.sleep(0.05)                 # the workers' last messages through the proxy
+            time.sleep(0.05)                 # the workers' last frames through the proxy
             self._proxy_control.send(b"TERMINATE")
             self._proxy.join(1.0)
 
@@ -553,14 +593,18 @@ def serve_with_workers(args: argparse.Namespace, pipeline: Pipeline, max_batch: 
             if not stop.is_set():
                 ended = server.run(stop)
                 failure = server.failure
-            server.stop_workers()        # they end their streams for subscribers
+            server.stop_workers()
+            for sid, last_seq in server.windows.live_streams().items():
+                publisher.last_seq[sid] = last_seq      # tell subscribers, as serve.py does
+                publisher.end(sid, "server-stopped", delay_s=0)
+            publisher.flush_ends(force=True)
             log(f"published {server.frames} frames")
             code = exit_code(stop) if failure is None else 2
     finally:
         close_translator(pipeline)
         if server is not None:
             if server.processes is not None:
-                server.processes.stop(0.0)
+                server.processes.stop()
             server.close()
         if publisher is not None:
             publisher.close(END_LINGER_MS)
