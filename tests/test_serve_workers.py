@@ -175,7 +175,7 @@ def test_a_killed_worker_is_restarted_and_sigterm_ends_every_process(export):
         server.signal(signal.SIGTERM)
         assert server.wait(20) == 0, server.stderr()
         took = time.monotonic() - started
-        assert took < 3.0, f"SIGTERM took {took:.1f} s (about 1 s expected)"
+        assert took < 10.0, f"SIGTERM took {took:.1f} s (workers are killed 0.8 s after it)"
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and any(_running(p) for p in pids):
             time.sleep(0.1)
