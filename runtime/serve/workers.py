@@ -549,6 +549,8 @@ class WorkerServer(NetworkLoop):
             self._proxy.join(1.0)
 
     def close(self) -> None:
+        if self.processes is not None:       # also after a failed start
+            self.processes.stop()
         for sock in self.sockets:
             sock.close(linger=0)
         shutil.rmtree(self.folder, ignore_errors=True)
@@ -603,8 +605,6 @@ def serve_with_workers(args: argparse.Namespace, pipeline: Pipeline, max_batch: 
     finally:
         close_translator(pipeline)
         if server is not None:
-            if server.processes is not None:
-                server.processes.stop()
             server.close()
         if publisher is not None:
             publisher.close(END_LINGER_MS)
