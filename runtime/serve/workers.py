@@ -351,6 +351,8 @@ class WorkerServer(NetworkLoop):
         self.sockets: list[zmq.Socket] = []
         self._proxy: threading.Thread | None = None
         self.processes: WorkerProcesses | None = None
+        self.receiver: threading.Thread | None = None
+        self.halt = threading.Event()        # the windows' receiving thread ends (stop too)
         try:
             self._open(args, max_batch, max_wait_s, security, stop)
         except BaseException:
@@ -412,7 +414,7 @@ class WorkerServer(NetworkLoop):
         self.retired: dict[str, Any] = {}
         self._write_config(args, max_batch)
         self.processes = WorkerProcesses(self.folder / "config.json", self.workers)
-        self.receiver = threading.Thread(target=self.windows.run, args=(stop,),
+        self.receiver = threading.Thread(target=self.windows.run, args=(self.halt,),
                                          name="s2i-windows", daemon=True)
         self.receiver.start()
         for i in range(self.workers):
@@ -499,8 +501,12 @@ class WorkerServer(NetworkLoop):
         their streams while this process's stages finish)."""
         assert self.processes is not None
         processes = self.processes
-        threading.Thread(target=lambda: stop.wait() and processes.terminate(),
-                         name="s2i-terminate", daemon=True).start()
+        def terminate() -> None:
+            stop.wait()
+            processes.terminate()
+            self.halt.set()
+
+        threading.Thread(target=terminate, name="s2i-terminate", daemon=True).start()
         return super().run(stop)
 
     # --- supervision, counters ------------------------------------------------------------
@@ -542,7 +548,6 @@ class WorkerServer(NetworkLoop):
         again (for the streams' ends)."""
         if self.processes is not None:
             self.processes.stop()
-        self.receiver.join(0.3)
         if self._proxy is not None:
             time.sleep(0.05)                 # the workers' last frames through the proxy
             self._proxy_control.send(b"TERMINATE")
@@ -551,6 +556,9 @@ class WorkerServer(NetworkLoop):
     def close(self) -> None:
         if self.processes is not None:       # also after a failed start
             self.processes.stop()
+        self.halt.set()
+        if self.receiver is not None:
+            self.receiver.join(1.0)          # it closes its socket
         for sock in self.sockets:
             sock.close(linger=0)
         shutil.rmtree(self.folder, ignore_errors=True)
