@@ -299,15 +299,38 @@ class Server:
             except queue.Empty:
                 return self.log
 
+    def pids(self) -> list[int]:
+        """The server's process and its children (``--workers``: the worker processes)."""
+        pids = [self.process.pid]
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    pids.append(int(stat.parent.name))
+            except (OSError, ValueError, IndexError):
+                continue
+        return pids
+
     def rss_mb(self) -> float:
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-        return float("nan")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+            except OSError:
+                continue
+            total += sum(int(line.split()[1]) / 1024 for line in lines
+                         if line.startswith("VmRSS:"))
+        return round(total, 1)
 
     def cpu_s(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        """CPU seconds of the server and its live children (worker processes)."""
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
 
     def stats(self) -> dict[str, Any] | None:
         """The server's newest counters (rewritten every second), or None."""
@@ -357,12 +380,15 @@ def host_cpu(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dic
 def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], seconds: float,
                hop_s: float, rate: int, protocol: int | None, extra: list[str],
                grace_s: float, shape: LoadShape = LoadShape(), standin_ms: float | None = None,
-               stop_below: float | None = None, servers: int = 1) -> dict[str, Any]:
+               stop_below: float | None = None, servers: int = 1, workers: int = 1
+               ) -> dict[str, Any]:
     """Every N of ``counts`` against ``servers`` server processes (the streams split between
     them, one subscriber for all); with ``stop_below``, stops after the first N whose due
     windows were less than that fraction published (the servers' counters)."""
     spawn = mp.get_context("spawn")
     stats_dir = Path(tempfile.mkdtemp(prefix="s2i-serve-bench-"))
+    if workers > 1:
+        extra = [*extra, "--workers", str(workers)]
     procs = [Server(export, pythonpath, hop_s, extra, standin_ms, stats_dir / f"stats-{i}.json")
              for i in range(servers)]
     rows: list[dict[str, Any]] = []
@@ -407,6 +433,7 @@ def run_server(label: str, export: Path, pythonpath: Path, counts: list[int], se
                       expected, hop_s, seconds)
     return {"label": label, "command": " ".join(procs[0].command),
             "exit_code": max(codes, key=abs), "standin_ms": standin_ms, "servers": servers,
+            "workers": workers,
             "load_shape": asdict(shape), "skipped_hops_total": sum(skipped), "rows": rows,
             "log_tail": [line for line in log if "Traceback" in line or "error" in line][-5:]}
 
@@ -540,6 +567,7 @@ def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str
             best = max(run["rows"], key=lambda r: r["frames_per_s"], default=None)
             out[run["label"]] = {
                 "kind": "host-only", "processes": run["servers"],
+                "workers": run.get("workers", 1),
                 "best_frames_per_s": best and best["frames_per_s"],
                 "at_streams": best and best["streams"],
                 "host_ms_per_window": best and best["host_cpu"].get(
@@ -567,6 +595,11 @@ def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str
                 and one["best_frames_per_s"] and t["best_frames_per_s"]:
             t["speedup_vs_1_process"] = round(t["best_frames_per_s"]
                                               / one["best_frames_per_s"], 2)
+        one = out.get(label.replace(f", {t.get('workers')} workers", ", 1 worker"))
+        if t["kind"] == "host-only" and t.get("workers", 1) > 1 and one \
+                and one["best_frames_per_s"] and t["best_frames_per_s"]:
+            t["speedup_vs_1_worker"] = round(t["best_frames_per_s"]
+                                             / one["best_frames_per_s"], 2)
     return out
 
 
@@ -575,13 +608,15 @@ def targets_md(summary: dict[str, Any]) -> str:
              "stand-in):", ""]
     for label, t in summary.items():
         if t["kind"] == "host-only":
-            speedup = t.get("speedup_vs_1_process")
+            speedup = t.get("speedup_vs_1_process") or t.get("speedup_vs_1_worker")
             lines.append(f"- {label}: best {t['best_frames_per_s']} frames/s (N = "
                          f"{t['at_streams']}), host CPU {t['host_ms_per_window']} ms/window "
                          f"(threads' clocks; whole server {t['server_cpu_ms_per_window']} "
                          f"ms/window), load generator CPU {t['load_cpu_s']} s"
                          + ("" if speedup is None else f"; {speedup:.2f}x one process "
-                            "(target >= 1.5x with 2)"))
+                            "(target >= 1.5x with 2)")
+                         + ("" if t.get("workers", 1) == 1 else
+                            f" ({t['workers']} worker processes, one model step)"))
         else:
             over = ", ".join(f"{k}: {_pct(v)}" for k, v in t["overload_fps_vs_ceiling"].items())
             lines.append(f"- {label}: held {t['held']} of the ceiling {t['ceiling']} "
@@ -668,6 +703,10 @@ class ServeBenchConfig:
         "sep": ",", "help": "host-only runs with this many independent server processes, "
                             "the streams split between them (1,2: the process-scaling "
                             "efficiency)"})
+    workers: tuple[int, ...] = field(default=(), metadata={
+        "sep": ",", "help": "also run the new server with s2i-serve --workers W for each W, "
+                            "e.g. 1,2 (model rows and host-only rows, labelled '..., W "
+                            "worker(s)'; host-only targets then give the speedup over 1)"})
     standin_ms: float = field(default=DEFAULT_STANDIN_MS, metadata={
         "help": "the stand-in's time per batch (like a GPU call)"})
     quick: bool = field(default=False, metadata={
@@ -684,6 +723,8 @@ class ServeBenchConfig:
                 and not all(n.isdigit() for n in self.host_only.split(",")):
             raise ValueError(f"--host-only must be auto, none or N values like 200,400, got "
                              f"{self.host_only!r}")
+        if any(w < 1 for w in self.workers):
+            raise ValueError(f"--workers takes counts of at least 1, got {self.workers}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -715,8 +756,21 @@ def main(argv: list[str] | None = None) -> int:
         servers.insert(0, ("before", before, export_for(before, export), args.before_protocol,
                            ["--encoding", args.encoding]))
     grace = 2.0 * args.hop + 1.0
+    workers = args.workers
     runs = [run_server(label, folder, path, counts, args.seconds, args.hop, rate, protocol,
                        extra, grace, shape) for label, path, folder, protocol, extra in servers]
+    after = servers[-1]
+    for w in workers:
+        runs.append(run_server(f"{after[0]}, {w} worker" + "s" * (w > 1), after[2], after[1],
+                               counts, args.seconds, args.hop, rate, after[3], after[4], grace,
+                               shape, workers=w))
+        if host_counts:
+            runs.append(run_server(
+                f"{after[0]}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {w} worker"
+                + "s" * (w > 1), after[2], after[1], host_counts, args.seconds, args.hop, rate,
+                after[3], [*after[4], *HOST_ONLY_BATCHING], grace, shape,
+                standin_ms=args.standin_ms, stop_below=None if args.quick else 0.9,
+                workers=w))
     for processes in args.host_only_processes if host_counts else ():
         for label, path, folder, protocol, extra in servers:
             runs.append(run_server(

@@ -12,9 +12,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
+PREFIX = "[s2i]"   # a worker process of s2i-serve --workers says which it is
+
 
 def log(message: str) -> None:
-    print(f"[s2i] {message}", file=sys.stderr, flush=True)
+    print(f"{PREFIX} {message}", file=sys.stderr, flush=True)
 
 
 class RateLimitedLog:

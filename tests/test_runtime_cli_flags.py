@@ -61,6 +61,7 @@ CLIENT_SECURITY = {"--curve-secret": (True, None), "--server-key": (True, None),
 EXPECTED = {
     "s2i-serve": {"--bind": (True, None), "--max-streams": (True, None),
                   "--idle-expiry": (True, None), "--stats-file": (True, None),
+                  "--workers": (True, None),
                   **MODEL, **BATCHING, **SERVER_SECURITY, "--allow-nodes": (True, None)},
     "s2i-stream": {**SOURCE, **MODEL, **SERVER_SECURITY, "--stream-id": (True, None)},
     "s2i-capture": {**SOURCE, "--connect": (True, None), "--send-rate": (True, None),

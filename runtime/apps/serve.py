@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import socket as socketlib
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import zmq
 
@@ -19,48 +17,13 @@ from runtime.config import parse_config, save_config
 from runtime.errors import S2IError, run_cli
 from runtime.resilience import raise_open_file_limit
 from runtime.serve.batching import Batching
-from runtime.serve.engine import STATS_EVERY_S, NetworkLoop, close_translator, wait_for_subscribers
-from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
-from runtime.serve.options import (
-    BatchingOptions,
-    ModelOptions,
-    PublishOptions,
-    batching,
-    open_pipeline,
-)
+from runtime.serve.engine import NetworkLoop, close_translator, wait_for_subscribers
+from runtime.serve.options import ServeConfig, batching, open_pipeline, stats_config_path
+from runtime.serve.workers import serve_with_workers
 from runtime.wire.protocol import Publisher, pub_hwm
-from runtime.wire.security import SECURITY_TITLE, NodeServerCurve, check_address
+from runtime.wire.security import check_address
 
 END_LINGER_MS = 200   # at shutdown, let the end messages go out
-
-
-@dataclass
-class ServeConfig:
-    """``s2i-serve``'s settings; saved beside ``--stats-file`` (``PATH.config.json``)."""
-
-    bind: str = field(default="tcp://127.0.0.1:5555", metadata={
-        "help": "address to PULL audio on (default: tcp://127.0.0.1:5555, this machine only; "
-                "e.g. tcp://0.0.0.0:5555 opens it)"})
-    max_streams: int = field(default=DEFAULT_MAX_STREAMS, metadata={
-        "metavar": "N", "help": "most live streams; newcomers past it are refused"})
-    idle_expiry: float = field(default=IDLE_EXPIRY_S, metadata={
-        "metavar": "S", "help": "forget a stream silent this long, in seconds"})
-    stats_file: Path | None = field(default=None, metadata={
-        "metavar": "PATH",
-        "help": "keep the counters and each stage's thread CPU time as JSON in PATH, "
-                f"rewritten every {STATS_EVERY_S:g} s (for benchmarks)"})
-    model: ModelOptions = field(default_factory=ModelOptions, metadata={"title": "model"})
-    publish: PublishOptions = field(default_factory=PublishOptions,
-                                    metadata={"title": "publishing"})
-    batching: BatchingOptions = field(default_factory=BatchingOptions,
-                                      metadata={"title": "batching across streams"})
-    security: NodeServerCurve = field(default_factory=NodeServerCurve,
-                                      metadata={"title": SECURITY_TITLE})
-
-
-def stats_config_path(stats_file: Path) -> Path:
-    """Where the resolved config of a run with ``--stats-file`` is saved."""
-    return stats_file.with_name(stats_file.name + ".config.json")
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -76,6 +39,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     raise_open_file_limit()     # every connection is a file descriptor
     pipeline = open_pipeline(cfg.model, cfg.publish)
     batch_settings = Batching(*batching(cfg.batching, pipeline.backend))
+    if cfg.workers > 1:
+        return serve_with_workers(cfg, pipeline, batch_settings)
     ctx = zmq.Context()
     publisher = loop = security = None
     failure: S2IError | None = None

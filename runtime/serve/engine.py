@@ -77,8 +77,10 @@ class NetworkLoop:
             return
         self._next_stats = time.monotonic() + STATS_EVERY_S
         try:
-            atomic_write_json(self.stats_file, {**self.counters(), "time": time.time(),
-                                                "process_cpu_s": round(time.process_time(), 4)})
+            # (counters() may give the CPU of more processes: s2i-serve --workers)
+            atomic_write_json(self.stats_file, {"time": time.time(),
+                                                "process_cpu_s": round(time.process_time(), 4),
+                                                **self.counters()})
         except OSError as exc:
             log(f"cannot write --stats-file {self.stats_file}: {exc}; no more stats")
             self.stats_file = None

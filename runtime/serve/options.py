@@ -5,14 +5,20 @@ is a titled flag group of both commands): the model, publishing and batching; an
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from runtime.config import switch
 from runtime.errors import S2IError
 from runtime.model.precision import FEATURES, GPU_BACKENDS, PRECISIONS
 from runtime.model.shipped import TRAINED_EXPORT, default_export, default_precision
+from runtime.serve.engine import STATS_EVERY_S
+from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.pipeline import Pipeline
 from runtime.wire.protocol import DEFAULT_TOPIC, ENCODINGS
+from runtime.wire.security import SECURITY_TITLE, NodeServerCurve
+
+MAX_WORKERS = 64
 
 DEFAULT_EXPORT = TRAINED_EXPORT
 # (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
@@ -121,3 +127,40 @@ def open_pipeline(model: ModelOptions, publish: PublishOptions | None = None) ->
     return Pipeline(open_model(model), samples=model.samples, hop_seconds=model.hop,
                     uncertainty=model.uncertainty, encoding=publish.encoding, seed=model.seed,
                     topic=publish.topic, encoding_level=publish.encoding_level)
+
+
+@dataclass
+class ServeConfig:
+    """``s2i-serve``'s settings; saved beside ``--stats-file`` (``PATH.config.json``)."""
+
+    bind: str = field(default="tcp://127.0.0.1:5555", metadata={
+        "help": "address to PULL audio on (default: tcp://127.0.0.1:5555, this machine only; "
+                "e.g. tcp://0.0.0.0:5555 opens it)"})
+    max_streams: int = field(default=DEFAULT_MAX_STREAMS, metadata={
+        "metavar": "N", "help": "most live streams; newcomers past it are refused"})
+    idle_expiry: float = field(default=IDLE_EXPIRY_S, metadata={
+        "metavar": "S", "help": "forget a stream silent this long, in seconds"})
+    workers: int = field(default=1, metadata={
+        "metavar": "N",
+        "help": "worker processes for ingress, features and encoding around one model step "
+                "(default: 1, all in this process; docs/RUNTIME.md)"})
+    stats_file: Path | None = field(default=None, metadata={
+        "metavar": "PATH",
+        "help": "keep the counters and each stage's thread CPU time as JSON in PATH, "
+                f"rewritten every {STATS_EVERY_S:g} s (for benchmarks)"})
+    model: ModelOptions = field(default_factory=ModelOptions, metadata={"title": "model"})
+    publish: PublishOptions = field(default_factory=PublishOptions,
+                                    metadata={"title": "publishing"})
+    batching: BatchingOptions = field(default_factory=BatchingOptions,
+                                      metadata={"title": "batching across streams"})
+    security: NodeServerCurve = field(default_factory=NodeServerCurve,
+                                      metadata={"title": SECURITY_TITLE})
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= MAX_WORKERS:
+            raise S2IError(f"--workers must be 1-{MAX_WORKERS}, got {self.workers}")
+
+
+def stats_config_path(stats_file: Path) -> Path:
+    """Where the resolved config of a run with ``--stats-file`` is saved."""
+    return stats_file.with_name(stats_file.name + ".config.json")

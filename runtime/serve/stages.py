@@ -118,11 +118,16 @@ class Stages:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def start(self, stop: threading.Event) -> None:
+    def start(self, stop: threading.Event,
+              only: tuple[str, ...] = ("features", "model", "publish")) -> None:
+        """Start the stage threads (``only``: some of them; an ``s2i-serve --workers`` worker
+        runs the publishing stage alone, fed through ``put_results``)."""
         self.stop = stop
         single_threaded_blas()
         for name, target in (("features", self._features), ("model", self._model),
                              ("publish", self._publish)):
+            if name not in only:
+                continue
             thread = threading.Thread(target=guarded(name, target, self.errors, stop),
                                       name=f"s2i-{name}", daemon=True)
             thread.start()
@@ -190,6 +195,11 @@ class Stages:
             except queue.Full:
                 continue
         return False
+
+    def put_results(self, results: list[Result]) -> bool:
+        """Hand results to the publishing stage (blocks while its queue is full; False once
+        ``stop`` is set)."""
+        return self._put(self.publish_q, results)
 
     def _get(self, q: queue.Queue[Any]) -> tuple[bool, Any]:
         while not self.stop.is_set():

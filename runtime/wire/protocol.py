@@ -576,7 +576,10 @@ class Publisher:
     """
 
     def __init__(self, ctx: zmq.Context, address: str, topic: str, info: dict[str, Any],
-                 sndhwm: int = PUB_SNDHWM, security: ServerSecurity | None = None) -> None:
+                 sndhwm: int = PUB_SNDHWM, security: ServerSecurity | None = None,
+                 connect_to: bool = False) -> None:
+        """``connect_to``: connect to ``address`` (an ``s2i-serve --workers`` worker's frames
+        go to its parent's XSUB) instead of binding it."""
         self.topic, self.info = topic, info
         self.socket = ctx.socket(zmq.XPUB)
         self.socket.setsockopt(zmq.LINGER, 0)
@@ -584,8 +587,11 @@ class Publisher:
         _report_all_subscriptions(self.socket)
         if security is not None:
             security.secure(self.socket, SUBSCRIBERS_DOMAIN)
-        bind(self.socket, address, "publisher")
-        warn_if_open(address, "publisher (PUB)", curve=security is not None)
+        if connect_to:
+            connect(self.socket, address, "publisher")
+        else:
+            bind(self.socket, address, "publisher")
+            warn_if_open(address, "publisher (PUB)", curve=security is not None)
         self.address = self.socket.getsockopt(zmq.LAST_ENDPOINT).decode()
         self.subscribers = 0
         self.sent = 0
