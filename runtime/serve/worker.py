@@ -18,9 +18,11 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import zmq
 
 from runtime import cli
@@ -42,17 +44,19 @@ SESSION = re.compile(r"[0-9a-f]{16}")
 
 class FrontEndOnly:
     """The translator's description without its model (which runs in the parent): what a
-    worker's ``Pipeline`` needs for features, headers and encodings."""
+    worker's ``Pipeline`` needs for features, headers and encodings (a ``Translator`` whose
+    batched call refuses)."""
 
     def __init__(self, manifest: dict[str, Any], features: str, backend: str) -> None:
         self.manifest, self.features, self.backend = manifest, features, backend
-        if features == "graph":
-            self.encode_audio = self._elsewhere
+        self.dropout = manifest["dropout"]
 
-    def _elsewhere(self, *args: Any) -> Any:
+    def translate_batch(self, inputs: np.ndarray, masks: Sequence[np.ndarray], samples: int
+                        ) -> tuple[np.ndarray, dict[str, float]]:
         raise S2IError("the model runs in the s2i-serve parent process, not in a worker")
 
-    encode = generate = _elsewhere
+    def close(self) -> None:
+        pass
 
 
 class Worker:
