@@ -28,9 +28,10 @@ def quick_gpu_check(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace
         out = tmp_path_factory.mktemp("gpu-check")
         real_run, serves = subprocess.run, []
 
-        def run(command, *args, **kwargs):       # the real subprocess.run, watched
-            done = real_run(command, *args, **kwargs)
-            if list(command[1:4]) == ["-m", "benchmarks", "serve"]:
+        def run(*args, **kwargs):                # the real subprocess.run, watched
+            done = real_run(*args, **kwargs)
+            command = [str(a) for a in done.args] if isinstance(done.args, list) else []
+            if command[1:4] == ["-m", "benchmarks", "serve"]:
                 results = Path(command[command.index("--out") + 1])
                 if results.is_dir():
                     shutil.copytree(results, out / "serve")
