@@ -5,6 +5,8 @@
   escapes the thread's loop means the thread cannot go on: it is kept as one ``S2IError``
   line and ``stop`` is set, so the process exits non-zero with that line instead of staying
   up as a zombie that serves nothing.
+- ``SocketMonitor``: a socket's monitor events, read without blocking (the one loop of
+  ``ConnectionWatch`` and of the client's ``runtime.wire.security.HandshakeWatch``).
 - ``ConnectionWatch``: socket monitor events of a bound socket (connections dropped by
   libzmq, e.g. for a part over ``ZMQ_MAXMSGSIZE``; accepts failing when file descriptors run
   out; failed CURVE handshakes) as rate-limited log lines.
@@ -15,9 +17,10 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -75,7 +78,34 @@ def raise_open_file_limit() -> int | None:
     return soft
 
 
-class ConnectionWatch:
+_MONITOR_IDS = itertools.count()
+
+
+class SocketMonitor:
+    """The monitor socket of ``socket`` for ``events``; ``pending()`` from the thread that owns
+    the socket. Create it in that thread and ``close()`` it before the socket (a context does
+    not terminate while a monitor socket is open)."""
+
+    def __init__(self, socket: zmq.Socket, events: int) -> None:
+        # A fresh address each time: pyzmq's default names it by the socket's FD, which a
+        # re-created socket can reuse while the old monitor's endpoint is still bound.
+        self.monitor = socket.get_monitor_socket(
+            events, addr=f"inproc://s2i-monitor-{next(_MONITOR_IDS)}")
+
+    def pending(self) -> Iterator[tuple[int, int]]:
+        """The events waiting now, as (event, value); a malformed one is passed over."""
+        while self.monitor.poll(0, zmq.POLLIN):
+            try:
+                event = parse_monitor_message(self.monitor.recv_multipart())
+            except (ValueError, KeyError, IndexError, zmq.ZMQError):
+                continue
+            yield int(event["event"]), int(event["value"])
+
+    def close(self) -> None:
+        self.monitor.close(linger=0)
+
+
+class ConnectionWatch(SocketMonitor):
     """Monitor events of a bound socket, as rate-limited log lines; ``poll()`` from the thread
     that owns the socket."""
 
@@ -89,20 +119,16 @@ class ConnectionWatch:
         (a context does not terminate while the monitor socket is open). ``disconnects``:
         also log closed connections (for a PULL of capture nodes, not for a PUB)."""
         self.what, self.say, self.max_part_bytes = what, say, max_part_bytes
-        events = self.EVENTS if disconnects else self.EVENTS & ~zmq.EVENT_DISCONNECTED
-        self.monitor = socket.get_monitor_socket(events)
+        super().__init__(socket, self.EVENTS if disconnects
+                         else self.EVENTS & ~zmq.EVENT_DISCONNECTED)
         self.disconnects = self.accept_failures = self.handshake_failures = 0
 
     def poll(self) -> int:
         """Read and log pending events; returns how many."""
         count = 0
-        while self.monitor.poll(0, zmq.POLLIN):
-            try:
-                event = parse_monitor_message(self.monitor.recv_multipart())
-            except (ValueError, KeyError, IndexError, zmq.ZMQError):
-                continue
+        for kind, value in self.pending():
             count += 1
-            self._log(event["event"], int(event["value"]))
+            self._log(kind, value)
         return count
 
     def _log(self, kind: int, value: int) -> None:
@@ -130,6 +156,3 @@ class ConnectionWatch:
                      f"a handshake on the {self.what} socket failed ({self.handshake_failures}"
                      " so far): a client without CURVE, with a key not allowed, or with a "
                      "wrong server key")
-
-    def close(self) -> None:
-        self.monitor.close(linger=0)

@@ -4,6 +4,10 @@ Used by the export, backend, runtime and benchmark tests::
 
     from helpers_export import make_tiny_export   # tests/ is on sys.path under pytest
     export_dir = make_tiny_export(tmp_path / "export")
+
+A test file that only reads its export takes the session's shared one instead
+(``shared_export(tmp_path_factory, embedding_dim=16, fused=True)``): each set of options is
+built once per pytest session, whichever file asks first (an export costs 5-20 s on 2 cores).
 """
 
 from __future__ import annotations
@@ -60,3 +64,14 @@ def make_tiny_export(out_dir: str | Path, width: float = 0.125, embedding_dim: i
                                       embedding_dim, seed, input_sensitive=input_sensitive)
     return export_translator(ExportConfig(checkpoint, out_dir, fp16=fp16, fused=fused,
                                           tensorrt=False))
+
+
+def shared_export(tmp_path_factory, **options) -> Path:
+    """``make_tiny_export(**options)`` built once per pytest session and shared by every test
+    file asking for the same options (its checkpoint beside it, as ``make_tiny_export``
+    writes it). Read only: a test that edits an export edits a copy (``shutil.copytree``)."""
+    name = "-".join(f"{key}={value}" for key, value in sorted(options.items()))
+    export = tmp_path_factory.getbasetemp() / f"shared-export-{name or 'default'}"
+    if not (export / "manifest.json").is_file():
+        make_tiny_export(export, **options)
+    return export

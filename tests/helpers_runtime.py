@@ -23,24 +23,15 @@ SCRIPTS = {"s2i-stream": "runtime.apps.stream", "s2i-serve": "runtime.apps.serve
 
 
 def tiny_export(tmp_path_factory) -> Path:
-    """One tiny input-sensitive export (width 0.125) per session, shared by the runtime test
-    files (its images change with the audio, so a data-flow mix-up cannot pass unseen)."""
-    from helpers_export import make_tiny_export
+    """One tiny input-sensitive export (width 0.125, D=64) per session, shared by the runtime,
+    serve, cluster and backend test files (its images change with the audio, so a data-flow
+    mix-up cannot pass unseen)."""
+    from helpers_export import shared_export
 
-    export = tmp_path_factory.getbasetemp() / "runtime-tiny-export"
-    if not (export / "manifest.json").is_file():
-        make_tiny_export(export, width=0.125, embedding_dim=64, input_sensitive=True)
-    return export
+    return shared_export(tmp_path_factory, embedding_dim=64, input_sensitive=True)
 
 
-def sensitive_export(tmp_path_factory) -> Path:
-    """One tiny INPUT-SENSITIVE export per session (images change with the audio)."""
-    from helpers_export import make_tiny_export
-
-    export = tmp_path_factory.getbasetemp() / "runtime-sensitive-export"
-    if not (export / "manifest.json").is_file():
-        make_tiny_export(export, width=0.125, embedding_dim=64, input_sensitive=True)
-    return export
+sensitive_export = tiny_export          # the same export under its other name
 
 
 def write_tone_wav(path: Path, seconds: float, rate: int = 44100, channels: int = 2,

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import torch
-from helpers_export import make_tiny_checkpoint, make_tiny_export
+from helpers_export import make_tiny_checkpoint, shared_export
 
 from export.translator import ExportConfig, export_translator
 from export.verify import verify_export
@@ -36,8 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("bounds") / "export", embedding_dim=16,
-                            fused=True)
+    return shared_export(tmp_path_factory, embedding_dim=16, fused=True)    # copied to edit
 
 
 def one_line(call: Callable[[], Any], match: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 import soxr
 import torch
-from helpers_export import make_tiny_checkpoint
+from helpers_export import make_tiny_checkpoint, shared_export
 from helpers_runtime import run_cli, write_tone_wav
 
 from export.logmel import LogMel
@@ -110,11 +110,10 @@ def test_in_graph_log_mel_uses_portable_ops_only(front_graph) -> None:
 
 @pytest.fixture(scope="module")
 def audio_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """An input-sensitive tiny export with the fused graphs (so translator_audio too)."""
-    root = tmp_path_factory.mktemp("audio_export")
-    checkpoint = make_tiny_checkpoint(root / "gan.pt", width=0.125, embedding_dim=64, seed=5,
-                                      input_sensitive=True)
-    return export_translator(ExportConfig(checkpoint, root / "export", fused=True, tensorrt=False))
+    """An input-sensitive tiny export with the fused graphs (so translator_audio too): the
+    one test_backends.py reads."""
+    return shared_export(tmp_path_factory, embedding_dim=64, fp16=True, fused=True,
+                         input_sensitive=True)
 
 
 def test_export_writes_the_audio_in_graphs(audio_export: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers_export import make_tiny_checkpoint, make_tiny_export
+from helpers_export import make_tiny_checkpoint, shared_export
+from helpers_runtime import tiny_export
 
 from export.parity import relative_error, rms_relative_error
 from export.translator import ExportConfig, export_translator
@@ -26,8 +27,8 @@ D = 64
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("tiny") / "export", embedding_dim=D,
-                            fp16=True, seed=1, fused=True, input_sensitive=True)
+    return shared_export(tmp_path_factory, embedding_dim=D, fp16=True, fused=True,
+                         input_sensitive=True)
 
 
 def reference(export_dir: Path, spec: np.ndarray, masks: list[np.ndarray],
@@ -137,10 +138,9 @@ def test_missing_tampered_and_unavailable(export_dir: Path, tmp_path: Path) -> N
             assert "\n" not in str(info.value)
 
 
-def test_translate_window_fused_and_unfused_agree(export_dir: Path, tmp_path: Path) -> None:
+def test_translate_window_fused_and_unfused_agree(export_dir: Path, tmp_path_factory) -> None:
     fused = open_translator(export_dir, "onnxruntime-cpu")
-    plain_export = make_tiny_export(tmp_path / "plain", embedding_dim=D, seed=1,  # same weights
-                                    input_sensitive=True)
+    plain_export = tiny_export(tmp_path_factory)     # the same weights (seed 0), not fused
     plain = open_translator(plain_export, "onnxruntime-cpu")
     assert fused._fused is not None and plain._fused is None
     spec = synthetic_spectrograms(1, torch.Generator().manual_seed(7)).numpy()

@@ -1,9 +1,10 @@
-"""The input-sensitive tiny translator that data-flow tests rely on really is input-sensitive."""
+"""The input-sensitive tiny translator that data-flow tests rely on really is input-sensitive
+(the session's shared one, helpers_runtime.tiny_export, that the runtime tests read)."""
 
 from __future__ import annotations
 
 import numpy as np
-from helpers_export import make_tiny_export
+from helpers_runtime import tiny_export
 
 from runtime.model.backends import open_translator
 from runtime.model.masks import draw_masks, ones_masks
@@ -13,9 +14,8 @@ def grey_levels(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, -1, 1) + 1) * 127.5
 
 
-def test_calibrated_export_depends_on_audio_and_masks(tmp_path):
-    translator = open_translator(make_tiny_export(tmp_path / "export", input_sensitive=True),
-                                 "onnxruntime-cpu")
+def test_calibrated_export_depends_on_audio_and_masks(tmp_path_factory):
+    translator = open_translator(tiny_export(tmp_path_factory), "onnxruntime-cpu")
     ramp = np.linspace(-1, 1, 100, dtype=np.float32)
     spectrograms = np.stack([np.broadcast_to(ramp, (1, 128, 100)),
                              np.broadcast_to(-ramp, (1, 128, 100)),

@@ -38,13 +38,12 @@ CONFIG = Path(__file__).parents[1] / "deploy" / "serve.yaml"
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from helpers_export import make_tiny_export
+    from helpers_runtime import tiny_export
     from ray.cluster_utils import Cluster
 
     from runtime.cluster.deployment import S2ITranslator
 
-    export = make_tiny_export(tmp_path_factory.mktemp("cluster") / "export", width=0.125,
-                              embedding_dim=64, input_sensitive=True)
+    export = tiny_export(tmp_path_factory)       # width 0.125, D=64, input-sensitive
     head = Cluster(initialize_head=True,
                    head_node_args={"num_cpus": 1, "include_dashboard": False})
     try:

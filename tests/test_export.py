@@ -329,6 +329,8 @@ def test_interrupted_or_failed_export_leaves_previous_export_intact(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", width=0.125, embedding_dim=64)
     out = tmp_path / "export"
+    # (here and in the TensorRT tests below: no audio-in graphs, a third of each export's
+    # time and nothing these tests look at)
     # interrupted before anything existed: nothing at all is left
     import export.translator as translator
 
@@ -338,10 +340,12 @@ def test_interrupted_or_failed_export_leaves_previous_export_intact(
     with monkeypatch.context() as patch:
         patch.setattr(translator, "check_parity", interrupt)
         with pytest.raises(KeyboardInterrupt):
-            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False,
+                                           audio_in=False))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]
     # a finished export, then a re-export whose parity check fails: the old one survives
-    export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
+    export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False,
+                                   audio_in=False))
     before = {p.name: sha256_file(p) for p in out.iterdir()}
 
     def failing(*args, **kwargs):
@@ -352,7 +356,8 @@ def test_interrupted_or_failed_export_leaves_previous_export_intact(
     with monkeypatch.context() as patch:
         patch.setattr(translator, "check_parity", failing)
         with pytest.raises(S2IError, match="does not reproduce PyTorch"):
-            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False))
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=False,
+                                           audio_in=False))
     assert {p.name: sha256_file(p) for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt", "export"]
 
@@ -446,7 +451,8 @@ def test_tensorrt_failure_or_failed_parity_keeps_onnx_and_drops_engines(
         with monkeypatch.context() as patch:
             for name, value in patches.items():
                 patch.setattr(translator, name, value)
-            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=True))
+            export_translator(ExportConfig(checkpoint, out, fused=False, tensorrt=True,
+                                           audio_in=False))
         manifest = load_export_manifest(out)
         assert manifest["tensorrt"]["built"] is False
         assert reason in manifest["tensorrt"]["reason"]
@@ -486,7 +492,7 @@ def test_engines_are_kept_or_dropped_one_by_one(tmp_path: Path,
     monkeypatch.setattr(translator, "build_engines", fake_build)
     monkeypatch.setattr(translator, "check_engine_parity", parity)
     out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
-                                         tensorrt=True))
+                                         tensorrt=True, audio_in=False))
     manifest = load_export_manifest(out)
     trt = manifest["tensorrt"]
     assert trt["built"] is True

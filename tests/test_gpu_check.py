@@ -4,7 +4,10 @@ is skipped with its reason, the CPU rows run, the JSON and the table are written
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -13,14 +16,41 @@ from runtime.model.backends import list_backends
 
 GPU_ROWS = {("onnxruntime-cuda", "fp32"), ("onnxruntime-cuda", "fp16"), ("tensorrt", "fp32"),
             ("tensorrt", "fp16")}
+_SESSION: dict[str, SimpleNamespace] = {}
+
+
+def quick_gpu_check(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """``gpu-check --quick``, run once per session. Its streams step runs the real
+    ``python -m benchmarks serve --quick`` (a subprocess): that run's results folder (copied
+    before gpu-check's temporary folder goes) and its output are kept, for
+    test_benchmark_serve.py to check in detail (the suite runs the serve benchmark once)."""
+    if "run" not in _SESSION:
+        out = tmp_path_factory.mktemp("gpu-check")
+        real_run, serves = subprocess.run, []
+
+        def run(*args, **kwargs):                # the real subprocess.run, watched
+            done = real_run(*args, **kwargs)
+            command = [str(a) for a in done.args] if isinstance(done.args, list) else []
+            if command[1:4] == ["-m", "benchmarks", "serve"]:
+                results = Path(command[command.index("--out") + 1])
+                if results.is_dir():
+                    shutil.copytree(results, out / "serve")
+                serves.append(done)
+            return done
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(gpu_check.subprocess, "run", run)
+            code = gpu_check.main(["--quick", "--out", str(out)])
+        (path,) = out.glob("gpu-check-*.json")
+        _SESSION["run"] = SimpleNamespace(code=code, results=json.loads(path.read_text()),
+                                          out=out, serves=serves, serve_out=out / "serve")
+    return _SESSION["run"]
 
 
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict, Path]:
-    out = tmp_path_factory.mktemp("gpu-check")
-    code = gpu_check.main(["--quick", "--out", str(out)])
-    (path,) = out.glob("gpu-check-*.json")
-    return code, json.loads(path.read_text()), out
+    run = quick_gpu_check(tmp_path_factory)
+    return run.code, run.results, run.out
 
 
 def test_quick_check_runs_every_step_and_writes_json_and_table(checked) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_export import make_tiny_export
+from helpers_export import shared_export
 
 from runtime.errors import S2IError
 from runtime.model import backends, gpu_env
@@ -21,8 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("env") / "export", embedding_dim=32,
-                            input_sensitive=True)
+    return shared_export(tmp_path_factory, embedding_dim=32, input_sensitive=True)
 
 
 def test_extras_keep_one_onnxruntime_build_and_trt_brings_cuda_python() -> None:

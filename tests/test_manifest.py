@@ -14,7 +14,7 @@ from typing import Any
 
 import onnx
 import pytest
-from helpers_export import make_tiny_export
+from helpers_export import shared_export
 
 from runtime.artifacts import sha256_file
 from runtime.errors import S2IError
@@ -30,8 +30,7 @@ from runtime.model.onnx_metadata import read_onnx_metadata
 
 @pytest.fixture(scope="module")
 def export(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("manifest") / "export", embedding_dim=16,
-                            fused=True)
+    return shared_export(tmp_path_factory, embedding_dim=16, fused=True)    # copied to edit
 
 
 def edited(export: Path, to: Path, change: Callable[[dict[str, Any]], Any]) -> Path:

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from helpers_export import make_tiny_export
+from helpers_export import make_tiny_checkpoint, shared_export
 from onnx import numpy_helper
 
 from export.__main__ import main as export_main
@@ -30,8 +30,7 @@ D = 32
 
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_export(tmp_path_factory.mktemp("parity") / "export", embedding_dim=D,
-                            seed=2, input_sensitive=True)
+    return shared_export(tmp_path_factory, embedding_dim=D, input_sensitive=True)  # seed 0
 
 
 def verify(export_dir: Path, *extra: str) -> tuple[int, str]:
@@ -95,12 +94,12 @@ def test_verify_catches_a_broken_graph(export_dir: Path, tmp_path: Path, edit) -
 
 
 def test_verify_needs_the_same_checkpoint(export_dir: Path, tmp_path: Path) -> None:
-    other = make_tiny_export(tmp_path / "other", embedding_dim=D, seed=5)
-    code, _ = verify(export_dir, "--checkpoint", str(other.parent / "other.ckpt.pt"))
+    other = make_tiny_checkpoint(tmp_path / "other.ckpt.pt", embedding_dim=D, seed=5)
+    code, _ = verify(export_dir, "--checkpoint", str(other))
     assert code == 2
     with pytest.raises(S2IError, match="not the one"):
         export_main(["--verify", str(export_dir), "--checkpoint",
-                     str(other.parent / "other.ckpt.pt")])
+                     str(other)])
     with pytest.raises(S2IError, match="is not here"):
         export_main(["--verify", str(export_dir), "--checkpoint", str(tmp_path / "no.pt")])
 

@@ -13,6 +13,7 @@ import torch
 
 from runtime.errors import S2IError
 from runtime.frontend import FrontEndConfig
+from trainer.__main__ import main as trainer_main
 from trainer.checkpoint import load_checkpoint
 from trainer.data.demo_data import build_demo_store
 from trainer.train.audio import AudioConfig, train_audio
@@ -189,28 +190,43 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120)
 
 
-def test_cli_errors_are_one_line(tmp_path: Path, audio_run: Path) -> None:
+def run_main(capsys: pytest.CaptureFixture[str], *args: str
+             ) -> subprocess.CompletedProcess[str]:
+    """``python -m trainer *args`` through the same main() in this process."""
+    capsys.readouterr()
+    try:
+        code = trainer_main(list(args))
+    except SystemExit as exc:                                        # argparse's refusals
+        code = exc.code if isinstance(exc.code, int) else 2
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), code, out.out, out.err)
+
+
+def test_cli_errors_are_one_line(tmp_path: Path, audio_run: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    # the console entry point in a process of its own once; the other refusals through its
+    # main() in this process (a process each cost a start-up importing torch)
     missing = run_cli("audio", "--store", str(tmp_path / "nowhere"), "--run-dir", str(tmp_path))
     assert missing.returncode == 2
     assert missing.stderr.strip().startswith("error: store not found")
     assert len(missing.stderr.strip().splitlines()) == 1
     empty = tmp_path / "empty"
     empty.mkdir()
-    not_store = run_cli("gan", "--store", str(empty), "--encoder", str(audio_run))
+    not_store = run_main(capsys, "gan", "--store", str(empty), "--encoder", str(audio_run))
     assert not_store.returncode == 2 and "not a dataset store" in not_store.stderr
-    no_resume = run_cli("audio", "--store", str(empty), "--run-dir", str(tmp_path / "x"),
-                        "--resume")
+    no_resume = run_main(capsys, "audio", "--store", str(empty), "--run-dir",
+                         str(tmp_path / "x"), "--resume")
     assert no_resume.returncode == 2 and "nothing to resume" in no_resume.stderr
     for bad, expected in ((["--embedding-dim", "130"], "multiple of 4"),
                           (["--batch-size", "0"], "--batch-size must be positive"),
                           (["--epochs", "0"], "--epochs must be positive"),
                           (["--device", "cuda:1"], "cuda:1"),
                           (["--device", "tpu"], "--device must be")):
-        result = run_cli("audio", "--store", str(empty), *bad)
+        result = run_main(capsys, "audio", "--store", str(empty), *bad)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
-    window = run_cli("gan", "--store", str(empty), "--encoder", str(audio_run),
-                     "--ma-window", "0")
+    window = run_main(capsys, "gan", "--store", str(empty), "--encoder", str(audio_run),
+                      "--ma-window", "0")
     assert window.returncode == 2 and "--ma-window must be positive" in window.stderr
 
 

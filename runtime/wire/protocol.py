@@ -268,14 +268,6 @@ def decode_header(parts: list[bytes], versions: tuple[int, ...] = (PROTOCOL_VERS
     return header
 
 
-def _frame_int(header: dict[str, Any], key: str, where: str) -> int:
-    value = header.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise S2IError(f"{where}: header {key!r} should be a non-negative integer, got "
-                       f"{str(value)[:40]}")
-    return value
-
-
 def _frame_shape(header: dict[str, Any], key: str, where: str) -> list[int]:
     shape = header.get(key)
     if not isinstance(shape, list) or not shape or not all(
@@ -311,8 +303,8 @@ def decode_frame(parts: list[bytes]) -> Frame:
     """Parse an image message; any malformed part raises ``S2IError("S2I frame <seq>: ...")``."""
     header = decode_header(parts)
     where = f"S2I frame {str(header.get('seq', '?'))[:20]}"
-    _frame_int(header, "seq", where)
-    k = _frame_int(header, "samples", where)
+    _integer(header, "seq", 0, None, where=f"{where}: header")
+    k = _integer(header, "samples", 0, None, where=f"{where}: header")
     expected = 2 + k + (1 if header.get("uncertainty") else 0)
     if len(parts) != expected:
         raise S2IError(f"{where}: has {len(parts)} parts, its header promises {expected}")
@@ -422,12 +414,14 @@ def _finite_number(header: dict[str, Any], key: str) -> float:
     return float(value)
 
 
-def _integer(header: dict[str, Any], key: str, low: int, high: int, default: Any = None) -> int:
-    """A JSON integer (``5``, never ``5.0`` or ``true``) in ``[low, high]``."""
+def _integer(header: dict[str, Any], key: str, low: int, high: int | None,
+             default: Any = None, where: str = "audio message header") -> int:
+    """A JSON integer (``5``, never ``5.0`` or ``true``) in ``[low, high]`` (``high`` None: no
+    upper bound); ``where`` starts the error line."""
     value = header.get(key, default)
-    if not _is_int(value) or not low <= value <= high:
-        raise S2IError(f"audio message header {key!r} should be an integer in [{low}, {high}], "
-                       f"got {str(value)[:40]}")
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        span = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise S2IError(f"{where} {key!r} should be an integer {span}, got {str(value)[:40]}")
     return int(value)
 
 

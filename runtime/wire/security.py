@@ -15,7 +15,6 @@ reported as one line by ``HandshakeWatch``; ``runtime.wire.client.ClientSocket``
 from __future__ import annotations
 
 import ipaddress
-import itertools
 import os
 import re
 import stat
@@ -26,11 +25,11 @@ import zmq
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 from zmq.utils import z85
-from zmq.utils.monitor import parse_monitor_message
 
 from runtime.cli import log
 from runtime.config import switch
 from runtime.errors import S2IError
+from runtime.resilience import SocketMonitor
 
 SUBSCRIBERS_DOMAIN = "s2i-subscribers"   # ZAP domain of the image PUB socket
 NODES_DOMAIN = "s2i-nodes"               # ZAP domain of the audio PULL socket
@@ -284,10 +283,7 @@ class ClientCurve:
         return keys
 
 
-_MONITOR_IDS = itertools.count()
-
-
-class HandshakeWatch:
+class HandshakeWatch(SocketMonitor):
     """Socket monitor events of a connecting socket, turned into one line on failure.
 
     libzmq gives up a connection whose handshake was refused without a word (it does not
@@ -303,19 +299,14 @@ class HandshakeWatch:
 
     def __init__(self, socket: zmq.Socket, address: str, curve: bool) -> None:
         self.address, self.curve = address, curve
-        # A fresh address each time: pyzmq's default names it by the socket's FD, which a
-        # re-created socket can reuse while the old monitor's endpoint is still bound.
-        self.monitor = socket.get_monitor_socket(
-            self.EVENTS, addr=f"inproc://s2i-handshake-{next(_MONITOR_IDS)}")
+        super().__init__(socket, self.EVENTS)
         self.succeeded = False
         self.failure: str | None = None
         self.disconnects = 0
 
     def poll(self) -> str | None:
         """Read pending events; the failure line if the latest handshake failed, else None."""
-        while self.monitor.poll(0, zmq.POLLIN):
-            event = parse_monitor_message(self.monitor.recv_multipart())
-            kind, value = event["event"], event["value"]
+        for kind, value in self.pending():
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.succeeded, self.failure = True, None
                 continue
@@ -353,6 +344,3 @@ class HandshakeWatch:
         if not self.succeeded:
             return f"no S2I server answered on {self.address}"
         return ""
-
-    def close(self) -> None:
-        self.monitor.close(linger=0)
