@@ -503,3 +503,24 @@ def test_engines_are_kept_or_dropped_one_by_one(tmp_path: Path,
     assert "out of memory" in verdicts["generator_fp16_trt"]["reason"]
     assert not verdicts["encoder_fp16_trt"]["kept"]
     assert "dropped with generator_fp16_trt" in verdicts["encoder_fp16_trt"]["reason"]
+
+
+def test_the_torchscript_fallback_declares_the_sizes_the_runtime_sees(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When torch.export fails, the TorchScript exporter writes the graphs; it left the audio
+    encoder's embedding size symbolic, so the manifest announced [batch, batch] and the
+    runtime refused the export ("the manifest's outputs ... are not the graph's")."""
+    import export.onnx_export as onnx_export
+    from runtime.model.backends import open_translator
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("torch.export failed (simulated)")
+
+    monkeypatch.setattr(onnx_export, "_export_dynamo", fail)
+    checkpoint = make_tiny_checkpoint(tmp_path / "c.pt", 0.125, 16, 0)
+    out = export_translator(ExportConfig(checkpoint, tmp_path / "export", fused=False,
+                                         tensorrt=False))
+    entry = load_export_manifest(out)["models"]["encoder_audio"]
+    assert entry["exporter"] == "torchscript"
+    assert entry["outputs"][0]["shape"] == ["batch", 16]
+    open_translator(out, features="graph").close()      # refused before the fix
