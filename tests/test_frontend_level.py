@@ -104,7 +104,7 @@ def test_pipeline_keeps_one_running_reference_per_stream() -> None:
     from runtime.serve.pipeline import Pipeline, Window
 
     translator = SimpleNamespace(manifest={"front_end": CLIP.to_dict(), "dropout": []},
-                                 dropout=[])
+                                 dropout=[], features="host", backend="none")
     quiet = [noise(1, 0.01, seed=s) for s in range(3)]
     loud = noise(1, 0.5, seed=9)
     alone = Pipeline(translator)
