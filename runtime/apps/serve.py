@@ -6,7 +6,6 @@ the security, runs the engine until a signal and ends the streams for subscriber
 
 from __future__ import annotations
 
-import os
 import socket as socketlib
 import sys
 
@@ -17,13 +16,17 @@ from runtime.config import parse_config, save_config
 from runtime.errors import S2IError, run_cli
 from runtime.resilience import raise_open_file_limit
 from runtime.serve.batching import Batching
-from runtime.serve.engine import NetworkLoop, close_translator, wait_for_subscribers
+from runtime.serve.engine import (
+    END_LINGER_MS,
+    NetworkLoop,
+    close_translator,
+    exit_after,
+    wait_for_subscribers,
+)
 from runtime.serve.options import ServeConfig, batching, open_pipeline, stats_config_path
 from runtime.serve.workers import serve_with_workers
 from runtime.wire.protocol import Publisher, pub_hwm
 from runtime.wire.security import check_address
-
-END_LINGER_MS = 200   # at shutdown, let the end messages go out
 
 
 def serve_main(argv: list[str] | None = None) -> int:
@@ -74,17 +77,7 @@ def serve_main(argv: list[str] | None = None) -> int:
             if security is not None:
                 security.close()
             ctx.destroy(linger=0)   # closes any socket left open
-    if not ended:
-        # A model call is still running (a huge batch on a slow backend): nothing it holds
-        # needs saving, so exit now rather than wait for it.
-        log("a stage was still busy at shutdown; exiting without waiting for it")
-        if failure is not None:
-            print(f"error: {failure}", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(code)
-    if failure is not None:
-        raise failure       # one line, exit 2 (run_cli)
-    return code
+    return exit_after(ended, failure, code)
 
 
 def main(argv: list[str] | None = None) -> int:

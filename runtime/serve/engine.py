@@ -11,6 +11,8 @@ runtime/apps/serve.py; ``s2i-stream`` (runtime/apps/stream.py) shares ``close_tr
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
 from pathlib import Path
@@ -135,6 +137,24 @@ class NetworkLoop:
         if c["skipped"]:
             log(f"skipped {c['skipped']} late hops (the model is slower than the hop)")
         return ended
+
+
+END_LINGER_MS = 200   # at shutdown, let the end messages go out
+
+
+def exit_after(ended: bool, failure: S2IError | None, code: int) -> int:
+    """A server's last step: ``code``, or ``failure`` raised (one line, exit 2, run_cli); when
+    a model call is still running (``not ended``: a huge batch on a slow backend), nothing it
+    holds needs saving, so the process exits now rather than wait for it."""
+    if not ended:
+        log("a stage was still busy at shutdown; exiting without waiting for it")
+        if failure is not None:
+            print(f"error: {failure}", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(code)
+    if failure is not None:
+        raise failure
+    return code
 
 
 def close_translator(pipeline: Pipeline) -> None:

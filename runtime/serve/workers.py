@@ -40,7 +40,13 @@ from runtime.cli import RateLimitedLog, exit_code, log, stop_on_signals
 from runtime.errors import S2IError
 from runtime.resilience import ConnectionWatch, guarded
 from runtime.serve.batching import Batching
-from runtime.serve.engine import NetworkLoop, close_translator, wait_for_subscribers
+from runtime.serve.engine import (
+    END_LINGER_MS,
+    NetworkLoop,
+    close_translator,
+    exit_after,
+    wait_for_subscribers,
+)
 from runtime.serve.ingress import MAX_DRAIN, POLL_MS, PULL_RCVHWM, DueStreams
 from runtime.serve.options import ServeConfig
 from runtime.serve.pipeline import Batch, Pipeline, Result, Window
@@ -55,8 +61,6 @@ from runtime.wire.protocol import (
     pub_hwm,
 )
 from runtime.wire.security import NODES_DOMAIN, ServerSecurity, warn_if_open
-
-END_LINGER_MS = 200       # as runtime/apps/serve.py: the last messages go out
 
 DEATHS_LIMIT = 3          # this many worker deaths within DEATHS_WINDOW_S stop the server
 DEATHS_WINDOW_S = 10.0
@@ -619,12 +623,4 @@ def serve_with_workers(cfg: ServeConfig, pipeline: Pipeline, batching: Batching)
         if security is not None:
             security.close()
         ctx.destroy(linger=0)
-    if not ended:
-        log("a stage was still busy at shutdown; exiting without waiting for it")
-        if failure is not None:
-            print(f"error: {failure}", file=sys.stderr)
-        sys.stderr.flush()
-        os._exit(code)
-    if failure is not None:
-        raise failure
-    return code
+    return exit_after(ended, failure, code)
