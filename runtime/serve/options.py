@@ -137,7 +137,9 @@ class ServeConfig:
         "help": "address to PULL audio on (default: tcp://127.0.0.1:5555, this machine only; "
                 "e.g. tcp://0.0.0.0:5555 opens it)"})
     max_streams: int = field(default=DEFAULT_MAX_STREAMS, metadata={
-        "metavar": "N", "help": "most live streams; newcomers past it are refused"})
+        "metavar": "N",
+        "help": "most live streams (per worker process with --workers N); newcomers past it "
+                "are refused"})
     idle_expiry: float = field(default=IDLE_EXPIRY_S, metadata={
         "metavar": "S", "help": "forget a stream silent this long, in seconds"})
     workers: int = field(default=1, metadata={
