@@ -53,10 +53,10 @@ from runtime.serve.pipeline import Batch, Pipeline, Result, Window
 from runtime.serve.stages import Stages, StatusLine
 from runtime.wire import protocol
 from runtime.wire.protocol import (
-    AUDIO_TOPIC,
     MAX_AUDIO_HEADER_BYTES,
     MAX_AUDIO_PAYLOAD_BYTES,
     Publisher,
+    audio_header,
     bind,
     pub_hwm,
 )
@@ -79,15 +79,10 @@ def route(parts: list[bytes], workers: int) -> int:
     """The worker an audio message goes to, reading only its header's ``stream``; worker 0 for
     anything that does not parse (it refuses it with the usual one-line log)."""
     try:
-        if len(parts) == 3 and parts[0] == AUDIO_TOPIC \
-                and len(parts[1]) <= MAX_AUDIO_HEADER_BYTES:
-            header = json.loads(parts[1])
-            stream = header.get("stream", "capture") if isinstance(header, dict) else None
-            if isinstance(stream, str):
-                return worker_of(stream, workers)
-    except (ValueError, RecursionError):
-        pass
-    return 0
+        stream = audio_header(parts).get("stream", "capture")
+    except S2IError:
+        return 0
+    return worker_of(stream, workers) if isinstance(stream, str) else 0
 
 
 @dataclass

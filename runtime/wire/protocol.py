@@ -442,6 +442,19 @@ def audio_payload_cap(sample_rate: int, channels: int, dtype: str) -> int:
     return frames * frame_bytes
 
 
+def audio_header(parts: list[bytes]) -> dict[str, Any]:
+    """An audio message's header, unchecked beyond its form: ``[b'audio', header, samples]``,
+    a header of at most ``MAX_AUDIO_HEADER_BYTES`` of strict JSON that is an object; else one
+    ``S2IError`` line. ``decode_audio`` checks its fields; ``s2i-serve --workers`` routes by
+    its ``stream``."""
+    if not isinstance(parts, list) or len(parts) != 3 or parts[0] != AUDIO_TOPIC:
+        raise S2IError("not an S2I audio message ([b'audio', header, samples])")
+    if len(parts[1]) > MAX_AUDIO_HEADER_BYTES:
+        raise S2IError(f"audio message header of {len(parts[1])} bytes is over "
+                       f"{MAX_AUDIO_HEADER_BYTES}")
+    return _loads_audio_header(parts[1])
+
+
 def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     """A checked audio message -> (normalised header, float32 samples ``[n, channels]``).
 
@@ -451,12 +464,7 @@ def decode_audio(parts: list[bytes]) -> tuple[dict[str, Any], np.ndarray]:
     field and what was expected. An end message (``"end": true``) needs only ``kind``,
     ``protocol``, ``stream`` and ``node`` and an empty payload; it returns no samples.
     """
-    if not isinstance(parts, list) or len(parts) != 3 or parts[0] != AUDIO_TOPIC:
-        raise S2IError("not an S2I audio message ([b'audio', header, samples])")
-    if len(parts[1]) > MAX_AUDIO_HEADER_BYTES:
-        raise S2IError(f"audio message header of {len(parts[1])} bytes is over "
-                       f"{MAX_AUDIO_HEADER_BYTES}")
-    header = _loads_audio_header(parts[1])
+    header = audio_header(parts)
     if header.get("kind") != "audio":
         raise S2IError(f"audio message header 'kind' should be \"audio\", got "
                        f"{str(header.get('kind'))[:20]!r}")
