@@ -52,8 +52,19 @@ STAGES = ("features", "encoder", "generator", "encoding")
 CPU_COLUMNS = ("ingress", "batching", "features", "split", "encode", "publish", "other")
 OVERLOAD_FACTORS = (1.1, 1.5)
 LOAD_LINGER_MS = 5000     # a load process's queued blocks get this long to reach the server
-# Host-only rows batch like a GPU backend (the stand-in is as cheap per batch as one).
-HOST_ONLY_BATCHING = ["--max-batch", "512", "--max-wait-ms", "5"]
+# Host-only rows batch like a GPU backend (the stand-in is as cheap per batch as one): at
+# most 512 windows, waiting --max-wait-ms (s2i-serve's GPU default, 5 ms) for company.
+HOST_ONLY_MAX_BATCH = 512
+HOST_ONLY_WAIT_MS = 5.0
+
+
+def host_only_batching(wait_ms: float = HOST_ONLY_WAIT_MS) -> list[str]:
+    return ["--max-batch", str(HOST_ONLY_MAX_BATCH), "--max-wait-ms", f"{wait_ms:g}"]
+
+
+def wait_label(wait_ms: float) -> str:
+    """A host-only row's label suffix when it waits other than the GPU default."""
+    return "" if wait_ms == HOST_ONLY_WAIT_MS else f", max wait {wait_ms:g} ms"
 CEILING_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, *OVERLOAD_FACTORS)
 
 
@@ -572,6 +583,7 @@ def targets(runs: list[dict[str, Any]], capacity: int, hop_s: float) -> dict[str
                 "at_streams": best and best["streams"],
                 "host_ms_per_window": best and best["host_cpu"].get(
                     "ms_per_window", {}).get("host"),
+                "mean_batch": best and best["host_cpu"].get("mean_batch"),
                 "server_cpu_ms_per_window": best and round(
                     1000 * best["server_cpu_s"] / max(1, best["delivered"]), 3),
                 "load_cpu_s": best and best["load"]["cpu_s"]}
@@ -610,7 +622,8 @@ def targets_md(summary: dict[str, Any]) -> str:
         if t["kind"] == "host-only":
             speedup = t.get("speedup_vs_1_process") or t.get("speedup_vs_1_worker")
             lines.append(f"- {label}: best {t['best_frames_per_s']} frames/s (N = "
-                         f"{t['at_streams']}), host CPU {t['host_ms_per_window']} ms/window "
+                         f"{t['at_streams']}, mean batch {t.get('mean_batch')}), host CPU "
+                         f"{t['host_ms_per_window']} ms/window "
                          f"(threads' clocks; whole server {t['server_cpu_ms_per_window']} "
                          f"ms/window), load generator CPU {t['load_cpu_s']} s"
                          + ("" if speedup is None else f"; {speedup:.2f}x one process "
@@ -699,6 +712,11 @@ class ServeBenchConfig:
         "help": "N values for the host-only rows (the real server, its model a constant-time "
                 "stand-in), e.g. 200,400,800; 'auto': doubling from the ceiling until under "
                 "90%% is served; 'none': skip"})
+    host_only_wait_ms: tuple[float, ...] = field(default=(HOST_ONLY_WAIT_MS,), metadata={
+        "sep": ",", "help": "host-only runs with each of these --max-wait-ms (default: 5, "
+                            "the GPU default); longer waits make the larger batches of a busy "
+                            "GPU host, e.g. 5,20,50 splits host CPU into per-batch and "
+                            "per-window costs"})
     host_only_processes: tuple[int, ...] = field(default=(1, 2), metadata={
         "sep": ",", "help": "host-only runs with this many independent server processes, "
                             "the streams split between them (1,2: the process-scaling "
@@ -768,15 +786,17 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run_server(
                 f"{after[0]}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {w} worker"
                 + "s" * (w > 1), after[2], after[1], host_counts, args.seconds, args.hop, rate,
-                after[3], [*after[4], *HOST_ONLY_BATCHING], grace, shape,
+                after[3], [*after[4], *host_only_batching()], grace, shape,
                 standin_ms=args.standin_ms, stop_below=None if args.quick else 0.9,
                 workers=w))
-    for processes in args.host_only_processes if host_counts else ():
+    for processes, wait in [(p, w) for p in args.host_only_processes
+                            for w in args.host_only_wait_ms] if host_counts else ():
         for label, path, folder, protocol, extra in servers:
             runs.append(run_server(
                 f"{label}, {STANDIN_LABEL} ({args.standin_ms:g} ms), {processes} process"
-                + "es" * (processes > 1), folder, path, host_counts, args.seconds, args.hop,
-                rate, protocol, [*extra, *HOST_ONLY_BATCHING], grace, shape,
+                + "es" * (processes > 1) + wait_label(wait), folder, path, host_counts,
+                args.seconds, args.hop, rate, protocol, [*extra, *host_only_batching(wait)],
+                grace, shape,
                 standin_ms=args.standin_ms, stop_below=None if args.quick else 0.9,
                 servers=processes))
     summary = targets(runs, capacity, args.hop)

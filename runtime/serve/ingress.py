@@ -53,6 +53,10 @@ RESAMPLE_PIECE_S = 0.25   # a stream at another rate goes through soxr in pieces
 # a batch's log-mel took twice as long beside a busy Python thread). It hands the GIL over
 # every this many messages instead (docs/RUNTIME.md, "Overload").
 YIELD_EVERY = 32
+# After each drain the ingress lets messages gather this long before it looks again: one
+# wake-up (a poll, a GIL hand-over, libzmq's reader signal) for many messages instead of one
+# each. It adds at most this much to a frame's latency (docs/RUNTIME.md, "Overload").
+GATHER_S = 0.005
 
 
 @dataclass
@@ -195,8 +199,8 @@ class NetworkIngress:
         start = time.thread_time()
         try:
             while not stop.is_set():
-                if self.pull.poll(POLL_MS, zmq.POLLIN):
-                    self.drain()
+                if self.pull.poll(POLL_MS, zmq.POLLIN) and self.drain() < MAX_DRAIN:
+                    time.sleep(GATHER_S)
                 if time.monotonic() >= self._next_expiry:
                     self.expire_idle()
                     self.watch.poll()
