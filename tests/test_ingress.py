@@ -12,7 +12,7 @@ import pytest
 import zmq
 
 from runtime.audio.decode import StreamResampler
-from runtime.serve.ingress import RESAMPLE_PIECE_S, NetworkIngress
+from runtime.serve.ingress import RESAMPLE_PIECE_S, NetworkIngress, receive
 from runtime.wire.protocol import encode_audio
 
 MODEL_RATE = 16000
@@ -188,3 +188,32 @@ def test_a_batch_published_back_to_back_reaches_a_subscriber_whole():
         sub.close(linger=0)
         publisher.socket.close(linger=0)
         ctx.destroy(linger=0)
+
+
+def test_receive_reads_whole_messages_part_by_part(ingress):
+    """``receive`` (the ingress's socket read) returns every part of each message, in order
+    and never mixed with the next message, whatever the part count; the third part is read
+    in place and equals what was sent. A message of the wrong form is then refused by
+    ``handle`` with one line, and the next one is filed."""
+    ctx = zmq.Context.instance()
+    push = ctx.socket(zmq.PUSH)
+    push.connect(ingress.address)
+    good = encode_audio("s", 0, np.linspace(-1, 1, 800, dtype=np.float32), MODEL_RATE, 1.0)
+    sent = [[b"one"], [b"a", b"b"], [b"a", b"b", b"c", b"d"], good]
+    for parts in sent:
+        push.send_multipart(parts)
+    try:
+        assert ingress.pull.poll(5000)
+        got = []
+        while len(got) < len(sent):
+            try:
+                got.append(receive(ingress.pull))
+            except zmq.Again:
+                assert ingress.pull.poll(5000)
+        assert [[bytes(p) for p in parts] for parts in got] == sent
+        assert isinstance(got[3][2], memoryview)
+        assert [ingress.handle(parts) for parts in got] == [None, None, None, "s"]
+        assert ingress.counters.bad_messages == 3
+        assert ingress.streams["s"].ring.written == 800
+    finally:
+        push.close(linger=0)

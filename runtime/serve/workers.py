@@ -47,7 +47,7 @@ from runtime.serve.engine import (
     exit_after,
     wait_for_subscribers,
 )
-from runtime.serve.ingress import MAX_DRAIN, POLL_MS, PULL_RCVHWM, DueStreams
+from runtime.serve.ingress import GATHER_S, MAX_DRAIN, POLL_MS, PULL_RCVHWM, DueStreams
 from runtime.serve.options import ServeConfig
 from runtime.serve.pipeline import Batch, Pipeline, Result, Window
 from runtime.serve.stages import Stages, StatusLine
@@ -472,12 +472,16 @@ class WorkerServer(NetworkLoop):
         try:
             while not stop.is_set():
                 if self.front.poll(POLL_MS, zmq.POLLIN):
-                    for _ in range(MAX_DRAIN):
+                    count = 0
+                    while count < MAX_DRAIN:
                         try:
                             parts = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
                         except zmq.Again:
                             break
                         self._forward(parts)
+                        count += 1
+                    if count < MAX_DRAIN:
+                        time.sleep(GATHER_S)    # as the ingress: one wake-up for many
                 if time.monotonic() >= next_watch:
                     watch.poll()
                     next_watch = time.monotonic() + 1.0
