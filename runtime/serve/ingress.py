@@ -53,9 +53,11 @@ RESAMPLE_PIECE_S = 0.25   # a stream at another rate goes through soxr in pieces
 # a batch's log-mel took twice as long beside a busy Python thread). It hands the GIL over
 # every this many messages instead (docs/RUNTIME.md, "Overload").
 YIELD_EVERY = 32
-# After each drain the ingress lets messages gather this long before it looks again: one
-# wake-up (a poll, a GIL hand-over, libzmq's reader signal) for many messages instead of one
-# each. It adds at most this much to a frame's latency (docs/RUNTIME.md, "Overload").
+# While messages flow, the ingress sleeps this long after each drain and then reads what
+# gathered: one wake-up (one timed wait, a GIL hand-over, libzmq's reader signal) for many
+# messages instead of one each; quiet, it waits in poll. A timed wait costs ~40 us of CPU on
+# this project's 2-core VM (its timer exits), a message ~20 us. It adds at most this much to
+# a frame's latency (docs/RUNTIME.md, "Host work per window").
 GATHER_S = 0.005
 
 
@@ -206,11 +208,16 @@ class NetworkIngress:
         """Read, validate and file audio until ``stop``; closes the PULL socket at the end."""
         self.watch = ConnectionWatch(self.pull, "audio input (PULL)", self.say,
                                      MAX_AUDIO_PAYLOAD_BYTES)
-        start = time.thread_time()
+        start, gathering = time.thread_time(), False
         try:
             while not stop.is_set():
-                if self.pull.poll(POLL_MS, zmq.POLLIN) and self.drain() < MAX_DRAIN:
+                if gathering:       # messages are flowing: let the next ones gather, then read
                     time.sleep(GATHER_S)
+                    ready = True
+                else:               # quiet: wait for the next one
+                    ready = bool(self.pull.poll(POLL_MS, zmq.POLLIN))
+                count = self.drain() if ready else 0
+                gathering = 0 < count < MAX_DRAIN
                 if time.monotonic() >= self._next_expiry:
                     self.expire_idle()
                     self.watch.poll()

@@ -469,19 +469,24 @@ class WorkerServer(NetworkLoop):
         watch = ConnectionWatch(self.front, "audio input (PULL)", self.say,
                                 MAX_AUDIO_PAYLOAD_BYTES)
         start, next_watch = time.thread_time(), time.monotonic() + 1.0
+        gathering = False
         try:
             while not stop.is_set():
-                if self.front.poll(POLL_MS, zmq.POLLIN):
-                    count = 0
-                    while count < MAX_DRAIN:
-                        try:
-                            parts = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
-                            break
-                        self._forward(parts)
-                        count += 1
-                    if count < MAX_DRAIN:
-                        time.sleep(GATHER_S)    # as the ingress: one wake-up for many
+                # as NetworkIngress.run: while messages flow, one wake-up for many
+                if gathering:
+                    time.sleep(GATHER_S)
+                    ready = True
+                else:
+                    ready = bool(self.front.poll(POLL_MS, zmq.POLLIN))
+                count = 0
+                while ready and count < MAX_DRAIN:
+                    try:
+                        parts = self.front.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    self._forward(parts)
+                    count += 1
+                gathering = 0 < count < MAX_DRAIN
                 if time.monotonic() >= next_watch:
                     watch.poll()
                     next_watch = time.monotonic() + 1.0
