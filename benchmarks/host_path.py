@@ -199,6 +199,17 @@ def run(streams: int, blocks: int, block_s: float, direct: bool) -> dict[str, An
     return result
 
 
+def timed_wait_cpu_us(waits: int = 200) -> float:
+    """This machine's CPU cost of one timed wait (a 1-ms ``time.sleep``, as a ``Condition``
+    or ``queue`` wait with a timeout, and CPython's GIL wait, arm a timer): thread CPU
+    microseconds per wait. About 40 on this project's 2-core VM (its timer exits), about 1-2
+    on bare metal; every stage thread's wake-up pays it."""
+    clock = time.thread_time()
+    for _ in range(waits):
+        time.sleep(0.001)
+    return round(1e6 * (time.thread_time() - clock) / waits, 1)
+
+
 def _add(cpu: dict[str, float], stage: str, since: float) -> float:
     now = time.thread_time()
     cpu[stage] += now - since
@@ -227,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                        "python -m benchmarks host-path", __doc__.split("\n\n")[0])
     blocks = max(1, cfg.messages // cfg.streams)
     result = run(cfg.streams, blocks, cfg.block_ms / 1000, cfg.direct)
+    result["timed_wait_cpu_us"] = timed_wait_cpu_us()
     result["config"] = asdict(cfg)
     print(json.dumps(result, indent=1))
     return 0

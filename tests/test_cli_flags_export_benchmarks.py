@@ -24,7 +24,8 @@ SNAPSHOT: dict[str, set[str]] = {
         "-h", "--help", "--export", "--work", "--width", "--dim", "--streams", "--seconds",
         "--hop", "--before", "--before-protocol", "--precision", "--encoding", "--server-args",
         "--ceiling-cap", "--block-ms", "--load-processes", "--host-only",
-        "--host-only-processes", "--workers", "--standin-ms", "--quick", "--out", "--name"},
+        "--host-only-wait-ms", "--host-only-processes", "--workers", "--standin-ms", "--quick",
+        "--out", "--name"},
     "cluster": {
         "-h", "--help", "--export", "--work", "--width", "--dim", "--streams", "--replicas",
         "--seconds", "--hop", "--calls", "--batches", "--threads", "--quick", "--out", "--name"},
