@@ -112,7 +112,8 @@ class IngressCounters:
 def receive(pull: zmq.Socket) -> list[Any]:
     """One message, without waiting (``zmq.Again`` when none): its parts as bytes but the
     third, an audio payload, as a buffer read in place (the ring copies it). Part by part:
-    ``recv_multipart(copy=False)`` wraps every part in a ``zmq.Frame``, twice the cost."""
+    ``recv_multipart(copy=False)`` wraps every part in a ``zmq.Frame`` (12 us against 10 for a
+    250-ms message on this box)."""
     parts: list[Any] = [pull.recv(zmq.NOBLOCK)]
     while pull.get(zmq.RCVMORE):        # the rest of a message has arrived with its first part
         parts.append(pull.recv(copy=False).buffer if len(parts) == 2 else pull.recv())
