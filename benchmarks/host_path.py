@@ -202,8 +202,8 @@ def run(streams: int, blocks: int, block_s: float, direct: bool) -> dict[str, An
 def timed_wait_cpu_us(waits: int = 200) -> float:
     """This machine's CPU cost of one timed wait (a 1-ms ``time.sleep``, as a ``Condition``
     or ``queue`` wait with a timeout, and CPython's GIL wait, arm a timer): thread CPU
-    microseconds per wait. About 40 on this project's 2-core VM (its timer exits), about 1-2
-    on bare metal; every stage thread's wake-up pays it."""
+    microseconds per wait: 27-48 on this project's 2-core VM (its timer exits are charged
+    to the thread); every stage thread's wake-up pays it."""
     clock = time.thread_time()
     for _ in range(waits):
         time.sleep(0.001)

@@ -56,6 +56,7 @@ LOAD_LINGER_MS = 5000     # a load process's queued blocks get this long to reac
 # most 512 windows, waiting --max-wait-ms (s2i-serve's GPU default, 5 ms) for company.
 HOST_ONLY_MAX_BATCH = 512
 HOST_ONLY_WAIT_MS = 5.0
+CEILING_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, *OVERLOAD_FACTORS)
 
 
 def host_only_batching(wait_ms: float = HOST_ONLY_WAIT_MS) -> list[str]:
@@ -65,7 +66,6 @@ def host_only_batching(wait_ms: float = HOST_ONLY_WAIT_MS) -> list[str]:
 def wait_label(wait_ms: float) -> str:
     """A host-only row's label suffix when it waits other than the GPU default."""
     return "" if wait_ms == HOST_ONLY_WAIT_MS else f", max wait {wait_ms:g} ms"
-CEILING_FRACTIONS = (0.25, 0.5, 0.75, 0.9, 1.0, *OVERLOAD_FACTORS)
 
 
 # --------------------------------------------------------------------------- the export

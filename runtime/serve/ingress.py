@@ -55,9 +55,9 @@ RESAMPLE_PIECE_S = 0.25   # a stream at another rate goes through soxr in pieces
 YIELD_EVERY = 32
 # While messages flow, the ingress sleeps this long after each drain and then reads what
 # gathered: one wake-up (one timed wait, a GIL hand-over, libzmq's reader signal) for many
-# messages instead of one each; quiet, it waits in poll. A timed wait costs ~40 us of CPU on
+# messages instead of one each; quiet, it waits in poll. A timed wait costs 27-48 us of CPU on
 # this project's 2-core VM (its timer exits), a message ~20 us. It adds at most this much to
-# a frame's latency (docs/RUNTIME.md, "Host work per window").
+# a frame's latency (docs/RUNTIME.md, "Wake-ups cost more than the work").
 GATHER_S = 0.005
 
 
