@@ -1,6 +1,6 @@
 """``Batching``: the batching settings of a server, one value from the flags to the stages.
 
-Made once from ``--max-batch`` / ``--max-wait-ms`` (or the backend's defaults,
+Made once from ``--max-batch`` / ``--max-wait-ms`` (or the backend's defaults below, by
 ``runtime.serve.options.batching``) and given at construction to ``NetworkLoop``, which hands the
 same value to its ``NetworkIngress`` (when to wake the batching stage) and its ``Stages`` (how
 many windows one model call takes, how long a due window waits for company). Frozen: no
@@ -33,3 +33,7 @@ class Batching:
 
 
 ONE_AT_A_TIME = Batching()     # one window per model call, no waiting (s2i-stream's one stream)
+# s2i-serve's defaults per backend class, when --max-batch / --max-wait-ms are not given
+# (docs/RUNTIME.md, "Batching"); NetworkLoop's default is the CPU one.
+CPU_DEFAULTS = Batching(64, 0.010)
+GPU_DEFAULTS = Batching(512, 0.005)

@@ -23,7 +23,7 @@ from runtime.artifacts import atomic_write_json
 from runtime.cli import log
 from runtime.errors import S2IError
 from runtime.resilience import guarded
-from runtime.serve.batching import Batching
+from runtime.serve.batching import CPU_DEFAULTS, Batching
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S, NetworkIngress
 from runtime.serve.pipeline import Pipeline
 from runtime.serve.stages import Stages, StatusLine
@@ -33,14 +33,13 @@ from runtime.wire.security import ServerSecurity
 SHUTDOWN_S = 0.8      # SIGTERM -> exit within a second, even with a model call in flight
 COUNTERS_EVERY_S = 10.0
 STATS_EVERY_S = 1.0   # --stats-file is rewritten this often
-SERVER_BATCHING = Batching(64, 0.01)   # the CPU defaults of s2i-serve (runtime.serve.options)
 
 
 class NetworkLoop:
     """Ingress thread + stage threads for capture nodes; ``run(stop)`` blocks until stop."""
 
     def __init__(self, pipeline: Pipeline, publisher: Publisher, ctx: zmq.Context,
-                 bind_address: str, batching: Batching = SERVER_BATCHING,
+                 bind_address: str, batching: Batching = CPU_DEFAULTS,
                  max_streams: int = DEFAULT_MAX_STREAMS, idle_expiry_s: float = IDLE_EXPIRY_S,
                  encode_threads: int = 2, security: ServerSecurity | None = None,
                  stats_file: Path | None = None) -> None:

@@ -12,6 +12,7 @@ from runtime.config import switch
 from runtime.errors import S2IError
 from runtime.model.precision import FEATURES, GPU_BACKENDS, PRECISIONS
 from runtime.model.shipped import TRAINED_EXPORT, default_export, default_precision
+from runtime.serve.batching import CPU_DEFAULTS, GPU_DEFAULTS
 from runtime.serve.engine import STATS_EVERY_S
 from runtime.serve.ingress import DEFAULT_MAX_STREAMS, IDLE_EXPIRY_S
 from runtime.serve.pipeline import Pipeline
@@ -21,9 +22,6 @@ from runtime.wire.security import SECURITY_TITLE, NodeServerCurve
 MAX_WORKERS = 64
 
 DEFAULT_EXPORT = TRAINED_EXPORT
-# (max batch, max wait ms) per backend class; see docs/RUNTIME.md "Batching".
-BATCHING_DEFAULTS = {"cpu": (64, 10.0), "gpu": (512, 5.0)}
-_CPU, _GPU = BATCHING_DEFAULTS["cpu"], BATCHING_DEFAULTS["gpu"]
 
 
 @dataclass
@@ -84,20 +82,22 @@ class BatchingOptions:
     """Windows of several streams in one model call."""
 
     max_batch: int | None = field(default=None, metadata={
-        "metavar": "B", "help": f"most windows in one model call (default: {_CPU[0]} on CPU, "
-                                f"{_GPU[0]} on GPU backends)"})
+        "metavar": "B", "help": f"most windows in one model call (default: "
+                                f"{CPU_DEFAULTS.max_batch} on CPU, {GPU_DEFAULTS.max_batch} on "
+                                "GPU backends)"})
     max_wait_ms: float | None = field(default=None, metadata={
         "metavar": "MS", "help": f"how long a due window may wait for company (default: "
-                                 f"{_CPU[1]:g} ms on CPU, {_GPU[1]:g} ms on GPU backends)"})
+                                 f"{CPU_DEFAULTS.max_wait_s * 1000:g} ms on CPU, "
+                                 f"{GPU_DEFAULTS.max_wait_s * 1000:g} ms on GPU backends)"})
     encode_threads: int = field(default=2, metadata={
         "metavar": "N", "help": "threads encoding PNG payloads (default: 2)"})
 
 
 def batching(options: BatchingOptions, backend: str) -> tuple[int, float]:
     """(max batch, max wait in seconds) from the options or the backend's defaults."""
-    default_batch, default_wait = BATCHING_DEFAULTS["gpu" if backend in GPU_BACKENDS else "cpu"]
-    max_batch = default_batch if options.max_batch is None else options.max_batch
-    wait_ms = default_wait if options.max_wait_ms is None else options.max_wait_ms
+    default = GPU_DEFAULTS if backend in GPU_BACKENDS else CPU_DEFAULTS
+    max_batch = default.max_batch if options.max_batch is None else options.max_batch
+    wait_ms = default.max_wait_s * 1000 if options.max_wait_ms is None else options.max_wait_ms
     if max_batch < 1:
         raise S2IError(f"--max-batch must be at least 1, got {max_batch}")
     if not 0 <= wait_ms <= 1000:
