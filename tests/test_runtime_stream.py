@@ -306,7 +306,8 @@ def run_network_loop(pipeline, messages, done, timeout=60.0, **options):
     loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", **options)
     published: list[dict] = []
     publish = publisher.publish
-    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
+    publisher.publish = lambda parts, *header: (published.append(json.loads(parts[1])),
+                                                publish(parts, *header))
     push = ctx.socket(zmq.PUSH)
     stop = threading.Event()
     runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)

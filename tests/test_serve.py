@@ -120,7 +120,8 @@ def test_streams_keep_their_seq_and_positions_under_batching(export):
     publisher = Publisher(ctx, "tcp://127.0.0.1:*", pipeline.topic, pipeline.info())
     published: list[dict] = []
     publish = publisher.publish
-    publisher.publish = lambda parts: (published.append(json.loads(parts[1])), publish(parts))
+    publisher.publish = lambda parts, *header: (published.append(json.loads(parts[1])),
+                                                publish(parts, *header))
     loop = NetworkLoop(pipeline, publisher, ctx, "tcp://127.0.0.1:*", Batching(8, 0.02))
     stop = threading.Event()
     runner = threading.Thread(target=loop.run, args=(stop,), daemon=True)

@@ -292,7 +292,9 @@ class Stages:
                             continue
                         parts, cpu_s = item
                         self.counters.cpu_s["encode"] += cpu_s
-                        self.publisher.publish(parts)
+                        # the header's stream and seq as the result has them (not re-parsed)
+                        self.publisher.publish(parts, result.header.get("stream"),
+                                               result.header.get("seq"))
                         self.counters.frames += 1
                         if self.on_published is not None:
                             self.on_published(result)
@@ -389,6 +391,7 @@ def run_file(pipeline: Pipeline, publisher: Publisher, path: str, stop: threadin
         # A file's window is "captured" when it has been decoded; position_s says where.
         result = pipeline.process_batch([Window(stream_id, window, time.time(),
                                                 end / pipeline.sample_rate)])[0]
-        publisher.publish(pipeline.encode(result))
+        publisher.publish(pipeline.encode(result), result.header["stream"],
+                          result.header["seq"])
         count += 1
     return count

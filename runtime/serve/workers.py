@@ -257,7 +257,9 @@ class ResultRouter:
     def __init__(self, pushes: list[zmq.Socket]) -> None:
         self.pushes, self.lost = pushes, 0
 
-    def publish(self, parts: list[bytes]) -> None:
+    def publish(self, parts: list[bytes], stream: str | None = None,
+                seq: int | None = None) -> None:
+        """``Publisher.publish``'s form; ``stream`` and ``seq`` are the workers' to keep."""
         try:
             self.pushes[int(parts[0])].send_multipart(parts[1:], zmq.NOBLOCK, copy=False)
         except zmq.Again:
