@@ -120,6 +120,17 @@ def receive(pull: zmq.Socket) -> list[Any]:
     return parts
 
 
+def next_pass(sock: zmq.Socket, gathering: bool) -> bool:
+    """Wait for the next read of ``sock``; whether to read now. While messages flow
+    (``gathering``: the last pass read some), sleep ``GATHER_S`` and read what gathered; quiet,
+    wait in ``poll`` up to ``POLL_MS`` for one. The loop of the ingress and of the ``--workers``
+    router."""
+    if gathering:
+        time.sleep(GATHER_S)
+        return True
+    return bool(sock.poll(POLL_MS, zmq.POLLIN))
+
+
 def grid_end(source: Any, written: int, hop: int) -> int:
     """Where the window taken now ends: the last point of the hop grid (``window + n * hop``
     samples, from ``source.next_total``, the next one due) that has arrived. A stream that
@@ -212,12 +223,7 @@ class NetworkIngress:
         start, gathering = time.thread_time(), False
         try:
             while not stop.is_set():
-                if gathering:       # messages are flowing: let the next ones gather, then read
-                    time.sleep(GATHER_S)
-                    ready = True
-                else:               # quiet: wait for the next one
-                    ready = bool(self.pull.poll(POLL_MS, zmq.POLLIN))
-                count = self.drain() if ready else 0
+                count = self.drain() if next_pass(self.pull, gathering) else 0
                 gathering = 0 < count < MAX_DRAIN
                 if time.monotonic() >= self._next_expiry:
                     self.expire_idle()

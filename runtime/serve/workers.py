@@ -41,13 +41,14 @@ from runtime.errors import S2IError
 from runtime.resilience import ConnectionWatch, guarded
 from runtime.serve.batching import Batching
 from runtime.serve.engine import (
+    COUNTERS_EVERY_S,
     END_LINGER_MS,
     NetworkLoop,
     close_translator,
     exit_after,
     wait_for_subscribers,
 )
-from runtime.serve.ingress import GATHER_S, MAX_DRAIN, POLL_MS, PULL_RCVHWM, DueStreams
+from runtime.serve.ingress import MAX_DRAIN, POLL_MS, PULL_RCVHWM, DueStreams, next_pass
 from runtime.serve.options import ServeConfig
 from runtime.serve.pipeline import Batch, Pipeline, Result, Window
 from runtime.serve.stages import Stages, StatusLine
@@ -410,7 +411,7 @@ class WorkerServer(NetworkLoop):
                              on_published=self.status.update)  # type: ignore[arg-type]
         self._ingress_thread = None
         self.failure = None
-        self._next_counters = time.monotonic() + 10.0
+        self._next_counters = time.monotonic() + COUNTERS_EVERY_S
         self._last_counters = None
         self.stats_file, self._next_stats = cfg.stats_file, time.monotonic()
         self.retired: dict[str, Any] = {}
@@ -474,12 +475,7 @@ class WorkerServer(NetworkLoop):
         gathering = False
         try:
             while not stop.is_set():
-                # as NetworkIngress.run: while messages flow, one wake-up for many
-                if gathering:
-                    time.sleep(GATHER_S)
-                    ready = True
-                else:
-                    ready = bool(self.front.poll(POLL_MS, zmq.POLLIN))
+                ready = next_pass(self.front, gathering)   # as NetworkIngress.run
                 count = 0
                 while ready and count < MAX_DRAIN:
                     try:

@@ -357,7 +357,7 @@ def end_message(topic: str, stream: str, reason: str, last_seq: int | None) -> l
 # and nothing downstream (soxr, the rings) ever sees an unchecked value.
 
 AUDIO_DTYPES = {"float32": "<f4", "int16": "<i2"}
-AUDIO_ITEMSIZE = {"float32": 4, "int16": 2}
+AUDIO_ITEMSIZE = {name: np.dtype(code).itemsize for name, code in AUDIO_DTYPES.items()}
 MIN_AUDIO_RATE, MAX_AUDIO_RATE = 8000, 192000
 MAX_AUDIO_CHANNELS = 32
 MAX_AUDIO_SECONDS = 2.0          # one message carries at most this much audio
@@ -444,7 +444,7 @@ def _name(header: dict[str, Any], key: str, pattern: re.Pattern[str], default: s
 def audio_payload_cap(sample_rate: int, channels: int, dtype: str) -> int:
     """Most payload bytes one audio message may carry: ``MAX_AUDIO_SECONDS`` of audio, and
     never more than ``MAX_AUDIO_PAYLOAD_BYTES`` (a whole number of frames)."""
-    frame_bytes = np.dtype(AUDIO_DTYPES[dtype]).itemsize * channels
+    frame_bytes = AUDIO_ITEMSIZE[dtype] * channels
     frames = min(int(MAX_AUDIO_SECONDS * sample_rate), MAX_AUDIO_PAYLOAD_BYTES // frame_bytes)
     return frames * frame_bytes
 
